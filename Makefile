@@ -1,0 +1,40 @@
+# shardflow: `make demo` runs the pipeline on the embedded local endpoint,
+# `make test` runs the test suite. Both set up what they need on first use.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+KINESALITE_DIR := .tools/kinesalite
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck check bench clean setup
+
+setup: $(STAMP) $(KINESALITE_DIR)/node_modules/kinesalite
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+$(KINESALITE_DIR)/node_modules/kinesalite:
+	mkdir -p $(KINESALITE_DIR)
+	npm install --silent --no-audit --no-fund --prefix $(KINESALITE_DIR) kinesalite@3
+
+demo: $(STAMP)
+	$(BIN)/shardflow demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/mypy --strict src
+
+check: lint test
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

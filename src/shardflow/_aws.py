@@ -1,0 +1,294 @@
+"""The one place that talks to aiobotocore: client creation and error translation.
+
+Everything else in shardflow calls AWS through :func:`open_client` and :func:`call`, and
+sees only :mod:`shardflow.errors`. Backend exceptions (botocore ``ClientError``, transport
+errors, timeouts) are translated here, with the original chained as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+from . import errors
+
+__all__ = [
+    "DEFAULT_LOCAL_REGION",
+    "CredentialSource",
+    "call",
+    "error_for_code",
+    "is_loopback",
+    "open_client",
+    "stream_name",
+    "stream_params",
+    "translate_error",
+]
+
+DEFAULT_LOCAL_REGION = "us-east-1"
+"""Region used when an endpoint_url is given and nothing else names one."""
+
+LOCAL_ACCESS_KEY = "shardflow-local"
+"""Dummy key used to sign requests to a loopback endpoint when no credentials exist."""
+
+_STREAM_ARN = re.compile(r"^arn:aws[a-zA-Z-]*:kinesis:[a-z0-9-]+:\d{12}:stream/([A-Za-z0-9_.-]+)$")
+
+
+@runtime_checkable
+class CredentialSource(Protocol):
+    """Something that supplies refreshable botocore credentials (e.g. CognitoCredentials).
+
+    ``botocore_credentials()`` returns an aiobotocore credentials object (for example
+    ``AioDeferredRefreshableCredentials``) that refreshes itself before expiry.
+    """
+
+    def botocore_credentials(self) -> Any: ...
+
+
+# --- streams ----------------------------------------------------------------------------
+
+
+def stream_params(stream: str) -> dict[str, str]:
+    """Request parameters naming a stream: ``StreamARN`` for an ARN, else ``StreamName``."""
+    if not isinstance(stream, str) or not stream:
+        raise ValueError(f"stream must be a non-empty stream name or ARN, got {stream!r}")
+    if stream.startswith("arn:"):
+        if not _STREAM_ARN.match(stream):
+            raise ValueError(f"not a Kinesis stream ARN: {stream!r}")
+        return {"StreamARN": stream}
+    return {"StreamName": stream}
+
+
+def stream_name(stream: str) -> str:
+    """The stream's name, from a name or an ARN."""
+    if stream.startswith("arn:"):
+        match = _STREAM_ARN.match(stream)
+        if not match:
+            raise ValueError(f"not a Kinesis stream ARN: {stream!r}")
+        return match.group(1)
+    return stream
+
+
+# --- clients ----------------------------------------------------------------------------
+
+
+def is_loopback(endpoint_url: str | None) -> bool:
+    """True for an http(s) URL on 127.0.0.1, ::1 or localhost."""
+    if not endpoint_url:
+        return False
+    host = urlsplit(endpoint_url).hostname or ""
+    return host in ("127.0.0.1", "::1", "localhost")
+
+
+def _resolve_region(region_name: str | None, endpoint_url: str | None) -> str | None:
+    if region_name:
+        return region_name
+    env = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if env:
+        return env
+    # A local endpoint needs some region to sign with; AWS proper resolves its own.
+    return DEFAULT_LOCAL_REGION if endpoint_url else None
+
+
+async def open_client(
+    stack: AsyncExitStack,
+    service: str,
+    *,
+    endpoint_url: str | None = None,
+    region_name: str | None = None,
+    client: Any = None,
+    credentials: CredentialSource | None = None,
+    max_attempts: int = 1,
+    connect_timeout: float = 5.0,
+    read_timeout: float = 30.0,
+    max_pool_connections: int = 10,
+) -> Any:
+    """An aiobotocore client for ``service``, closed when ``stack`` closes.
+
+    An injected ``client`` is returned as is and stays owned by the caller. Otherwise a new
+    client is created; ``max_attempts=1`` turns botocore's own retries off so that every
+    try is visible to shardflow's retry code.
+    """
+    if client is not None:
+        return client
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import get_session
+
+    session = get_session()
+    if credentials is not None:
+        session._credentials = credentials.botocore_credentials()
+    elif is_loopback(endpoint_url) and await session.get_credentials() is None:
+        # Local endpoints (moto, kinesalite) accept any signature.
+        session.set_credentials(LOCAL_ACCESS_KEY, LOCAL_ACCESS_KEY)
+    config = AioConfig(
+        retries={"total_max_attempts": max_attempts, "mode": "standard"},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        max_pool_connections=max_pool_connections,
+    )
+    try:
+        return await stack.enter_async_context(
+            session.create_client(
+                service,
+                endpoint_url=endpoint_url,
+                region_name=_resolve_region(region_name, endpoint_url),
+                config=config,
+            )
+        )
+    except Exception as exc:
+        raise translate_error(exc, f"create {service} client") from exc
+
+
+async def call(client: Any, operation: str, service: str = "kinesis", **params: Any) -> Any:
+    """Await ``client.<operation>(**params)``, translating failures to shardflow errors.
+
+    Cancellation propagates unchanged. Raises a subclass of :class:`errors.AWSError`.
+    """
+    method = getattr(client, operation)
+    try:
+        return await method(**params)
+    except (asyncio.CancelledError, errors.ShardflowError):
+        raise
+    except Exception as exc:
+        raise translate_error(exc, operation, service) from exc
+
+
+# --- error translation ------------------------------------------------------------------
+
+_CODE_TABLE: dict[str, type[errors.AWSError]] = {}
+
+
+def _register(cls: type[errors.AWSError], *codes: str) -> None:
+    for code in codes:
+        _CODE_TABLE[code] = cls
+
+
+_register(
+    errors.ThroughputExceeded,
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "Throttling",
+    "ThrottledException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "KMSThrottlingException",
+    "RequestThrottled",
+    "SlowDown",
+)
+_register(errors.LimitExceeded, "LimitExceededException")
+_register(
+    errors.InternalFailure,
+    "InternalFailure",
+    "InternalFailureException",
+    "InternalServerError",
+    "InternalError",
+    "InternalServerErrorException",
+)
+_register(
+    errors.ServiceUnavailable,
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "Unavailable",
+    "BadGateway",
+    "GatewayTimeout",
+)
+_register(errors.ResourceInUse, "ResourceInUseException")
+_register(errors.ExpiredIterator, "ExpiredIteratorException")
+_register(
+    errors.AccessDenied,
+    "AccessDeniedException",
+    "AccessDenied",
+    "UnrecognizedClientException",
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "InvalidClientTokenId",
+    "NotAuthorizedException",
+    "MissingAuthenticationToken",
+)
+_register(errors.CredentialsExpired, "ExpiredTokenException", "ExpiredToken", "RequestExpired")
+_register(
+    errors.KMSError,
+    "KMSDisabledException",
+    "KMSInvalidStateException",
+    "KMSAccessDeniedException",
+    "KMSNotFoundException",
+    "KMSOptInRequired",
+)
+_register(
+    errors.InvalidArgument,
+    "InvalidArgumentException",
+    "ValidationException",
+    "ValidationError",
+    "SerializationException",
+    "InvalidParameterException",
+    "InvalidParameterValue",
+    "InvalidRequestException",
+)
+_register(errors.ConditionFailed, "ConditionalCheckFailedException")
+_register(errors.ResourceNotFound, "NoSuchBucket", "NoSuchKey", "TableNotFoundException")
+
+
+def error_for_code(
+    code: str,
+    message: str = "",
+    operation: str | None = None,
+    service: str = "kinesis",
+    status: int | None = None,
+) -> errors.AWSError:
+    """The shardflow error for an AWS error code (from a response or one PutRecords entry).
+
+    ``ResourceNotFoundException`` is :class:`errors.StreamNotFound` for Kinesis and
+    :class:`errors.ResourceNotFound` for other services. An unknown code with an HTTP
+    status of 500 or more is :class:`errors.ServiceUnavailable` (retriable).
+    """
+    if code == "ResourceNotFoundException":
+        cls: type[errors.AWSError] = (
+            errors.StreamNotFound if service == "kinesis" else errors.ResourceNotFound
+        )
+    else:
+        cls = _CODE_TABLE.get(code, errors.AWSError)
+        if cls is errors.AWSError and status is not None and status >= 500:
+            cls = errors.ServiceUnavailable
+    return cls(code, message, operation)
+
+
+def translate_error(
+    exc: BaseException, operation: str | None = None, service: str = "kinesis"
+) -> errors.ShardflowError:
+    """Map a botocore, aiohttp or OS exception to a shardflow error (not raised here)."""
+    if isinstance(exc, errors.ShardflowError):
+        return exc
+    from botocore import exceptions as bce
+
+    if isinstance(exc, bce.ClientError):
+        err: Mapping[str, Any] = exc.response.get("Error", {})
+        meta: Mapping[str, Any] = exc.response.get("ResponseMetadata", {})
+        return error_for_code(
+            str(err.get("Code") or "Unknown"),
+            str(err.get("Message") or ""),
+            operation,
+            service,
+            meta.get("HTTPStatusCode"),
+        )
+    if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):
+        return errors.AccessDenied("NoCredentials", type(exc).__name__, operation)
+    if isinstance(exc, bce.CredentialRetrievalError):
+        return errors.CredentialsExpired("CredentialRetrievalError", "", operation)
+    if isinstance(exc, bce.ReadTimeoutError | bce.ConnectTimeoutError | TimeoutError):
+        return errors.RequestTimeout("RequestTimeout", type(exc).__name__, operation)
+    if isinstance(exc, bce.EndpointConnectionError | bce.ConnectionClosedError):
+        return errors.EndpointUnreachable("EndpointUnreachable", type(exc).__name__, operation)
+    if isinstance(exc, bce.HTTPClientError | bce.ResponseStreamingError | OSError):
+        return errors.EndpointUnreachable("EndpointUnreachable", type(exc).__name__, operation)
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover - aiohttp ships with aiobotocore
+        pass
+    else:
+        if isinstance(exc, aiohttp.ClientError):
+            return errors.EndpointUnreachable("EndpointUnreachable", type(exc).__name__, operation)
+    return errors.AWSError(type(exc).__name__, "unexpected error", operation)

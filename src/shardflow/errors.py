@@ -1,0 +1,225 @@
+"""Every error shardflow raises, in one tree rooted at :class:`ShardflowError`.
+
+Errors are named for the situation, not for the AWS call that revealed it. Each class
+carries a ``retriable`` flag that retry loops read instead of long ``except`` chains:
+``True`` means the same request may succeed if simply tried again later.
+
+Input errors are also the matching builtin (``ValueError``/``TypeError``) so code that
+already catches those keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .models import Attempt
+
+__all__ = [
+    "AWSError",
+    "AccessDenied",
+    "BufferFull",
+    "ConditionFailed",
+    "ConsumerClosed",
+    "CredentialsExpired",
+    "DeliveryFailed",
+    "EndpointUnreachable",
+    "ExpiredIterator",
+    "InternalFailure",
+    "InvalidArgument",
+    "InvalidHashKey",
+    "InvalidPartitionKey",
+    "KMSError",
+    "LeaseLost",
+    "LimitExceeded",
+    "ProducerClosed",
+    "QueueFull",
+    "RecordTooLarge",
+    "RequestTimeout",
+    "ResourceInUse",
+    "ResourceNotFound",
+    "SerializationError",
+    "ServiceUnavailable",
+    "ShardflowError",
+    "StreamNotFound",
+    "ThroughputExceeded",
+]
+
+
+class ShardflowError(Exception):
+    """Root of every shardflow error."""
+
+    retriable: bool = False
+
+
+# --- bad input: raised at the call that caused it -------------------------------------
+
+
+class InvalidPartitionKey(ShardflowError, ValueError):
+    """The partition key is empty, not a string, or longer than the limit."""
+
+
+class InvalidHashKey(ShardflowError, ValueError):
+    """The explicit hash key is not a decimal integer in [0, 2**128)."""
+
+
+class RecordTooLarge(ShardflowError, ValueError):
+    """Data plus partition key exceed ``KinesisLimits.max_record_bytes``."""
+
+
+class SerializationError(ShardflowError, TypeError):
+    """The object is neither bytes nor serialisable by orjson."""
+
+
+# --- lifecycle and capacity -----------------------------------------------------------
+
+
+class ProducerClosed(ShardflowError):
+    """The producer is closing or closed and accepts no more records."""
+
+
+class ConsumerClosed(ShardflowError):
+    """The consumer is closing or closed."""
+
+
+class QueueFull(ShardflowError):
+    """``put_nowait`` found the producer's queue full (records or bytes)."""
+
+    retriable = True
+
+
+class BufferFull(ShardflowError):
+    """A buffered output is full and its overflow policy is ``"raise"``."""
+
+    retriable = True
+
+
+class LeaseLost(ShardflowError):
+    """This worker no longer owns the shard's lease; stop processing it at once."""
+
+    def __init__(self, shard_id: str, message: str = "") -> None:
+        self.shard_id = shard_id
+        super().__init__(message or f"lease for {shard_id} was lost to another worker")
+
+
+# --- delivery -------------------------------------------------------------------------
+
+
+class DeliveryFailed(ShardflowError):
+    """A record was not delivered: its TTL ran out, or the error was not retriable.
+
+    ``attempts`` lists every try in order; ``cause`` is the last error seen, if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        attempts: Sequence[Attempt] = (),
+        cause: BaseException | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.attempts: tuple[Attempt, ...] = tuple(attempts)
+        self.cause = cause
+
+    @property
+    def error_code(self) -> str | None:
+        """The error code of the last attempt, if it had one."""
+        return self.attempts[-1].error_code if self.attempts else None
+
+
+# --- errors reported by AWS or the transport ------------------------------------------
+
+
+class AWSError(ShardflowError):
+    """An AWS service (or the way to it) answered with an error.
+
+    ``code`` is the AWS error code (e.g. ``ProvisionedThroughputExceededException``) or a
+    transport name; ``operation`` the API call, when known. The message never contains
+    credentials.
+    """
+
+    def __init__(self, code: str, message: str = "", operation: str | None = None) -> None:
+        self.code = code
+        self.message = message
+        self.operation = operation
+        where = f" in {operation}" if operation else ""
+        super().__init__(f"{code}{where}: {message}" if message else f"{code}{where}")
+
+
+class ThroughputExceeded(AWSError):
+    """Provisioned throughput (or request rate) exceeded; back off and retry."""
+
+    retriable = True
+
+
+class InternalFailure(AWSError):
+    """The service failed internally; retry."""
+
+    retriable = True
+
+
+class ServiceUnavailable(AWSError):
+    """HTTP 5xx or the service is temporarily unavailable; retry."""
+
+    retriable = True
+
+
+class LimitExceeded(AWSError):
+    """A control-plane rate limit was hit; retry later."""
+
+    retriable = True
+
+
+class ResourceInUse(AWSError):
+    """The stream or table is being created, updated or deleted; retry later."""
+
+    retriable = True
+
+
+class ExpiredIterator(AWSError):
+    """A shard iterator expired; get a new one from the last position."""
+
+    retriable = True
+
+
+class EndpointUnreachable(AWSError):
+    """The connection failed or was reset; retry."""
+
+    retriable = True
+
+
+class RequestTimeout(AWSError):
+    """No answer within the request timeout; retry."""
+
+    retriable = True
+
+
+class ResourceNotFound(AWSError):
+    """A named resource (table, bucket, stream) does not exist."""
+
+
+class StreamNotFound(ResourceNotFound):
+    """The Kinesis stream does not exist."""
+
+
+class AccessDenied(AWSError):
+    """The credentials are missing, invalid, or not allowed to do this."""
+
+
+class CredentialsExpired(AccessDenied):
+    """Temporary credentials expired; a refreshable source gets new ones on retry."""
+
+    retriable = True
+
+
+class ConditionFailed(AWSError):
+    """A conditional write (DynamoDB) found the item changed; someone else won."""
+
+
+class KMSError(AWSError):
+    """Server-side encryption with KMS failed (disabled, missing or denied key)."""
+
+
+class InvalidArgument(AWSError):
+    """AWS rejected the request's parameters."""

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import pytest
+
+import shardflow
+from shardflow import KinesisLimits, errors
+from shardflow._aws import error_for_code, stream_name, stream_params
+
+
+def test_all_matches_exports() -> None:
+    for name in shardflow.__all__:
+        assert hasattr(shardflow, name), name
+    public = {n for n in vars(shardflow) if not n.startswith("_")}
+    assert public - {"annotations"} <= set(shardflow.__all__) | {
+        "limits",
+        "local",
+        "models",
+        "cli",
+    }
+
+
+def test_every_error_derives_from_root() -> None:
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), errors.ShardflowError), name
+
+
+def test_input_errors_are_builtin_errors_too() -> None:
+    assert issubclass(errors.InvalidPartitionKey, ValueError)
+    assert issubclass(errors.RecordTooLarge, ValueError)
+    assert issubclass(errors.InvalidHashKey, ValueError)
+    assert issubclass(errors.SerializationError, TypeError)
+
+
+@pytest.mark.parametrize(
+    ("code", "cls", "retriable"),
+    [
+        ("ProvisionedThroughputExceededException", errors.ThroughputExceeded, True),
+        ("InternalFailure", errors.InternalFailure, True),
+        ("ServiceUnavailable", errors.ServiceUnavailable, True),
+        ("ResourceNotFoundException", errors.StreamNotFound, False),
+        ("AccessDeniedException", errors.AccessDenied, False),
+        ("KMSDisabledException", errors.KMSError, False),
+        ("KMSThrottlingException", errors.ThroughputExceeded, True),
+        ("ValidationException", errors.InvalidArgument, False),
+        ("ExpiredIteratorException", errors.ExpiredIterator, True),
+        ("ExpiredTokenException", errors.CredentialsExpired, True),
+        ("SomethingNew", errors.AWSError, False),
+    ],
+)
+def test_error_codes_map_to_situations(
+    code: str, cls: type[errors.AWSError], retriable: bool
+) -> None:
+    err = error_for_code(code, "msg", "PutRecords")
+    assert type(err) is cls
+    assert err.retriable is retriable
+    assert err.code == code
+
+
+def test_unknown_5xx_is_retriable() -> None:
+    assert error_for_code("Weird", status=503).retriable
+    assert not error_for_code("Weird", status=400).retriable
+
+
+def test_resource_not_found_outside_kinesis_is_not_a_stream() -> None:
+    err = error_for_code("ResourceNotFoundException", service="dynamodb")
+    assert type(err) is errors.ResourceNotFound
+
+
+def test_stream_arn_and_name() -> None:
+    arn = "arn:aws:kinesis:us-east-1:123456789012:stream/logs"
+    assert stream_params(arn) == {"StreamARN": arn}
+    assert stream_params("logs") == {"StreamName": "logs"}
+    assert stream_name(arn) == "logs"
+    with pytest.raises(ValueError, match="ARN"):
+        stream_params("arn:aws:s3:::bucket")
+    with pytest.raises(ValueError, match="non-empty"):
+        stream_params("")
+
+
+def test_limits_validate() -> None:
+    assert KinesisLimits().max_batch_records == 500
+    assert KinesisLimits(max_record_bytes=10 * 1024 * 1024).max_record_bytes == 10485760
+    with pytest.raises(ValueError, match="max_batch_records"):
+        KinesisLimits(max_batch_records=501)
+    with pytest.raises(ValueError, match="max_record_bytes"):
+        KinesisLimits(max_record_bytes=0)
