@@ -20,6 +20,7 @@ __all__ = [
     "AWSError",
     "AccessDenied",
     "BufferFull",
+    "CollectorClosed",
     "ConditionFailed",
     "ConsumerClosed",
     "CredentialsExpired",
@@ -33,6 +34,7 @@ __all__ = [
     "KMSError",
     "LeaseLost",
     "LimitExceeded",
+    "OutputClosed",
     "ProducerClosed",
     "QueueFull",
     "RecordTooLarge",
@@ -42,6 +44,7 @@ __all__ = [
     "SerializationError",
     "ServiceUnavailable",
     "ShardflowError",
+    "SpoolError",
     "StreamNotFound",
     "ThroughputExceeded",
 ]
@@ -93,6 +96,18 @@ class BufferFull(ShardflowError):
     """A buffered output is full and its overflow policy is ``"raise"``."""
 
     retriable = True
+
+
+class CollectorClosed(ShardflowError):
+    """The collector is not started yet, or is closing or closed: ``post()`` is refused."""
+
+
+class OutputClosed(ShardflowError):
+    """A buffered output is not started yet, or is closing or closed."""
+
+
+class SpoolError(ShardflowError):
+    """A collector spool file could not be opened, read or written (locked, full, corrupt)."""
 
 
 class LeaseLost(ShardflowError):
