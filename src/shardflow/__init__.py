@@ -12,12 +12,16 @@ from .models import Attempt as Attempt
 from .models import PutResult as PutResult
 from .models import Record as Record
 from .models import Shard as Shard
+from .producer import Producer as Producer
+from .producer import ProducerStats as ProducerStats
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Attempt",
     "KinesisLimits",
+    "Producer",
+    "ProducerStats",
     "PutResult",
     "Record",
     "Shard",

@@ -8,6 +8,7 @@ errors, timeouts) are translated here, with the original chained as ``__cause__`
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import re
 from collections.abc import Mapping
@@ -21,7 +22,9 @@ __all__ = [
     "DEFAULT_LOCAL_REGION",
     "CredentialSource",
     "call",
+    "client_endpoint",
     "error_for_code",
+    "frozen_credentials",
     "is_loopback",
     "open_client",
     "stream_name",
@@ -155,6 +158,32 @@ async def call(client: Any, operation: str, service: str = "kinesis", **params: 
         raise
     except Exception as exc:
         raise translate_error(exc, operation, service) from exc
+
+
+def client_endpoint(client: Any) -> tuple[str, str]:
+    """The ``(endpoint_url, region_name)`` an aiobotocore client resolved and signs for."""
+    return str(client.meta.endpoint_url), str(client.meta.region_name)
+
+
+async def frozen_credentials(client: Any) -> Any:
+    """The client's credentials as a botocore ``ReadOnlyCredentials``, or None if it has none.
+
+    Refreshable credentials are refreshed first when they are about to expire, exactly as
+    the client would before signing a request. Raises :class:`errors.AccessDenied` /
+    :class:`errors.CredentialsExpired` when the credential source fails.
+    """
+    credentials = client._request_signer._credentials
+    if credentials is None:
+        return None
+    try:
+        frozen = credentials.get_frozen_credentials()
+        if inspect.isawaitable(frozen):
+            frozen = await frozen
+    except (asyncio.CancelledError, errors.ShardflowError):
+        raise
+    except Exception as exc:
+        raise translate_error(exc, "refresh credentials") from exc
+    return frozen
 
 
 # --- error translation ------------------------------------------------------------------

@@ -1,0 +1,190 @@
+"""The producer's fast path: PutRecords as a hand-built, SigV4-signed HTTP request.
+
+Sending 500-entry PutRecords calls through botocore's client pipeline (parameter
+validation, serialisation, shape-based parsing) costs more client CPU than everything else
+the producer does. This module builds the JSON body from entry fragments encoded once at
+``put()`` time, signs it with botocore's own :class:`botocore.auth.SigV4Auth` using the
+aiobotocore client's (refreshed) credentials, POSTs it with aiohttp to the endpoint the
+client resolved, and reads the answer with orjson. Errors are mapped by
+:mod:`shardflow._aws`, exactly as for every other call.
+
+Only this module and ``_aws`` know about transports; it never imports aiobotocore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import aiohttp
+import orjson
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+
+from . import _aws, errors
+
+__all__ = ["PutRecordsTransport", "encode_entry", "request_body"]
+
+OPERATION = "PutRecords"
+TARGET = "Kinesis_20131202.PutRecords"
+CONTENT_TYPE = "application/x-amz-json-1.1"
+SERVICE = "kinesis"
+
+_b64 = base64.b64encode
+_dumps = orjson.dumps
+
+
+def encode_entry(data: bytes, key_json: bytes, explicit_hash_key: str | None = None) -> bytes:
+    """One PutRecords entry as a JSON object: ``{"Data":"<base64>","PartitionKey":...}``.
+
+    ``key_json`` is the partition key already encoded as a JSON string (with quotes).
+    """
+    if explicit_hash_key is None:
+        return b'{"Data":"' + _b64(data) + b'","PartitionKey":' + key_json + b"}"
+    return (
+        b'{"Data":"'
+        + _b64(data)
+        + b'","PartitionKey":'
+        + key_json
+        + b',"ExplicitHashKey":"'
+        + explicit_hash_key.encode()
+        + b'"}'
+    )
+
+
+def request_body(stream_params: dict[str, str], entries: Sequence[bytes]) -> bytes:
+    """The PutRecords request body for ``entries`` (fragments from :func:`encode_entry`)."""
+    head = _dumps(stream_params)[:-1]  # '{"StreamName":"x"' without the closing brace
+    return head + b',"Records":[' + b",".join(entries) + b"]}"
+
+
+def _error_code(raw: bytes, header: str | None) -> tuple[str | None, str]:
+    """AWS's error code and message from a JSON error body or the x-amzn-ErrorType header."""
+    code: str | None = None
+    message = ""
+    try:
+        doc = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict):
+        kind = doc.get("__type")
+        if isinstance(kind, str) and kind:
+            code = kind.rsplit("#", 1)[-1]
+        msg = doc.get("message") or doc.get("Message")
+        if isinstance(msg, str):
+            message = msg
+    if not code and header:
+        code = header.split(":", 1)[0].rsplit("#", 1)[-1] or None
+    return code, message
+
+
+def response_error(status: int, raw: bytes, header: str | None) -> errors.AWSError:
+    """The shardflow error for a non-200 PutRecords answer."""
+    code, message = _error_code(raw, header)
+    if not message and not code:
+        message = raw[:200].decode("utf-8", "replace")
+    return _aws.error_for_code(code or f"HTTP{status}", message, OPERATION, SERVICE, status)
+
+
+def parse_response(raw: bytes, expected: int) -> list[dict[str, Any]]:
+    """The ``Records`` list of a 200 answer, one entry per request entry, in order.
+
+    A body that is not the expected JSON is a retriable error (the request may or may not
+    have been applied; a retry keeps delivery at least once).
+    """
+    try:
+        doc = orjson.loads(raw)
+        records = doc["Records"]
+        if not isinstance(records, list) or len(records) != expected:
+            raise ValueError(f"{len(records)} results for {expected} records")
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise _aws.error_for_code(
+            "InvalidResponse", f"unreadable PutRecords answer: {exc}", OPERATION, SERVICE, 502
+        ) from exc
+    return records
+
+
+class PutRecordsTransport:
+    """Signs and sends PutRecords requests over one aiohttp connection pool.
+
+    ``credentials`` is an async callable returning botocore ``ReadOnlyCredentials`` (or
+    None), called before each request so that refreshable credentials stay fresh.
+    """
+
+    def __init__(
+        self,
+        *,
+        endpoint_url: str,
+        region_name: str,
+        stream_params: dict[str, str],
+        credentials: Callable[[], Awaitable[Any]],
+        max_connections: int,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self._url = endpoint_url if endpoint_url.endswith("/") else endpoint_url + "/"
+        self._region = region_name
+        self._stream_params = dict(stream_params)
+        self._head = _dumps(self._stream_params)[:-1] + b',"Records":['
+        self._credentials = credentials
+        self._max_connections = max_connections
+        self._connect_timeout = connect_timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"PutRecordsTransport({self._url!r}, region={self._region!r})"
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self._max_connections, enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(connector=connector, trust_env=True)
+
+    async def aclose(self) -> None:
+        """Close the connection pool (idempotent)."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def sign(self, body: bytes) -> dict[str, str]:
+        """Headers for a PutRecords POST of ``body``, signed with SigV4 for now."""
+        headers = {"Content-Type": CONTENT_TYPE, "X-Amz-Target": TARGET}
+        creds = await self._credentials()
+        if creds is None:
+            raise errors.AccessDenied(
+                "NoCredentials", "no AWS credentials to sign PutRecords with", OPERATION
+            )
+        request = AWSRequest(method="POST", url=self._url, data=body, headers=headers)
+        SigV4Auth(creds, SERVICE, self._region).add_auth(request)
+        return dict(request.headers.items())
+
+    async def put_records(self, entries: Sequence[bytes], timeout: float) -> list[dict[str, Any]]:
+        """Send one PutRecords request; return its per-entry results in order.
+
+        Raises a :class:`errors.AWSError` subclass for a request-level failure: the
+        translated AWS error for a non-200 answer, :class:`errors.RequestTimeout` when no
+        answer came within ``timeout`` seconds, :class:`errors.EndpointUnreachable` for
+        connection failures and resets. Cancellation propagates (the request may or may
+        not have reached the service).
+        """
+        session = self._session
+        if session is None:
+            raise errors.EndpointUnreachable("Closed", "transport is closed", OPERATION)
+        body = self._head + b",".join(entries) + b"]}"
+        headers = await self.sign(body)
+        try:
+            async with session.post(
+                self._url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=self._connect_timeout),
+            ) as response:
+                raw = await response.read()
+                status = response.status
+                error_header = response.headers.get("x-amzn-ErrorType")
+        except asyncio.TimeoutError as exc:  # not TimeoutError's subclass before 3.11
+            raise _aws.translate_error(TimeoutError(str(exc)), OPERATION) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _aws.translate_error(exc, OPERATION) from exc
+        if status != 200:
+            raise response_error(status, raw, error_header)
+        return parse_response(raw, len(entries))

@@ -1,0 +1,450 @@
+"""The asyncio Kinesis producer: bounded queue, batching, retries, per-record results."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import anyio
+import orjson
+
+from .. import _aws, errors
+from .._putrecords import PutRecordsTransport, encode_entry
+from ..limits import KinesisLimits
+from ..models import PutResult
+from .accumulator import Accumulator, Ledger, PendingRecord
+from .sender import Sender
+
+__all__ = ["Producer", "ProducerStats"]
+
+log = logging.getLogger("shardflow.producer")
+
+MiB = 1024 * 1024
+MAX_HASH_KEY = 2**128 - 1
+_KEY_CACHE_SIZE = 4096
+_ENTRY_OVERHEAD = 64  # JSON punctuation of one entry, beyond data and key
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerStats:
+    """A snapshot of a producer's counters (records unless named otherwise)."""
+
+    queued: int
+    """Accepted and not yet resolved: waiting, backing off or in flight."""
+    queued_bytes: int
+    """Bytes those records hold (their encoded entries), bounded by ``max_queue_bytes``."""
+    waiting: int
+    """Waiting to be sent or to be retried."""
+    in_flight: int
+    """In a PutRecords request that has not answered yet."""
+    in_flight_requests: int
+    delivered: int
+    failed: int
+    retried: int
+    """Tries after the first (each failed entry that went back in line counts once)."""
+    requests: int
+    failed_requests: int
+    """Requests that failed as a whole (5xx, reset, timeout, rejected request)."""
+
+
+def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _check_seconds(name: str, value: object, *, positive: bool) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if math.isnan(value) or math.isinf(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} seconds, got {value}")
+    return float(value)
+
+
+def _hash_key(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit():
+        number = int(value)
+    else:
+        raise errors.InvalidHashKey(
+            f"explicit_hash_key must be a decimal integer in [0, 2**128), got {value!r}"
+        )
+    if not 0 <= number <= MAX_HASH_KEY:
+        raise errors.InvalidHashKey(f"explicit_hash_key must be in [0, 2**128), got {number}")
+    return str(number)
+
+
+class Producer:
+    """Put records into a Kinesis stream, batched into PutRecords requests.
+
+    ``stream`` is a stream name or ARN. Use as ``async with Producer(...) as p``; every
+    record accepted by :meth:`put` resolves its delivery future with a
+    :class:`~shardflow.PutResult` or fails it with :class:`errors.DeliveryFailed`.
+
+    Options (keyword-only):
+
+    - ``endpoint_url``, ``region_name``, ``credentials``: where and as whom to connect
+      (``credentials`` is a :class:`shardflow._aws.CredentialSource`); or ``client``, an
+      aiobotocore Kinesis client you own (its endpoint, region and credentials are used).
+    - ``max_queue_records``, ``max_queue_bytes``: bounds on records accepted and not yet
+      resolved (queued, in flight or waiting to retry); bytes are those of the encoded
+      entries (base64 data and key), which is what the producer holds in memory.
+    - ``linger``: seconds a batch may wait to fill; a full batch goes at once.
+    - ``max_in_flight``: concurrent PutRecords requests (default 8).
+    - ``ordered``: same-key records reach the stream in put order, also across retries.
+      At most one record per partition key is in flight at a time, so a single hot key
+      is limited to one record per round trip.
+    - ``record_ttl``: seconds after ``put`` within which a record must be delivered.
+    - ``limits``: the :class:`KinesisLimits` requests are packed against.
+    - ``aggregate`` and ``rate_limit`` are validated but not active yet: records are sent
+      unaggregated and without per-shard pacing.
+    """
+
+    def __init__(
+        self,
+        stream: str,
+        *,
+        endpoint_url: str | None = None,
+        region_name: str | None = None,
+        client: Any = None,
+        credentials: _aws.CredentialSource | None = None,
+        max_queue_records: int = 10_000,
+        max_queue_bytes: int = 64 * MiB,
+        linger: float = 0.1,
+        max_in_flight: int = 8,
+        aggregate: bool = False,
+        ordered: bool = False,
+        rate_limit: float | None = 1.0,
+        record_ttl: float = 30.0,
+        limits: KinesisLimits | None = None,
+    ) -> None:
+        self._stream_params = _aws.stream_params(stream)
+        self.stream = stream
+        if client is not None and (endpoint_url or region_name or credentials):
+            raise ValueError(
+                "pass either client or endpoint_url/region_name/credentials, not both"
+            )
+        if credentials is not None and not isinstance(credentials, _aws.CredentialSource):
+            raise TypeError(f"credentials must be a CredentialSource, got {credentials!r}")
+        if limits is None:
+            limits = KinesisLimits()
+        elif not isinstance(limits, KinesisLimits):
+            raise TypeError(f"limits must be a KinesisLimits, got {limits!r}")
+        self.limits = limits
+        self.max_queue_records = _check_int("max_queue_records", max_queue_records, 1)
+        self.max_queue_bytes = _check_int("max_queue_bytes", max_queue_bytes, 1)
+        largest = 4 * math.ceil(limits.max_record_bytes / 3) + _ENTRY_OVERHEAD
+        if max_queue_bytes < largest:
+            raise ValueError(
+                f"max_queue_bytes ({max_queue_bytes}) must hold one record of "
+                f"limits.max_record_bytes ({limits.max_record_bytes} bytes, {largest} encoded)"
+            )
+        self.linger = _check_seconds("linger", linger, positive=False)
+        self.max_in_flight = _check_int("max_in_flight", max_in_flight, 1, 1000)
+        self.record_ttl = _check_seconds("record_ttl", record_ttl, positive=True)
+        for name, flag in (("aggregate", aggregate), ("ordered", ordered)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
+        self.aggregate = aggregate
+        self.ordered = ordered
+        if rate_limit is not None:
+            if not isinstance(rate_limit, int | float) or isinstance(rate_limit, bool):
+                raise TypeError(f"rate_limit must be a fraction or None, got {rate_limit!r}")
+            if not 0 < rate_limit <= 1:
+                raise ValueError(f"rate_limit must be in (0, 1] or None, got {rate_limit}")
+        self.rate_limit = rate_limit
+        self._endpoint_url = endpoint_url
+        self._region_name = region_name
+        self._client = client
+        self._credentials = credentials
+        self._max_key_chars = limits.max_partition_key_chars
+        self._max_record_bytes = limits.max_record_bytes
+        self._keys: dict[str, tuple[bytes, int]] = {}
+        self._ledger = Ledger(max_queue_records, max_queue_bytes)
+        self._acc = Accumulator(limits, self.linger, ordered)
+        self._sender: Sender | None = None
+        self._stack: AsyncExitStack | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._state = "new"  # new -> open -> closing -> closed
+
+    def __repr__(self) -> str:
+        return f"Producer({self.stream!r}, state={self._state})"
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Producer:
+        """Connect, check that the stream exists, start the sender.
+
+        Raises :class:`errors.StreamNotFound` if the stream does not exist, other
+        :class:`errors.AWSError` subclasses if the endpoint cannot be reached or refuses.
+        """
+        if self._state != "new":
+            raise RuntimeError("a Producer can be entered only once")
+        self._state = "starting"
+        stack = AsyncExitStack()
+        try:
+            client = await _aws.open_client(
+                stack,
+                "kinesis",
+                endpoint_url=self._endpoint_url,
+                region_name=self._region_name,
+                client=self._client,
+                credentials=self._credentials,
+            )
+            await _aws.call(client, "describe_stream_summary", **self._stream_params)
+            endpoint_url, region_name = _aws.client_endpoint(client)
+
+            async def credentials() -> Any:
+                return await _aws.frozen_credentials(client)
+
+            transport = PutRecordsTransport(
+                endpoint_url=endpoint_url,
+                region_name=region_name,
+                stream_params=self._stream_params,
+                credentials=credentials,
+                max_connections=self.max_in_flight,
+            )
+            await transport.start()
+            stack.push_async_callback(transport.aclose)
+            if self.aggregate:
+                log.warning("aggregate=True is not active yet: records are sent one by one")
+            self._sender = Sender(
+                self._acc,
+                self._ledger,
+                transport,
+                max_in_flight=self.max_in_flight,
+                record_ttl=self.record_ttl,
+            )
+            self._tg = anyio.create_task_group()
+            await self._tg.__aenter__()
+            await self._tg.start(self._sender.run)
+        except BaseException:
+            self._state = "closed"
+            self._ledger.close()
+            try:
+                if self._tg is not None:
+                    self._tg.cancel_scope.cancel()
+                    await self._tg.__aexit__(None, None, None)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await stack.aclose()
+            raise
+        self._stack = stack
+        self._loop = asyncio.get_running_loop()
+        self._state = "open"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return await self._close(None, exc_type, exc, tb)
+
+    async def aclose(self, *, grace: float | None = None) -> None:
+        """Refuse new puts, deliver what was accepted, then stop. Idempotent.
+
+        Waits up to ``grace`` seconds (default: ``record_ttl``, the longest any
+        accepted record may still take); what is not delivered by then fails with
+        :class:`errors.DeliveryFailed`. Must be called from the task that entered the
+        producer. If cancelled, the remaining records fail at once and the cleanup still
+        completes. Raises the sender's crash, if it crashed.
+        """
+        if grace is not None:
+            grace = _check_seconds("grace", grace, positive=False)
+        await self._close(grace, None, None, None)
+
+    async def _close(
+        self,
+        grace: float | None,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        if self._state in ("closing", "closed", "new"):
+            self._state = "closed" if self._state == "new" else self._state
+            return None
+        self._state = "closing"
+        sender = self._sender
+        tg = self._tg
+        assert sender is not None
+        assert tg is not None
+        assert self._stack is not None
+        self._ledger.close()
+        sender.close()
+        if grace is None:
+            grace = self.record_ttl + 1.0
+        suppress: bool | None = None
+        try:
+            with anyio.move_on_after(grace):
+                await sender.finished.wait()
+        except BaseException as wait_exc:
+            if exc is None:
+                exc_type, exc, tb = type(wait_exc), wait_exc, wait_exc.__traceback__
+            raise
+        finally:
+            tg.cancel_scope.cancel()
+            try:
+                suppress = await tg.__aexit__(exc_type, exc, tb)
+            finally:
+                sender.fail_all(
+                    errors.DeliveryFailed("the producer closed before the record was sent")
+                )
+                with anyio.CancelScope(shield=True):
+                    await self._stack.aclose()
+                self._state = "closed"
+        return suppress
+
+    # --- input --------------------------------------------------------------------------
+
+    def _prepare(self, obj: Any, partition_key: str, explicit_hash_key: Any) -> PendingRecord:
+        if self._state != "open":
+            if self._state in ("new", "starting"):
+                raise errors.ProducerClosed("the producer is not started (use `async with`)")
+            raise errors.ProducerClosed("the producer is closed")
+        if type(obj) is bytes:
+            data = obj
+        elif isinstance(obj, bytes | bytearray | memoryview):
+            data = bytes(obj)
+        else:
+            try:
+                data = orjson.dumps(obj)
+            except TypeError as exc:
+                raise errors.SerializationError(
+                    f"cannot serialise {type(obj).__name__} as JSON: {exc}"
+                ) from exc
+        cached = self._keys.get(partition_key)
+        if cached is None:
+            cached = self._key_entry(partition_key)
+        key_json, key_bytes = cached
+        size = len(data) + key_bytes
+        if size > self._max_record_bytes:
+            raise errors.RecordTooLarge(
+                f"record is {size} bytes (data {len(data)} + partition key {key_bytes}), "
+                f"over limits.max_record_bytes={self._max_record_bytes}"
+            )
+        if explicit_hash_key is None:
+            fragment = encode_entry(data, key_json)
+        else:
+            fragment = encode_entry(data, key_json, _hash_key(explicit_hash_key))
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        return PendingRecord(
+            fragment, partition_key, size, loop.create_future(), now, now + self.record_ttl
+        )
+
+    def _key_entry(self, key: object) -> tuple[bytes, int]:
+        if not isinstance(key, str):
+            raise errors.InvalidPartitionKey(f"partition_key must be a str, got {key!r}")
+        if not key or len(key) > self._max_key_chars:
+            raise errors.InvalidPartitionKey(
+                f"partition_key must have 1 to {self._max_key_chars} characters, "
+                f"got {len(key)}"
+            )
+        try:
+            encoded = key.encode()
+            key_json = orjson.dumps(key)
+        except (UnicodeEncodeError, TypeError) as exc:
+            raise errors.InvalidPartitionKey(f"partition_key is not valid Unicode: {exc}") from exc
+        if len(self._keys) >= _KEY_CACHE_SIZE:
+            self._keys.clear()
+        entry = self._keys[key] = (key_json, len(encoded))
+        return entry
+
+    def _accept(self, record: PendingRecord) -> asyncio.Future[PutResult]:
+        self._ledger.admit(record)
+        if self._acc.add(record):
+            assert self._sender is not None
+            self._sender.notify()
+        return record.future
+
+    async def put(
+        self, obj: Any, partition_key: str, *, explicit_hash_key: str | int | None = None
+    ) -> asyncio.Future[PutResult]:
+        """Accept a record; return the future of its delivery.
+
+        ``obj`` is bytes (sent as is) or a value orjson can serialise (sent as JSON).
+        Waits only while the queue is full. The future resolves to a
+        :class:`~shardflow.PutResult`, or fails with :class:`errors.DeliveryFailed`.
+
+        Raises at once, affecting no other record: :class:`errors.InvalidPartitionKey`,
+        :class:`errors.InvalidHashKey`, :class:`errors.RecordTooLarge`,
+        :class:`errors.SerializationError`, :class:`errors.ProducerClosed` (also if the
+        producer closes while this waits). Cancelled while waiting for room, nothing was
+        accepted.
+        """
+        record = self._prepare(obj, partition_key, explicit_hash_key)
+        ledger = self._ledger
+        if ledger.has_room(record.cost):
+            return self._accept(record)
+        await ledger.wait_room(record.cost)
+        future = self._accept(record)
+        ledger.wake_putter()
+        return future
+
+    def put_nowait(
+        self, obj: Any, partition_key: str, *, explicit_hash_key: str | int | None = None
+    ) -> asyncio.Future[PutResult]:
+        """Like :meth:`put`, but raise :class:`errors.QueueFull` instead of waiting."""
+        record = self._prepare(obj, partition_key, explicit_hash_key)
+        if not self._ledger.has_room(record.cost):
+            raise errors.QueueFull(
+                f"producer queue is full ({self._ledger.records} records, "
+                f"{self._ledger.bytes} bytes)"
+            )
+        return self._accept(record)
+
+    async def put_and_wait(
+        self, obj: Any, partition_key: str, *, explicit_hash_key: str | int | None = None
+    ) -> PutResult:
+        """:meth:`put`, then wait for the delivery; return its :class:`PutResult`.
+
+        Raises what :meth:`put` raises, or :class:`errors.DeliveryFailed`. Cancelling
+        after the record was accepted does not withdraw it: it is still sent.
+        """
+        future = await self.put(obj, partition_key, explicit_hash_key=explicit_hash_key)
+        return await asyncio.shield(future)
+
+    async def flush(self) -> None:
+        """Send at once, and wait until every record accepted so far is resolved.
+
+        Returns when each was delivered or failed (see the delivery futures for which).
+        Cancelling stops the wait only. Raises nothing.
+        """
+        waiter = self._ledger.flush_waiter()
+        if waiter is None:
+            return
+        if self._sender is not None:
+            self._sender.notify()
+        try:
+            await waiter
+        finally:
+            self._ledger.forget_flush_waiter(waiter)
+
+    def stats(self) -> ProducerStats:
+        """A snapshot of the producer's counters."""
+        sender = self._sender
+        return ProducerStats(
+            queued=self._ledger.records,
+            queued_bytes=self._ledger.bytes,
+            waiting=self._acc.waiting,
+            in_flight=sender.in_flight_records if sender else 0,
+            in_flight_requests=sender.in_flight_requests if sender else 0,
+            delivered=sender.delivered if sender else 0,
+            failed=sender.failed if sender else 0,
+            retried=sender.retried if sender else 0,
+            requests=sender.requests if sender else 0,
+            failed_requests=sender.failed_requests if sender else 0,
+        )
