@@ -44,6 +44,7 @@ __all__ = [
     "SerializationError",
     "ServiceUnavailable",
     "ShardflowError",
+    "SinkClosed",
     "SpoolError",
     "StreamNotFound",
     "ThroughputExceeded",
@@ -104,6 +105,10 @@ class CollectorClosed(ShardflowError):
 
 class OutputClosed(ShardflowError):
     """A buffered output is not started yet, or is closing or closed."""
+
+
+class SinkClosed(ShardflowError):
+    """A sink (S3Sink, TumblingWindows) is closing or closed and takes no more records."""
 
 
 class SpoolError(ShardflowError):
