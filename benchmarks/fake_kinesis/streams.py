@@ -1,0 +1,90 @@
+"""Streams and shards of the fake: even hash-key ranges, routing, sequence numbers."""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import time
+from typing import Any
+
+from .validation import HASH_SPACE
+
+__all__ = ["ACCOUNT", "REGION", "Shard", "StoredRecord", "Stream", "hash_key"]
+
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+
+StoredRecord = tuple[float, str, str]  # arrival time, base64 data, partition key
+
+
+def hash_key(partition_key: str) -> int:
+    """MD5 of the UTF-8 partition key as a 128-bit big-endian integer (AWS's routing)."""
+    return int.from_bytes(hashlib.md5(partition_key.encode()).digest(), "big")
+
+
+class Shard:
+    __slots__ = ("end", "index", "prefix", "shard_id", "start")
+
+    def __init__(self, index: int, start: int, end: int, prefix: str) -> None:
+        self.index = index
+        self.shard_id = f"shardId-{index:012d}"
+        self.start = start
+        self.end = end
+        self.prefix = prefix  # 36 digits; a sequence number is prefix + a 20-digit counter
+
+    def sequence(self, counter: int) -> str:
+        return f"{self.prefix}{counter:020d}"
+
+    def as_api(self) -> dict[str, Any]:
+        return {
+            "ShardId": self.shard_id,
+            "HashKeyRange": {"StartingHashKey": str(self.start), "EndingHashKey": str(self.end)},
+            "SequenceNumberRange": {"StartingSequenceNumber": self.sequence(0)},
+        }
+
+
+class Stream:
+    """N shards splitting [0, 2**128) evenly; ``counts[i]`` records written to shard i."""
+
+    __slots__ = ("arn", "counts", "created", "heads", "kinesis_records", "name", "route",
+                 "shards", "starts", "stored", "tails", "user_records")
+
+    def __init__(self, name: str, shard_count: int, store: bool, serial: int) -> None:
+        self.name = name
+        self.arn = f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{name}"
+        self.created = time.time()
+        step = HASH_SPACE // shard_count
+        self.shards: list[Shard] = []
+        for i in range(shard_count):
+            end = HASH_SPACE - 1 if i == shard_count - 1 else (i + 1) * step - 1
+            prefix = f"4959{int(self.created) % 10**10:010d}{serial % 10**10:010d}{i:012d}"
+            self.shards.append(Shard(i, i * step, end, prefix))
+        self.starts = [s.start for s in self.shards]
+        self.counts = [0] * shard_count
+        self.stored: list[list[StoredRecord]] | None = (
+            [[] for _ in range(shard_count)] if store else None
+        )
+        # Pieces of each PutRecords answer entry, per shard: head + counter + tail.
+        self.heads = ['{"SequenceNumber":"' + s.prefix for s in self.shards]
+        self.tails = ['","ShardId":"' + s.shard_id + '"}' for s in self.shards]
+        self.route: dict[str, int] = {}  # partition key -> shard index (a bounded cache)
+        self.kinesis_records = 0
+        self.user_records = 0
+
+    def shard_for_hash(self, value: int) -> int:
+        return bisect.bisect_right(self.starts, value) - 1
+
+    def shard_for_key(self, partition_key: str) -> int:
+        index = self.route.get(partition_key)
+        if index is None:
+            index = self.shard_for_hash(hash_key(partition_key))
+            if len(self.route) >= 100_000:
+                self.route.clear()
+            self.route[partition_key] = index
+        return index
+
+    def after(self, shard_id: Any) -> list[Shard]:
+        """The shards after ``shard_id`` (all when None), in order."""
+        if shard_id is None:
+            return self.shards
+        return [s for s in self.shards if s.shard_id > str(shard_id)]
