@@ -1,0 +1,626 @@
+"""The Consumer: every shard of a stream, read concurrently, delivered in order per shard.
+
+Inside, a coordinator keeps the shard list (ListShards at start, every
+``resync_interval`` seconds, and whenever a shard ends), asks the checkpointer which
+shards this worker may read, and starts one :class:`ShardReader` task per shard once its
+parents are done. Delivery takes one buffered batch (one GetRecords response) from each
+shard with data in turn, so shards are interleaved fairly and each shard stays in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import Any, Literal
+
+import anyio
+import anyio.abc
+
+from .. import _aws, errors
+from ..limits import KinesisLimits
+from ..models import Record, Shard
+from ..shardmap import list_shards
+from .checkpoint import Checkpointer, CheckpointSession, ConsumerScope, MemoryCheckpointer
+from .shard_reader import (
+    Counters,
+    ReadContext,
+    ReaderConfig,
+    ShardReader,
+    Signal,
+    backoff_delay,
+)
+
+__all__ = ["Consumer", "ConsumerStats"]
+
+log = logging.getLogger("shardflow.consumer")
+
+_START_NAMES = ("TRIM_HORIZON", "LATEST")
+MIN_POLL_INTERVAL = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerStats:
+    """A snapshot of a consumer's counters (``Consumer.stats()``)."""
+
+    shards_reading: int
+    """Shards with a running reader (started, not ended, not lost)."""
+    shards_done: int
+    """Shards delivered to their end (or found at SHARD_END)."""
+    records_fetched: int
+    records_delivered: int
+    """Records handed to the application (taken from the buffers)."""
+    records_buffered: int
+    get_records_calls: int
+    throttled: int
+    """Reads refused for throughput (each retried after a jittered backoff)."""
+    retries: int
+    """Other transient failures retried."""
+    iterators_renewed: int
+    """Expired shard iterators replaced."""
+    checkpoints_saved: int
+
+
+def _validate_start_at(start_at: object) -> str | datetime:
+    if isinstance(start_at, datetime):
+        if start_at.tzinfo is None or start_at.utcoffset() is None:
+            raise ValueError(
+                "start_at datetime must be timezone-aware (e.g. datetime.now(timezone.utc)); "
+                f"got naive {start_at!r}"
+            )
+        return start_at.astimezone(timezone.utc)
+    if isinstance(start_at, str) and start_at in _START_NAMES:
+        return start_at
+    raise ValueError(
+        f"start_at must be 'TRIM_HORIZON', 'LATEST' or an aware datetime, got {start_at!r}"
+    )
+
+
+def _positive(name: str, value: object, *, minimum: float = 0.0, integer: bool = False) -> Any:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{name} must be {'an int' if integer else 'a number'}, got {value!r}")
+    if not math.isfinite(value) or value <= 0 or value < minimum:
+        bound = f">= {minimum}" if minimum else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+    return value
+
+
+class Consumer:
+    """Reads every shard of a Kinesis stream and delivers its records.
+
+    ``stream`` is a stream name or ARN. ``start_at`` ("TRIM_HORIZON", "LATEST" or an
+    aware datetime for AT_TIMESTAMP; a naive datetime is a ValueError) applies to shards
+    that were there at start and have no checkpoint; shards born later (by resharding)
+    are read from their beginning. A stored checkpoint always wins.
+
+    Without a ``checkpointer`` positions are kept in memory for this instance only.
+    With one, ``app_name`` is required: positions are keyed by application, stream and
+    shard. See :mod:`shardflow.consumer.checkpoint` for the protocol (plain stores and
+    lease coordinators).
+
+    Use exactly one way of reading: ``async for record in consumer`` and
+    ``consumer.batches()`` (they share one queue), or ``consumer.shards()``.
+    """
+
+    def __init__(
+        self,
+        stream: str,
+        *,
+        app_name: str | None = None,
+        checkpointer: Checkpointer | None = None,
+        start_at: str | datetime = "TRIM_HORIZON",
+        endpoint_url: str | None = None,
+        region_name: str | None = None,
+        client: Any = None,
+        credentials: _aws.CredentialSource | None = None,
+        poll_interval: float = 1.0,
+        max_buffer_records: int = 10_000,
+        get_records_limit: int = 10_000,
+        resync_interval: float = 60.0,
+        close_timeout: float = 10.0,
+        limits: KinesisLimits | None = None,
+    ) -> None:
+        self._stream_params = _aws.stream_params(stream)
+        self._stream = stream
+        if app_name is not None and (not isinstance(app_name, str) or not app_name):
+            raise ValueError(f"app_name must be a non-empty string, got {app_name!r}")
+        if checkpointer is not None:
+            if not callable(getattr(checkpointer, "bind", None)):
+                raise TypeError(
+                    f"checkpointer must implement shardflow.consumer.Checkpointer, "
+                    f"got {checkpointer!r}"
+                )
+            if app_name is None:
+                raise ValueError("app_name is required with a checkpointer: it keys positions")
+        self._app_name = app_name or "shardflow"
+        self._checkpointer: Checkpointer = checkpointer or MemoryCheckpointer()
+        self._start_at = _validate_start_at(start_at)
+        self._poll_interval = float(
+            _positive("poll_interval", poll_interval, minimum=MIN_POLL_INTERVAL)
+        )
+        self._limits = limits if limits is not None else KinesisLimits()
+        if not isinstance(self._limits, KinesisLimits):
+            raise TypeError(f"limits must be a KinesisLimits, got {limits!r}")
+        self._max_buffer = _positive("max_buffer_records", max_buffer_records, integer=True)
+        self._get_limit = _positive("get_records_limit", get_records_limit, integer=True)
+        if self._get_limit > self._limits.max_get_records:
+            raise ValueError(
+                f"get_records_limit must be <= {self._limits.max_get_records}, "
+                f"got {get_records_limit}"
+            )
+        self._resync_interval = float(_positive("resync_interval", resync_interval))
+        self._close_timeout = float(_positive("close_timeout", close_timeout))
+        if credentials is not None and not isinstance(credentials, _aws.CredentialSource):
+            raise TypeError("credentials must provide botocore_credentials()")
+        self._endpoint_url = endpoint_url
+        self._region_name = region_name
+        self._client_arg = client
+        self._credentials = credentials
+
+        self._state: Literal["new", "running", "closed"] = "new"
+        self._stack: AsyncExitStack | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._owner: int | None = None
+        self._coord: _Coordinator | None = None
+        self._mode: Literal["records", "shards"] | None = None
+        self._chunk: list[Record] = []
+        self._chunk_reader: ShardReader | None = None
+        self._index = 0
+
+    def __repr__(self) -> str:
+        return f"<Consumer {self._stream!r} app={self._app_name!r} {self._state}>"
+
+    @property
+    def stream(self) -> str:
+        return self._stream
+
+    @property
+    def app_name(self) -> str:
+        return self._app_name
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Consumer:
+        """List the shards, bind the checkpointer and start the readers.
+
+        Raises errors.StreamNotFound for a missing stream (and other errors.AWSError
+        subclasses, e.g. AccessDenied); everything opened so far is closed again.
+        """
+        if self._state != "new":
+            raise RuntimeError("a Consumer can be started once")
+        self._state = "running"
+        stack = AsyncExitStack()
+        try:
+            client = await _aws.open_client(
+                stack,
+                "kinesis",
+                endpoint_url=self._endpoint_url,
+                region_name=self._region_name,
+                client=self._client_arg,
+                credentials=self._credentials,
+                max_pool_connections=64,
+            )
+            shards = await list_shards(client, self._stream)
+            scope = ConsumerScope(
+                app_name=self._app_name,
+                stream=self._stream,
+                stream_name=_aws.stream_name(self._stream),
+                start_at=self._start_at,
+            )
+            coord = _Coordinator(self, client)
+            session = await stack.enter_async_context(self._checkpointer.bind(scope, coord))
+            coord.ctx = ReadContext(
+                client=client,
+                stream_params=self._stream_params,
+                session=session,
+                config=ReaderConfig(
+                    start_at=self._start_at,
+                    poll_interval=self._poll_interval,
+                    min_call_interval=1.0 / self._limits.shard_read_calls_per_s,
+                    get_records_limit=self._get_limit,
+                    max_buffer_records=self._max_buffer,
+                ),
+                counters=Counters(),
+                events=coord,
+            )
+            # The task group is kept out of the exit stack: it must be exited first, in
+            # the owner task, with no other cancel scope around it.
+            task_group = anyio.create_task_group()
+            await task_group.__aenter__()
+            coord.task_group = self._task_group = task_group
+            self._coord = coord
+            await coord.sync(shards, initial=True)
+            task_group.start_soon(coord.run)
+        except BaseException:
+            self._state = "closed"
+            if self._coord is not None:
+                self._coord.stop()
+            await self._teardown(stack)
+            raise
+        self._stack = stack
+        self._owner = anyio.get_current_task().id
+        return self
+
+    async def _teardown(self, stack: AsyncExitStack) -> None:
+        """Wait for the (stopped) tasks, then release checkpointer and client, shielded."""
+        task_group, self._task_group = self._task_group, None
+        try:
+            if task_group is not None:
+                await task_group.__aexit__(None, None, None)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._close_timeout):
+                await stack.aclose()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop reading, write pending checkpoints, release the checkpointer, close.
+
+        Idempotent and bounded by ``close_timeout`` (it never hangs; it is shielded from
+        cancellation). Records still buffered are not delivered. Resources are released
+        by the task that started the consumer (``async with`` does this); called from
+        another task, aclose stops delivery and writes checkpoints, and the owner's exit
+        releases the rest.
+        """
+        if self._state == "new":
+            self._state = "closed"
+            return
+        coord = self._coord
+        self._state = "closed"
+        if coord is None:
+            return
+        coord.stop()
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(self._close_timeout) as scope:
+                await coord.flush_checkpoints()
+            if scope.cancelled_caught:
+                log.warning("pending checkpoints not written within %ss", self._close_timeout)
+        if self._stack is not None and anyio.get_current_task().id == self._owner:
+            stack, self._stack = self._stack, None
+            await self._teardown(stack)
+
+    def _running(self) -> _Coordinator:
+        if self._coord is None:
+            raise RuntimeError("start the Consumer first: `async with Consumer(...) as c:`")
+        return self._coord
+
+    def _use(self, mode: Literal["records", "shards"]) -> _Coordinator:
+        coord = self._running()
+        if self._mode is None:
+            self._mode = mode
+            coord.set_mode(mode)
+        elif self._mode != mode:
+            used = "shards()" if self._mode == "shards" else "async for / batches()"
+            raise RuntimeError(f"this consumer is already read through {used}")
+        return coord
+
+    # --- delivery -----------------------------------------------------------------------
+
+    def __aiter__(self) -> Consumer:
+        return self
+
+    async def __anext__(self) -> Record:
+        """The next record: in order within its shard, shards taking turns by batch.
+
+        Ends (StopAsyncIteration) when the consumer closes; raises the consumer's error
+        if a reader or the shard sync failed (e.g. errors.StreamNotFound,
+        errors.AccessDenied). Cancellation loses nothing.
+        """
+        reader = self._chunk_reader
+        if self._index < len(self._chunk) and reader is not None and not reader.lost:
+            coord = self._coord
+            if coord is not None and not coord.closing:
+                record = self._chunk[self._index]
+                self._index += 1
+                return record
+        coord = self._use("records")
+        batch = await coord.next_batch()
+        if batch is None:
+            self._chunk = []
+            raise StopAsyncIteration
+        reader, records = batch
+        self._chunk, self._chunk_reader, self._index = records, reader, 1
+        return records[0]
+
+    async def batches(self) -> AsyncIterator[list[Record]]:
+        """Records as lists: each list holds records of one shard, in order, from one
+        GetRecords response (what ``async for`` had not yet handed out comes first).
+
+        Ends when the consumer closes; raises the consumer's error if it failed.
+        """
+        coord = self._use("records")
+        while True:
+            if self._index < len(self._chunk):
+                rest, reader = self._chunk[self._index :], self._chunk_reader
+                self._chunk, self._index = [], 0
+                if reader is not None and not reader.lost and not coord.closing:
+                    yield rest
+                continue
+            batch = await coord.next_batch()
+            if batch is None:
+                return
+            yield batch[1]
+
+    async def shards(self) -> AsyncIterator[ShardReader]:
+        """One :class:`ShardReader` per shard this worker reads, as each starts.
+
+        A child shard appears only after each of its parents ended. Ends when the
+        consumer closes; raises the consumer's error if it failed.
+        """
+        coord = self._use("shards")
+        while True:
+            if coord.announced:
+                yield coord.announced.popleft()
+                continue
+            failure = coord.failure()
+            if failure is not None:
+                raise failure
+            if coord.closing:
+                return
+            await coord.announce.wait()
+
+    # --- checkpoints --------------------------------------------------------------------
+
+    async def checkpoint(self, record: Record) -> None:
+        """Mark ``record`` and every earlier record of its shard as done.
+
+        Returns once the position is stored (concurrent calls share one write). When
+        ``record`` is the last record of a closed shard, SHARD_END is stored instead.
+        A position never moves backwards: an earlier record is a no-op.
+
+        Raises errors.LeaseLost if this worker lost the shard, errors.ConsumerClosed
+        once the consumer is closing, ValueError for a record this consumer did not
+        deliver, and what the checkpointer raises. On cancellation the position stays
+        pending and is written by a later checkpoint or by close.
+        """
+        if not isinstance(record, Record):
+            raise TypeError(f"checkpoint() takes a Record, got {type(record).__name__}")
+        coord = self._running()
+        if coord.closing or self._state == "closed":
+            raise errors.ConsumerClosed("the consumer is closed; checkpoint not stored")
+        reader = coord.readers.get(record.shard_id)
+        if reader is None:
+            if record.shard_id in coord.lost:
+                raise errors.LeaseLost(record.shard_id)
+            raise ValueError(f"shard {record.shard_id} is not read by this consumer")
+        await reader.checkpoint(record)
+
+    def stats(self) -> ConsumerStats:
+        """Counters since start (all zero before start)."""
+        coord = self._coord
+        if coord is None or coord.ctx is None:
+            return ConsumerStats(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        c = coord.ctx.counters
+        readers = list(coord.readers.values())
+        return ConsumerStats(
+            shards_reading=sum(1 for r in readers if not r.ended and not r.lost),
+            shards_done=len(coord.done),
+            records_fetched=c.records_fetched,
+            records_delivered=c.records_delivered,
+            records_buffered=sum(r.buffered for r in readers),
+            get_records_calls=c.get_records_calls,
+            throttled=c.throttled,
+            retries=c.retries,
+            iterators_renewed=c.iterators_renewed,
+            checkpoints_saved=c.checkpoints_saved,
+        )
+
+
+class _Coordinator:
+    """Shard list, assignment, reader lifecycle and the delivery queue of one consumer.
+
+    It is the consumer's AssignmentListener (for the checkpointer) and ReaderEvents
+    (for the readers).
+    """
+
+    def __init__(self, consumer: Consumer, client: Any) -> None:
+        self.consumer = consumer
+        self.client = client
+        self.ctx: ReadContext | None = None
+        self.task_group: anyio.abc.TaskGroup | None = None
+        self.known: dict[str, Shard] = {}
+        self.initial: set[str] = set()
+        self.readers: dict[str, ShardReader] = {}
+        self.done: set[str] = set()
+        self.lost: set[str] = set()
+        self.ready: deque[ShardReader] = deque()
+        self.announced: deque[ShardReader] = deque()
+        self.mode: str | None = None
+        self.data = Signal()
+        self.announce = Signal()
+        self.closing = False
+        self._failure: BaseException | None = None
+        self._wake = anyio.Event()
+        self._wake_pending = False
+        self._scope = anyio.CancelScope()
+
+    # --- AssignmentListener -------------------------------------------------------------
+
+    def revoke(self, shard_id: str) -> None:
+        reader = self.readers.pop(shard_id, None)
+        self.lost.add(shard_id)
+        if reader is not None:
+            log.info("lost %s: stopping its reader", shard_id)
+            reader.revoke()
+            self.announce.fire()
+        self.wake()
+
+    def reassign(self) -> None:
+        self.wake()
+
+    # --- ReaderEvents ---------------------------------------------------------------------
+
+    def reader_started(self, reader: ShardReader) -> None:
+        if self.mode != "records":
+            self.announced.append(reader)
+            self.announce.fire()
+
+    def reader_has_data(self, reader: ShardReader) -> None:
+        if self.mode != "shards" and not reader.queued:
+            reader.queued = True
+            self.ready.append(reader)
+            self.data.fire()
+
+    def reader_ended(self, reader: ShardReader, children: Sequence[Shard]) -> None:
+        for child in children:
+            self.known.setdefault(child.shard_id, child)
+        self.wake()
+
+    def reader_done(self, reader: ShardReader) -> None:
+        if self.readers.get(reader.shard_id) is reader:
+            self.done.add(reader.shard_id)
+        self.wake()
+
+    def reader_failed(self, reader: ShardReader, exc: Exception) -> None:
+        self.fail(exc)
+
+    def failure(self) -> BaseException | None:
+        return self._failure
+
+    # --- state --------------------------------------------------------------------------
+
+    def set_mode(self, mode: str) -> None:
+        self.mode = mode
+        if mode == "shards":
+            for reader in self.ready:
+                reader.queued = False
+            self.ready.clear()
+        else:
+            self.announced.clear()
+
+    def wake(self) -> None:
+        self._wake_pending = True
+        self._wake.set()
+
+    def fail(self, exc: BaseException) -> None:
+        if self._failure is None and not self.closing:
+            log.error("consumer of %s failed: %r", self.consumer.stream, exc)
+            self._failure = exc
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop every reader and the sync loop; wake everything waiting (idempotent)."""
+        self.closing = True
+        self._scope.cancel()
+        for reader in self.readers.values():
+            reader.stop()
+        self.data.fire()
+        self.announce.fire()
+
+    async def flush_checkpoints(self) -> None:
+        for reader in list(self.readers.values()):
+            if reader.checkpoint_pending:
+                try:
+                    await reader.flush()
+                except errors.ShardflowError as exc:
+                    log.warning("checkpoint of %s not written at close: %s", reader.shard_id, exc)
+
+    # --- delivery -----------------------------------------------------------------------
+
+    async def next_batch(self) -> tuple[ShardReader, list[Record]] | None:
+        """The next batch, shards taking turns; None once closing."""
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            if self.closing:
+                return None
+            ready = self.ready
+            while ready:
+                reader = ready.popleft()
+                batch = reader.take()
+                if reader.has_batches:
+                    ready.append(reader)
+                else:
+                    reader.queued = False
+                if batch:
+                    return reader, batch
+            await self.data.wait()
+
+    # --- shard sync ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Re-sync every resync_interval and when woken; never raises."""
+        assert self.ctx is not None
+        attempt = 0
+        retry_soon = False
+        with self._scope:
+            while True:
+                if not retry_soon and not self._wake_pending:
+                    with anyio.move_on_after(self.consumer._resync_interval):
+                        await self._wake.wait()
+                self._wake_pending = False
+                self._wake = anyio.Event()
+                try:
+                    await self.sync()
+                except errors.ShardflowError as exc:
+                    if not exc.retriable:
+                        self.fail(exc)
+                        return
+                    log.warning("shard sync failed (%s); retrying", exc)
+                    retry_soon = True
+                    await anyio.sleep(backoff_delay(attempt, base=0.5))
+                    attempt += 1
+                    continue
+                except Exception as exc:
+                    self.fail(exc)
+                    return
+                retry_soon = False
+                attempt = 0
+
+    async def sync(self, shards: Sequence[Shard] | None = None, *, initial: bool = False) -> None:
+        """List the shards (unless given), ask which are ours, start and stop readers."""
+        assert self.ctx is not None
+        if shards is None:
+            shards = await list_shards(self.client, self.consumer.stream)
+        for shard in shards:
+            self.known[shard.shard_id] = shard
+        if initial:
+            self.initial = set(self.known)
+        granted = set(await self.ctx.session.assign(list(self.known.values())))
+        if self.closing:
+            return
+        for shard_id, reader in list(self.readers.items()):
+            if shard_id not in granted and not reader.ended:
+                self.revoke(shard_id)
+        for shard_id in sorted(granted):
+            if shard_id in self.readers or shard_id in self.done:
+                continue
+            candidate = self.known.get(shard_id)
+            if candidate is None or not await self._parents_done(candidate, self.ctx.session):
+                continue
+            if self.closing:
+                return
+            self._start(candidate)
+
+    async def _parents_done(self, shard: Shard, session: CheckpointSession) -> bool:
+        for parent in shard.parent_ids:
+            if parent in self.done or parent not in self.known:
+                continue  # delivered here, or trimmed away long ago
+            if parent in self.readers:
+                return False  # being read here: wait for its end
+            checkpoint = await session.get(parent)
+            if checkpoint is None or not checkpoint.is_shard_end:
+                return False  # not finished (here or by another worker)
+            self.done.add(parent)
+        return True
+
+    def _start(self, shard: Shard) -> None:
+        assert self.ctx is not None
+        assert self.task_group is not None
+        self.lost.discard(shard.shard_id)
+        reader = ShardReader(shard, self.ctx, initial=shard.shard_id in self.initial)
+        self.readers[shard.shard_id] = reader
+        log.debug("starting reader for %s", shard.shard_id)
+        self.task_group.start_soon(reader.run, name=f"shardflow reader {shard.shard_id}")

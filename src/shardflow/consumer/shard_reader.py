@@ -1,0 +1,516 @@
+"""One shard: its reader task (GetRecords with its own pacing), its bounded buffer, its
+checkpoints, and :class:`ShardReader`, the public iterator over its records.
+
+Each shard is read by its own task, so an idle shard never delays another. The task
+reads again at once after a non-empty response (but never more often than
+``KinesisLimits.shard_read_calls_per_s``), and waits ``poll_interval`` when caught up.
+It stops fetching while the shard's buffer is full, so a slow application costs no
+memory. Kinesis records become user records in exactly one place, :func:`to_records`
+(which is where KPL aggregates are unpacked).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Protocol, TypeVar
+
+import anyio
+
+from .. import _aws, errors
+from ..models import Record, Shard
+from .checkpoint import END_POSITION, SHARD_END, Checkpoint, CheckpointSession
+
+__all__ = ["Counters", "ReadContext", "ReaderConfig", "ReaderEvents", "ShardReader", "to_records"]
+
+log = logging.getLogger("shardflow.consumer")
+
+_T = TypeVar("_T")
+
+_NO_POSITION: tuple[int, int] = (-1, -1)
+_BACKOFF_BASE = 0.2
+_BACKOFF_CAP = 10.0
+
+
+def backoff_delay(attempt: int, base: float = _BACKOFF_BASE, cap: float = _BACKOFF_CAP) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
+    return random.uniform(0.0, min(cap, base * (1 << min(attempt, 30))))
+
+
+class Signal:
+    """Wakes every task waiting at the moment it fires (edge-triggered, reusable)."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = anyio.Event()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+@dataclass(slots=True)
+class Counters:
+    """Running totals, shared by every reader of one consumer."""
+
+    get_records_calls: int = 0
+    records_fetched: int = 0
+    records_delivered: int = 0
+    throttled: int = 0
+    retries: int = 0
+    iterators_renewed: int = 0
+    checkpoints_saved: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderConfig:
+    start_at: str | datetime
+    poll_interval: float
+    min_call_interval: float
+    get_records_limit: int
+    max_buffer_records: int
+
+
+class ReaderEvents(Protocol):
+    """What a reader tells its consumer."""
+
+    def reader_started(self, reader: ShardReader) -> None:
+        """The reader resolved its start position and is about to fetch."""
+
+    def reader_has_data(self, reader: ShardReader) -> None:
+        """A batch was added to the reader's buffer."""
+
+    def reader_ended(self, reader: ShardReader, children: Sequence[Shard]) -> None:
+        """The reader reached the end of its (closed or vanished) shard."""
+
+    def reader_done(self, reader: ShardReader) -> None:
+        """Every record of the shard was handed out (or there was nothing to read)."""
+
+    def reader_failed(self, reader: ShardReader, exc: Exception) -> None:
+        """A non-retriable error: the consumer should fail."""
+
+    def failure(self) -> BaseException | None:
+        """The consumer's failure, if it failed."""
+
+
+@dataclass(slots=True, eq=False)
+class ReadContext:
+    """What every reader of one consumer shares."""
+
+    client: Any
+    stream_params: dict[str, str]
+    session: CheckpointSession
+    config: ReaderConfig
+    counters: Counters
+    events: ReaderEvents
+
+
+# --- Kinesis records -> user records: the one place ---------------------------------------
+
+_UTC = timezone.utc
+
+
+def _unpack(data: bytes) -> list[tuple[str, str | None, bytes]] | None:
+    """The user records inside a KPL aggregate, or None for a plain record."""
+    return None
+
+
+def to_records(
+    shard_id: str, raw_records: Sequence[dict[str, Any]], skip_to: tuple[int, int] | None
+) -> list[Record]:
+    """User records from GetRecords' ``Records``, aggregates unpacked, in order.
+
+    Records at or before ``skip_to`` (a position) are left out: that is how a reader
+    resumes inside an aggregate.
+    """
+    out: list[Record] = []
+    append = out.append
+    for raw in raw_records:
+        seq: str = raw["SequenceNumber"]
+        data: bytes = raw["Data"]
+        arrival: datetime = raw["ApproximateArrivalTimestamp"].astimezone(_UTC)
+        subs = _unpack(data)
+        if subs is None:
+            if skip_to is not None and (int(seq), -1) <= skip_to:
+                continue
+            append(Record(data, raw["PartitionKey"], seq, None, shard_id, arrival))
+            continue
+        first = 0
+        if skip_to is not None and int(seq) <= skip_to[0]:
+            first = skip_to[1] + 1 if int(seq) == skip_to[0] else len(subs)
+        for index in range(first, len(subs)):
+            key, hash_key, sub_data = subs[index]
+            append(Record(sub_data, key, seq, index, shard_id, arrival, hash_key))
+    return out
+
+
+def _child_shard(item: dict[str, Any]) -> Shard:
+    parents = list(item.get("ParentShards") or ())
+    hash_range = item["HashKeyRange"]
+    return Shard(
+        shard_id=item["ShardId"],
+        starting_hash_key=int(hash_range["StartingHashKey"]),
+        ending_hash_key=int(hash_range["EndingHashKey"]),
+        parent_shard_id=parents[0] if parents else None,
+        adjacent_parent_shard_id=parents[1] if len(parents) > 1 else None,
+    )
+
+
+class ShardReader:
+    """The records of one shard, in order; obtained from :meth:`Consumer.shards`.
+
+    ``async for record in reader`` (or ``async for batch in reader.batches()``) ends when
+    the shard's last record was handed out (a closed shard), when this worker lost the
+    shard (``lost`` is then True), or when the consumer closes. It raises the consumer's
+    error if the consumer failed. Checkpoint with ``Consumer.checkpoint(record)``.
+    """
+
+    def __init__(self, shard: Shard, ctx: ReadContext, *, initial: bool) -> None:
+        self.shard = shard
+        self._ctx = ctx
+        self._initial = initial
+        self._scope = anyio.CancelScope()
+        self._batches: deque[list[Record]] = deque()
+        self._buffered = 0
+        self._data = Signal()
+        self._room = Signal()
+        self._chunk: list[Record] = []
+        self._index = 0
+        self.queued = False  # in the consumer's ready queue (the consumer manages this)
+        self._ended = False  # the end of the shard was reached: nothing more to fetch
+        self._finished = False  # ended and every record handed out
+        self._lost = False
+        self._stopped = False
+        self._start: Checkpoint | None = None
+        self._skip_to: tuple[int, int] | None = None
+        self._last_seq: str | None = None  # last Kinesis record fetched
+        self._last_position: tuple[int, int] | None = None  # last user record fetched
+        self._anchor: datetime | None = None  # when LATEST was first asked for
+        self._cp_lock = anyio.Lock()
+        self._cp_wanted: Checkpoint | None = None
+        self._cp_wanted_pos = _NO_POSITION
+        self._cp_durable_pos = _NO_POSITION
+
+    def __repr__(self) -> str:
+        state = "lost" if self._lost else "ended" if self._finished else "reading"
+        return f"<ShardReader {self.shard.shard_id} {state} buffered={self._buffered}>"
+
+    @property
+    def shard_id(self) -> str:
+        return self.shard.shard_id
+
+    @property
+    def lost(self) -> bool:
+        """True once this worker lost the shard (its checkpointer revoked it)."""
+        return self._lost
+
+    @property
+    def ended(self) -> bool:
+        """True once the shard is closed and every one of its records was handed out."""
+        return self._finished and not self._lost
+
+    @property
+    def buffered(self) -> int:
+        """User records fetched and not yet handed out."""
+        return self._buffered
+
+    # --- public iteration (Consumer.shards() mode) -------------------------------------
+
+    def __aiter__(self) -> ShardReader:
+        return self
+
+    async def __anext__(self) -> Record:
+        """The next record of this shard; cancellation loses nothing (it stays buffered)."""
+        while True:
+            if self._index < len(self._chunk):
+                if self._lost or self._stopped:
+                    self._chunk = []
+                    raise StopAsyncIteration
+                record = self._chunk[self._index]
+                self._index += 1
+                return record
+            batch = await self._next_batch()
+            if batch is None:
+                raise StopAsyncIteration
+            self._chunk, self._index = batch, 0
+
+    async def batches(self) -> AsyncIterator[list[Record]]:
+        """This shard's records as lists, in order (one list per GetRecords response)."""
+        while True:
+            if self._index < len(self._chunk):
+                rest = self._chunk[self._index :]
+                self._chunk, self._index = [], 0
+                if self._lost or self._stopped:
+                    return
+                yield rest
+                continue
+            batch = await self._next_batch()
+            if batch is None:
+                return
+            yield batch
+
+    async def _next_batch(self) -> list[Record] | None:
+        while True:
+            failure = self._ctx.events.failure()
+            if failure is not None:
+                raise failure
+            if self._lost or self._stopped:
+                return None
+            batch = self.take()
+            if batch is not None:
+                return batch
+            if self._finished:
+                return None
+            await self._data.wait()
+
+    # --- buffer -------------------------------------------------------------------------
+
+    @property
+    def has_batches(self) -> bool:
+        return bool(self._batches)
+
+    def take(self) -> list[Record] | None:
+        """Hand out the oldest buffered batch (None if empty or lost)."""
+        if self._lost or not self._batches:
+            return None
+        batch = self._batches.popleft()
+        self._buffered -= len(batch)
+        self._ctx.counters.records_delivered += len(batch)
+        self._room.fire()
+        if not self._batches and self._ended:
+            self._finish()
+        return batch
+
+    def _push(self, batch: list[Record]) -> None:
+        self._batches.append(batch)
+        self._buffered += len(batch)
+        self._ctx.counters.records_fetched += len(batch)
+        self._data.fire()
+        self._ctx.events.reader_has_data(self)
+
+    def _finish(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._data.fire()
+            self._ctx.events.reader_done(self)
+
+    def stop(self) -> None:
+        """The consumer is closing: stop fetching and delivering (idempotent)."""
+        self._stopped = True
+        self._scope.cancel()
+        self._data.fire()
+        self._room.fire()
+
+    def revoke(self) -> None:
+        """This worker lost the shard: stop now and drop what is buffered."""
+        self._lost = True
+        self._batches.clear()
+        self._buffered = 0
+        self._chunk = []
+        self.stop()
+
+    # --- checkpoints --------------------------------------------------------------------
+
+    async def checkpoint(self, record: Record) -> None:
+        """Store ``record``'s position (SHARD_END for the last record of a closed shard).
+
+        Returns once a save at or after this position is durable; concurrent calls share
+        one save. Raises errors.LeaseLost if the shard was lost, ValueError for a record
+        this reader did not fetch. On cancellation the position stays pending: a later
+        checkpoint or the consumer's close writes it.
+        """
+        if self._lost:
+            raise errors.LeaseLost(self.shard_id)
+        position = record.position
+        if self._last_position is None or position > self._last_position:
+            raise ValueError(
+                f"record {record.sequence_number}/{record.sub_sequence_number} of "
+                f"{self.shard_id} was not delivered by this consumer"
+            )
+        if position > self._cp_wanted_pos:
+            if self._ended and position == self._last_position:
+                self._cp_wanted, self._cp_wanted_pos = SHARD_END, END_POSITION
+            else:
+                cp = Checkpoint(record.sequence_number, record.sub_sequence_number)
+                self._cp_wanted, self._cp_wanted_pos = cp, position
+        elif position <= self._cp_durable_pos:
+            return
+        await self.flush(position)
+
+    @property
+    def checkpoint_pending(self) -> bool:
+        return self._cp_wanted_pos > self._cp_durable_pos and not self._lost
+
+    async def flush(self, position: tuple[int, int] | None = None) -> None:
+        """Save the newest wanted checkpoint unless one at or after ``position`` is durable."""
+        async with self._cp_lock:
+            if self._lost:
+                raise errors.LeaseLost(self.shard_id)
+            target_pos, target = self._cp_wanted_pos, self._cp_wanted
+            if target is None or self._cp_durable_pos >= (position or target_pos):
+                return
+            await self._ctx.session.save(self.shard_id, target)
+            self._ctx.counters.checkpoints_saved += 1
+            self._cp_durable_pos = max(self._cp_durable_pos, target_pos)
+
+    async def _complete(self) -> None:
+        """At the end of a closed shard: SHARD_END if every fetched record is checkpointed."""
+        outstanding = self._last_position is not None and self._cp_wanted_pos < self._last_position
+        if outstanding or self._cp_wanted_pos == END_POSITION:
+            return
+        self._cp_wanted, self._cp_wanted_pos = SHARD_END, END_POSITION
+        try:
+            await self.flush()
+        except errors.LeaseLost:
+            log.info("lost %s while recording SHARD_END", self.shard_id)
+        except errors.AWSError as exc:
+            log.warning("could not record SHARD_END for %s (%s); retried at close",
+                        self.shard_id, exc)
+
+    # --- the reader task ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The reader task. Never raises: failures go to the consumer."""
+        with self._scope:
+            try:
+                await self._read()
+            except errors.StreamNotFound:
+                # The shard (or the stream) vanished: a re-sync tells which.
+                log.warning("%s no longer exists", self.shard_id)
+                self._ended = True
+                self._ctx.events.reader_ended(self, ())
+                if not self._batches:
+                    self._finish()
+            except Exception as exc:
+                self._ctx.events.reader_failed(self, exc)
+
+    async def _read(self) -> None:
+        ctx, cfg = self._ctx, self._ctx.config
+        cp = await self._retry("load checkpoint", lambda: ctx.session.get(self.shard_id))
+        if cp is not None and cp.is_shard_end:
+            self._cp_wanted_pos = self._cp_durable_pos = END_POSITION
+            self._ended = True
+            self._finish()
+            return
+        if cp is None and self._initial and cfg.start_at == "LATEST" and not self.shard.is_open:
+            # Closed before we started at LATEST: nothing in it is ours to read.
+            self._ended = True
+            self._finish()
+            return
+        if cp is not None:
+            self._start = cp
+            self._cp_wanted, self._cp_wanted_pos = cp, cp.position
+            self._cp_durable_pos = cp.position
+            if cp.sub_sequence_number is not None:
+                self._skip_to = cp.position
+        ctx.events.reader_started(self)
+        iterator: str | None = await self._new_iterator()
+        attempt = 0
+        next_call = 0.0
+        while iterator is not None:
+            while self._buffered >= cfg.max_buffer_records:
+                await self._room.wait()
+            delay = next_call - anyio.current_time()
+            if delay > 0:
+                await anyio.sleep(delay)
+            next_call = anyio.current_time() + cfg.min_call_interval
+            ctx.counters.get_records_calls += 1
+            try:
+                response = await _aws.call(
+                    ctx.client, "get_records", ShardIterator=iterator, Limit=cfg.get_records_limit
+                )
+            except errors.ExpiredIterator:
+                ctx.counters.iterators_renewed += 1
+                iterator = await self._new_iterator()
+                continue
+            except errors.AWSError as exc:
+                if not exc.retriable:
+                    raise
+                if isinstance(exc, errors.ThroughputExceeded):
+                    ctx.counters.throttled += 1
+                else:
+                    ctx.counters.retries += 1
+                    log.debug("GetRecords on %s failed (%s); retrying", self.shard_id, exc)
+                await anyio.sleep(backoff_delay(attempt))
+                attempt += 1
+                continue
+            attempt = 0
+            raw = response.get("Records") or ()
+            if raw:
+                self._last_seq = raw[-1]["SequenceNumber"]
+                batch = to_records(self.shard_id, raw, self._skip_to)
+                self._skip_to = None
+                if batch:
+                    self._last_position = batch[-1].position
+                    self._push(batch)
+            iterator = response.get("NextShardIterator")
+            if iterator is None:
+                children = [_child_shard(c) for c in response.get("ChildShards") or ()]
+                await self._reach_end(children)
+                return
+            behind = response.get("MillisBehindLatest")
+            if behind == 0 or (behind is None and not raw):
+                await anyio.sleep(cfg.poll_interval)
+
+    async def _reach_end(self, children: Sequence[Shard]) -> None:
+        log.debug("%s ended; children %s", self.shard_id, [c.shard_id for c in children])
+        self._ended = True
+        await self._complete()
+        self._ctx.events.reader_ended(self, children)
+        if not self._batches:
+            self._finish()
+
+    async def _new_iterator(self) -> str:
+        """A shard iterator right after the last record fetched (or at the start position)."""
+        params: dict[str, Any] = dict(self._ctx.stream_params, ShardId=self.shard_id)
+        start_at = self._ctx.config.start_at
+        if self._last_seq is not None:
+            params.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER",
+                          StartingSequenceNumber=self._last_seq)
+        elif self._start is not None:
+            inside = self._start.sub_sequence_number is not None
+            params.update(
+                ShardIteratorType="AT_SEQUENCE_NUMBER" if inside else "AFTER_SEQUENCE_NUMBER",
+                StartingSequenceNumber=self._start.sequence_number,
+            )
+        elif not self._initial or start_at == "TRIM_HORIZON":
+            # A shard born while we read starts at its beginning: nothing lost.
+            params.update(ShardIteratorType="TRIM_HORIZON")
+        elif start_at == "LATEST" and self._anchor is None:
+            self._anchor = datetime.now(_UTC)
+            params.update(ShardIteratorType="LATEST")
+        elif start_at == "LATEST":
+            # Renewing before anything was fetched: LATEST again could skip records.
+            params.update(ShardIteratorType="AT_TIMESTAMP", Timestamp=self._anchor)
+        else:
+            params.update(ShardIteratorType="AT_TIMESTAMP", Timestamp=start_at)
+
+        async def get() -> str:
+            response = await _aws.call(self._ctx.client, "get_shard_iterator", **params)
+            return str(response["ShardIterator"])
+
+        return await self._retry("GetShardIterator", get)
+
+    async def _retry(self, what: str, fn: Callable[[], Awaitable[_T]]) -> _T:
+        attempt = 0
+        while True:
+            try:
+                return await fn()
+            except errors.ShardflowError as exc:
+                if not exc.retriable:
+                    raise
+                if isinstance(exc, errors.ThroughputExceeded):
+                    self._ctx.counters.throttled += 1
+                else:
+                    self._ctx.counters.retries += 1
+                log.debug("%s for %s failed (%s); retrying", what, self.shard_id, exc)
+                await anyio.sleep(backoff_delay(attempt))
+                attempt += 1
