@@ -6,6 +6,13 @@ The names re-exported here are the whole public surface (see ``__all__``).
 from __future__ import annotations
 
 from . import errors as errors
+from . import testing as testing
+from .consumer import Checkpoint as Checkpoint
+from .consumer import Checkpointer as Checkpointer
+from .consumer import Consumer as Consumer
+from .consumer import MemoryCheckpointer as MemoryCheckpointer
+from .consumer import ShardReader as ShardReader
+from .consumer import SQLiteCheckpointer as SQLiteCheckpointer
 from .limits import KinesisLimits as KinesisLimits
 from .local import local_endpoint as local_endpoint
 from .models import Attempt as Attempt
@@ -19,12 +26,19 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Attempt",
+    "Checkpoint",
+    "Checkpointer",
+    "Consumer",
     "KinesisLimits",
+    "MemoryCheckpointer",
     "Producer",
     "ProducerStats",
     "PutResult",
     "Record",
+    "SQLiteCheckpointer",
     "Shard",
+    "ShardReader",
     "errors",
     "local_endpoint",
+    "testing",
 ]
