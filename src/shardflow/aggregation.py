@@ -1,0 +1,519 @@
+"""The KPL aggregated-record codec, shared by the producer and the consumer.
+
+An aggregate packs many user records into one Kinesis record in the format of the AWS
+Kinesis Producer Library, which the KCL, AWS Lambda and ``aws-kinesis-agg`` understand::
+
+    F3 89 9A C2 | protobuf AggregatedRecord | MD5(protobuf bytes), 16 bytes
+
+    message AggregatedRecord {
+      repeated string partition_key_table     = 1;
+      repeated string explicit_hash_key_table = 2;
+      repeated Record records                 = 3;
+    }
+    message Record {
+      required uint64 partition_key_index     = 1;
+      optional uint64 explicit_hash_key_index = 2;
+      required bytes  data                    = 3;
+      repeated Tag    tags                    = 4;   // Tag {required key = 1; optional value = 2}
+    }
+
+Encoding and decoding are written by hand (proto2 wire format, no protobuf dependency)
+and tuned for CPython: varints come from a precomputed table, every piece is joined once,
+sizes are kept by arithmetic. Encoding writes the key tables first, then the records, as
+protobuf serialisers do; decoding accepts any field order, unknown fields and
+non-canonical varints, like a protobuf parser.
+
+The partition keys and explicit hash keys are deduplicated into the tables. Tags are never
+written; on decoding they are checked (a tag needs its key) and dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+__all__ = [
+    "MAGIC",
+    "AggregateBuilder",
+    "aggregate",
+    "aggregated_size",
+    "deaggregate",
+    "is_aggregated",
+]
+
+MAGIC = b"\xf3\x89\x9a\xc2"
+"""The four bytes every KPL aggregate starts with."""
+
+DIGEST_SIZE = 16
+"""Bytes of the MD5 trailer."""
+
+OVERHEAD = len(MAGIC) + DIGEST_SIZE
+"""Bytes an aggregate adds around its protobuf message."""
+
+DEFAULT_MAX_BYTES = 51_200
+"""The KPL's default aggregate size limit (50 KiB)."""
+
+UserRecord = tuple[str, "str | None", bytes]
+"""(partition_key, explicit_hash_key or None, data)."""
+
+_md5 = hashlib.md5
+_MAX_UINT64 = (1 << 64) - 1
+_MAX_DEPTH = 100  # protobuf's default recursion limit, for nested unknown groups
+
+# Protobuf tags (field number << 3 | wire type) of the fields this format uses.
+_PK_TABLE = 0x0A  # AggregatedRecord.partition_key_table = 1, length-delimited
+_EHK_TABLE = 0x12  # AggregatedRecord.explicit_hash_key_table = 2, length-delimited
+_RECORDS = 0x1A  # AggregatedRecord.records = 3, length-delimited
+_PK_INDEX = 0x08  # Record.partition_key_index = 1, varint
+_EHK_INDEX = 0x10  # Record.explicit_hash_key_index = 2, varint
+_DATA = 0x1A  # Record.data = 3, length-delimited
+_TAGS = 0x22  # Record.tags = 4, length-delimited
+_TAG_KEY = 0x0A  # Tag.key = 1, length-delimited
+_TAG_VALUE = 0x12  # Tag.value = 2, length-delimited
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_TABLE_SIZE = 4096
+_VARINT: tuple[bytes, ...] = tuple(_encode_varint(n) for n in range(_TABLE_SIZE))
+_PK_FIELD: tuple[bytes, ...] = tuple(b"\x08" + v for v in _VARINT)  # partition_key_index = n
+
+
+def _varint(value: int) -> bytes:
+    return _VARINT[value] if value < _TABLE_SIZE else _encode_varint(value)
+
+
+def _varint_len(value: int) -> int:
+    return (value.bit_length() + 6) // 7 or 1
+
+
+def _as_bytes(data: object) -> bytes:
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"record data must be bytes, got {type(data).__name__}")
+
+
+def _key_bytes(key: object, what: str) -> bytes:
+    if type(key) is not str:
+        raise TypeError(f"{what} must be a str, got {type(key).__name__}")
+    return key.encode()
+
+
+# --- encoding ---------------------------------------------------------------------------
+
+
+class AggregateBuilder:
+    """Builds one aggregate record by record, keeping its exact encoded size.
+
+    ``size`` is always the exact length :meth:`build` would return now (magic, protobuf
+    and MD5 included); :meth:`size_if_added` is the exact size after one more record.
+    :meth:`add` never refuses a record; :meth:`try_add` refuses one that would take the
+    aggregate over ``max_bytes`` (a caller sends such a record on its own). The index a
+    record gets is its sub-sequence number once the aggregate is in the stream.
+
+    Not thread-safe; meant to be filled by one task.
+    """
+
+    __slots__ = (
+        "_body",
+        "_ehk_fields",
+        "_ehk_table",
+        "_first_key",
+        "_parts",
+        "_pk_fields",
+        "_pk_table",
+        "max_bytes",
+    )
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        if not isinstance(max_bytes, int) or isinstance(max_bytes, bool):
+            raise TypeError(f"max_bytes must be an int, got {max_bytes!r}")
+        if max_bytes <= OVERHEAD:
+            raise ValueError(f"max_bytes must be more than {OVERHEAD}, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget every record: the builder is empty and reusable."""
+        # key -> encoded index field (b"\x08" + varint(index)), and the table entries.
+        self._pk_fields: dict[str, bytes] = {}
+        self._pk_table: list[bytes] = []
+        self._ehk_fields: dict[str, bytes] = {}
+        self._ehk_table: list[bytes] = []
+        # Alternating record header (tag, length, key indexes, data tag+length) and data.
+        self._parts: list[bytes] = []
+        self._body = 0  # bytes of the protobuf message
+        self._first_key: str | None = None
+
+    @property
+    def size(self) -> int:
+        """Exact encoded size of the aggregate as it stands."""
+        return self._body + OVERHEAD
+
+    @property
+    def partition_key(self) -> str | None:
+        """The first record's partition key (the one the outer record carries), or None."""
+        return self._first_key
+
+    def __len__(self) -> int:
+        return len(self._parts) >> 1
+
+    def __bool__(self) -> bool:
+        return bool(self._parts)
+
+    def __repr__(self) -> str:
+        return f"<AggregateBuilder records={len(self)} size={self.size}/{self.max_bytes}>"
+
+    def size_if_added(self, partition_key: str, explicit_hash_key: str | None, data: bytes) -> int:
+        """Exact encoded size of the whole aggregate if this record were added."""
+        grow = 0
+        pk_field = self._pk_fields.get(partition_key)
+        if pk_field is None:
+            n = len(_key_bytes(partition_key, "partition_key"))
+            grow += 1 + _varint_len(n) + n
+            fields = 1 + _varint_len(len(self._pk_fields))
+        else:
+            fields = len(pk_field)
+        if explicit_hash_key is not None:
+            ehk_field = self._ehk_fields.get(explicit_hash_key)
+            if ehk_field is None:
+                n = len(_key_bytes(explicit_hash_key, "explicit_hash_key"))
+                grow += 1 + _varint_len(n) + n
+                fields += 1 + _varint_len(len(self._ehk_fields))
+            else:
+                fields += len(ehk_field)
+        dl = len(data) if type(data) is bytes else len(_as_bytes(data))
+        inner = fields + 1 + _varint_len(dl) + dl
+        return self._body + grow + 1 + _varint_len(inner) + inner + OVERHEAD
+
+    def add(self, partition_key: str, explicit_hash_key: str | None, data: bytes) -> int:
+        """Add a record whatever the resulting size; return its index (sub-sequence number).
+
+        Raises TypeError for a key that is not a str or data that is not bytes-like, and
+        UnicodeEncodeError (a ValueError) for a key that is not encodable as UTF-8.
+        """
+        return self._append(partition_key, explicit_hash_key, data, -1)
+
+    def try_add(self, partition_key: str, explicit_hash_key: str | None, data: bytes) -> int:
+        """Add a record if the aggregate stays within ``max_bytes``; return its index, or -1
+        (and change nothing) when it would not fit. Raises as :meth:`add`."""
+        return self._append(partition_key, explicit_hash_key, data, self.max_bytes - OVERHEAD)
+
+    def _append(self, pk: str, ehk: str | None, data: bytes, limit: int) -> int:
+        # The hot path: one dict lookup per key, one header, two list appends; table
+        # lookups instead of varint encoding; nothing committed until the size is known.
+        if type(data) is not bytes:
+            data = _as_bytes(data)
+        pk_fields = self._pk_fields
+        pk_field = pk_fields.get(pk)
+        if pk_field is None:
+            raw = _key_bytes(pk, "partition_key")
+            n = len(raw)
+            new_pk = b"\x0a%b%b" % (_VARINT[n] if n < _TABLE_SIZE else _encode_varint(n), raw)
+            n = len(pk_fields)
+            pk_field = _PK_FIELD[n] if n < _TABLE_SIZE else b"\x08" + _encode_varint(n)
+            grow = len(new_pk)
+        else:
+            new_pk = None
+            grow = 0
+        new_ehk = None
+        if ehk is None:
+            fields = pk_field
+        else:
+            ehk_field = self._ehk_fields.get(ehk)
+            if ehk_field is None:
+                raw = _key_bytes(ehk, "explicit_hash_key")
+                ehk_field = b"\x10" + _varint(len(self._ehk_fields))
+                new_ehk = (ehk, ehk_field, b"\x12" + _varint(len(raw)) + raw)
+                grow += len(new_ehk[2])
+            fields = pk_field + ehk_field
+        dl = len(data)
+        dlv = _VARINT[dl] if dl < _TABLE_SIZE else _encode_varint(dl)
+        n = len(fields) + 1 + len(dlv) + dl
+        header = b"\x1a%b%b\x1a%b" % (
+            _VARINT[n] if n < _TABLE_SIZE else _encode_varint(n),
+            fields,
+            dlv,
+        )
+        grow += len(header) + dl
+        if 0 <= limit < self._body + grow:
+            return -1
+        if new_pk is not None:
+            pk_fields[pk] = pk_field
+            self._pk_table.append(new_pk)
+            if self._first_key is None:
+                self._first_key = pk
+        if new_ehk is not None:
+            self._ehk_fields[new_ehk[0]] = new_ehk[1]
+            self._ehk_table.append(new_ehk[2])
+        parts = self._parts
+        parts.append(header)
+        parts.append(data)
+        self._body += grow
+        return (len(parts) >> 1) - 1
+
+    def build(self) -> bytes:
+        """The encoded aggregate (the builder is left as is; call :meth:`clear` to reuse).
+
+        Raises ValueError when the builder is empty: an aggregate without records is not
+        recognised as one by KPL consumers.
+        """
+        if not self._parts:
+            raise ValueError("cannot build an aggregate without records")
+        blob = b"".join([MAGIC, *self._pk_table, *self._ehk_table, *self._parts])
+        return blob + _md5(memoryview(blob)[len(MAGIC) :]).digest()
+
+
+def aggregate(records: Iterable[UserRecord]) -> bytes:
+    """Encode ``(partition_key, explicit_hash_key or None, data)`` records as one aggregate.
+
+    Keys are deduplicated into the tables; records keep their order (record *i* gets
+    sub-sequence number *i*). Raises ValueError for no records, TypeError for values of
+    the wrong type.
+    """
+    builder = AggregateBuilder()
+    add = builder.add
+    for pk, ehk, data in records:
+        add(pk, ehk, data)
+    return builder.build()
+
+
+def aggregated_size(records: Iterable[UserRecord]) -> int:
+    """The exact length of ``aggregate(records)``, computed without encoding the data."""
+    pk_index: dict[str, int] = {}
+    ehk_index: dict[str, int] = {}
+    size = OVERHEAD
+    for pk, ehk, data in records:
+        index = pk_index.get(pk)
+        if index is None:
+            index = pk_index[pk] = len(pk_index)
+            n = len(_key_bytes(pk, "partition_key"))
+            size += 1 + _varint_len(n) + n
+        inner = 1 + _varint_len(index)
+        if ehk is not None:
+            index = ehk_index.get(ehk)
+            if index is None:
+                index = ehk_index[ehk] = len(ehk_index)
+                n = len(_key_bytes(ehk, "explicit_hash_key"))
+                size += 1 + _varint_len(n) + n
+            inner += 1 + _varint_len(index)
+        dl = len(data) if type(data) is bytes else len(_as_bytes(data))
+        inner += 1 + _varint_len(dl) + dl
+        size += 1 + _varint_len(inner) + inner
+    return size
+
+
+# --- decoding ---------------------------------------------------------------------------
+
+
+def is_aggregated(blob: bytes) -> bool:
+    """True when ``blob`` starts with the aggregate magic (a cheap check, no MD5)."""
+    return blob[:4] == MAGIC and len(blob) > OVERHEAD
+
+
+def deaggregate(blob: bytes) -> list[tuple[str, str | None, bytes]] | None:
+    """The ``(partition_key, explicit_hash_key or None, data)`` records of an aggregate.
+
+    Returns None when ``blob`` is not a valid aggregate (no magic, bad MD5, malformed
+    protobuf, missing required field, key index out of range, key not UTF-8): the caller
+    then treats the blob as plain data, as the KCL does. Never raises on any bytes;
+    raises TypeError only if ``blob`` is not bytes-like.
+    """
+    if type(blob) is not bytes:
+        blob = _as_bytes(blob)
+    end = len(blob) - DIGEST_SIZE
+    if end <= 4 or blob[:4] != MAGIC:
+        return None
+    if _md5(memoryview(blob)[4:end]).digest() != blob[end:]:
+        return None
+    try:
+        return _parse(blob, 4, end)
+    except (IndexError, ValueError):  # read past the end, bad varint, bad UTF-8
+        return None
+
+
+def _varint_rest(blob: bytes, i: int, value: int) -> tuple[int, int]:
+    """Finish a varint whose first byte (>= 0x80) was ``value``; return (value, next i)."""
+    value &= 0x7F
+    shift = 7
+    while True:
+        b = blob[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            if value > _MAX_UINT64:
+                raise ValueError("varint too large")
+            return value, i
+        shift += 7
+        if shift >= 70:
+            raise ValueError("varint too long")
+
+
+def _varint_at(blob: bytes, i: int) -> tuple[int, int]:
+    """The varint at ``blob[i]`` and the index after it."""
+    value = blob[i]
+    if value < 0x80:
+        return value, i + 1
+    return _varint_rest(blob, i + 1, value)
+
+
+def _skip(blob: bytes, i: int, tag: int, limit: int, depth: int = 0) -> int:
+    """Skip the value of an unknown field with ``tag``; return the next index.
+
+    Raises ValueError on field number 0, an invalid wire type, an unmatched end-group,
+    groups nested deeper than protobuf's recursion limit, or a value running past
+    ``limit``; IndexError when the bytes run out.
+    """
+    wire = tag & 7
+    if tag >> 3 == 0 or tag > 0xFFFFFFFF:
+        raise ValueError("field number out of range")
+    if wire == 0:
+        _, i = _varint_at(blob, i)
+    elif wire == 2:
+        n, i = _varint_at(blob, i)
+        i += n
+    elif wire == 1:
+        i += 8
+    elif wire == 5:
+        i += 4
+    elif wire == 3:  # a group: fields up to the end-group tag of the same number
+        if depth >= _MAX_DEPTH:
+            raise ValueError("groups nested too deeply")
+        while True:
+            inner, i = _varint_at(blob, i)
+            if inner == tag + 1:
+                break
+            i = _skip(blob, i, inner, limit, depth + 1)
+    else:  # an end-group without its start, or wire type 6 or 7
+        raise ValueError(f"unexpected wire type {wire}")
+    if i > limit:
+        raise ValueError("field runs past its message")
+    return i
+
+
+def _check_tag(blob: bytes, i: int, end: int) -> None:
+    """Validate a Tag message in ``blob[i:end]``: its required key must be present."""
+    has_key = False
+    while i < end:
+        tag, i = _varint_at(blob, i)
+        has_key |= tag == _TAG_KEY
+        i = _skip(blob, i, tag, end)
+    if not has_key:
+        raise ValueError("tag without key")
+
+
+def _parse(blob: bytes, i: int, end: int) -> list[tuple[str, str | None, bytes]] | None:
+    """Parse the protobuf message in ``blob[i:end]``; None when it is not a valid aggregate.
+
+    Raises IndexError or ValueError on malformed input (the caller maps both to None).
+    """
+    pks: list[str] = []
+    ehks: list[str] = []
+    found: list[tuple[int, int, bytes]] = []
+    append = found.append
+    while i < end:
+        tag = blob[i]
+        i += 1
+        if tag >= 0x80:
+            tag, i = _varint_rest(blob, i, tag)
+        if tag == 0x1A:  # records
+            n = blob[i]
+            i += 1
+            if n >= 0x80:
+                b = blob[i]
+                if b < 0x80:
+                    n = (n & 0x7F) | (b << 7)
+                    i += 1
+                else:
+                    n, i = _varint_rest(blob, i, n)
+            stop = i + n
+            if stop > end:
+                return None
+            # Fast path for the layout every encoder writes: 08 pk [10 ehk] 1A len data,
+            # one- or two-byte varints. Anything else goes through _parse_record.
+            if blob[i] == 0x08:
+                p = blob[i + 1]
+                j = i + 2
+                if p >= 0x80:
+                    b = blob[j]
+                    p = (p & 0x7F) | (b << 7) if b < 0x80 else -1
+                    j += 1
+                e = -1
+                if blob[j] == 0x10:
+                    e = blob[j + 1]
+                    j += 2
+                    if e >= 0x80:
+                        b = blob[j]
+                        e = (e & 0x7F) | (b << 7) if b < 0x80 else -2
+                        j += 1
+                if p >= 0 and e >= -1 and blob[j] == 0x1A:
+                    n = blob[j + 1]
+                    j += 2
+                    if n >= 0x80:
+                        b = blob[j]
+                        n = (n & 0x7F) | (b << 7) if b < 0x80 else -1
+                        j += 1
+                    if j + n == stop and n >= 0:
+                        append((p, e, blob[j:stop]))
+                        i = stop
+                        continue
+            append(_parse_record(blob, i, stop))
+            i = stop
+        elif tag == 0x0A or tag == 0x12:  # key tables
+            n = blob[i]
+            i += 1
+            if n >= 0x80:
+                n, i = _varint_rest(blob, i, n)
+            stop = i + n
+            if stop > end:
+                return None
+            # Invalid UTF-8 is replaced, as Java protobuf does for proto2 strings.
+            (pks if tag == 0x0A else ehks).append(blob[i:stop].decode("utf-8", "replace"))
+            i = stop
+        else:  # unknown field, or a known number with another wire type
+            i = _skip(blob, i, tag, end)
+    if i != end:
+        return None
+    try:
+        return [(pks[p], None if e < 0 else ehks[e], d) for p, e, d in found]
+    except IndexError:
+        return None
+
+
+def _parse_record(blob: bytes, i: int, stop: int) -> tuple[int, int, bytes]:
+    """Parse one Record message in ``blob[i:stop]`` in full generality: any field order,
+    repeated scalars (the last wins), tags, unknown fields, long varints.
+
+    Returns (partition key index, explicit hash key index or -1, data); raises ValueError
+    or IndexError when the record is malformed or misses a required field.
+    """
+    pk_index = ehk_index = -1
+    data = None
+    while i < stop:
+        tag, i = _varint_at(blob, i)
+        if tag == _PK_INDEX:
+            pk_index, i = _varint_at(blob, i)
+        elif tag == _EHK_INDEX:
+            ehk_index, i = _varint_at(blob, i)
+        elif tag == _DATA:
+            n, i = _varint_at(blob, i)
+            data = blob[i : i + n]
+            i += n
+        elif tag == _TAGS:
+            n, i = _varint_at(blob, i)
+            _check_tag(blob, i, min(i + n, stop))
+            i += n
+        else:
+            i = _skip(blob, i, tag, stop)
+    if i != stop:
+        raise ValueError("field runs past its record")
+    if pk_index < 0 or data is None:
+        raise ValueError("record misses a required field")
+    return pk_index, ehk_index, data
