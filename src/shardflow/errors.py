@@ -31,6 +31,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidHashKey",
     "InvalidPartitionKey",
+    "InvalidShardMap",
     "KMSError",
     "LeaseLost",
     "LimitExceeded",
@@ -48,6 +49,7 @@ __all__ = [
     "SpoolError",
     "StreamNotFound",
     "ThroughputExceeded",
+    "UnmappedHashKey",
 ]
 
 
@@ -66,6 +68,14 @@ class InvalidPartitionKey(ShardflowError, ValueError):
 
 class InvalidHashKey(ShardflowError, ValueError):
     """The explicit hash key is not a decimal integer in [0, 2**128)."""
+
+
+class InvalidShardMap(ShardflowError, ValueError):
+    """The open shards' hash-key ranges overlap, or leave part of [0, 2**128) uncovered."""
+
+
+class UnmappedHashKey(ShardflowError, LookupError):
+    """No open shard of the shard map covers this hash key (refresh the map)."""
 
 
 class RecordTooLarge(ShardflowError, ValueError):
