@@ -7,6 +7,12 @@ from __future__ import annotations
 
 from . import errors as errors
 from . import testing as testing
+from .auth import CognitoCredentials as CognitoCredentials
+from .collector import BufferedOutput as BufferedOutput
+from .collector import Collector as Collector
+from .collector import FileOutput as FileOutput
+from .collector import KinesisOutput as KinesisOutput
+from .collector import StdoutOutput as StdoutOutput
 from .consumer import Checkpoint as Checkpoint
 from .consumer import Checkpointer as Checkpointer
 from .consumer import Consumer as Consumer
@@ -26,9 +32,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Attempt",
+    "BufferedOutput",
     "Checkpoint",
     "Checkpointer",
+    "CognitoCredentials",
+    "Collector",
     "Consumer",
+    "FileOutput",
+    "KinesisOutput",
     "KinesisLimits",
     "MemoryCheckpointer",
     "Producer",
@@ -38,6 +49,7 @@ __all__ = [
     "SQLiteCheckpointer",
     "Shard",
     "ShardReader",
+    "StdoutOutput",
     "errors",
     "local_endpoint",
     "testing",

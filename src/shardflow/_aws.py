@@ -11,8 +11,9 @@ import asyncio
 import inspect
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
+from datetime import datetime, timezone
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
@@ -27,6 +28,7 @@ __all__ = [
     "frozen_credentials",
     "is_loopback",
     "open_client",
+    "refreshable_credentials",
     "stream_name",
     "stream_params",
     "translate_error",
@@ -50,6 +52,41 @@ class CredentialSource(Protocol):
     """
 
     def botocore_credentials(self) -> Any: ...
+
+
+def refreshable_credentials(
+    fetch: Callable[[], Awaitable[Mapping[str, Any]]],
+    *,
+    method: str,
+    refresh_margin: float,
+    time_fetcher: Callable[[], datetime] | None = None,
+) -> Any:
+    """aiobotocore credentials that call ``fetch`` first on use and again before expiry.
+
+    ``fetch`` returns ``access_key``, ``secret_key``, ``token`` and ``expiry_time`` (an
+    ISO 8601 string with a time zone). A refresh is tried ``refresh_margin`` seconds
+    before expiry (a third of the credentials' lifetime if that is shorter) and is
+    mandatory in the last two thirds of that margin; a failed mandatory refresh raises
+    the error ``fetch`` raised to the request that needed the credentials.
+    """
+    from aiobotocore.credentials import AioDeferredRefreshableCredentials
+
+    now = time_fetcher or (lambda: datetime.now(timezone.utc))
+
+    def set_margin(creds: Any, margin: float) -> None:
+        creds._advisory_refresh_timeout = margin
+        creds._mandatory_refresh_timeout = margin * 2 / 3
+
+    async def refresh() -> Mapping[str, Any]:
+        data = await fetch()
+        lifetime = (datetime.fromisoformat(str(data["expiry_time"])) - now()).total_seconds()
+        set_margin(creds, min(refresh_margin, max(lifetime / 3, 0.0)))
+        return data
+
+    extra = {} if time_fetcher is None else {"time_fetcher": time_fetcher}
+    creds = AioDeferredRefreshableCredentials(refresh_using=refresh, method=method, **extra)
+    set_margin(creds, refresh_margin)
+    return creds
 
 
 # --- streams ----------------------------------------------------------------------------

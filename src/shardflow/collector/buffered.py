@@ -1,0 +1,631 @@
+"""BufferedOutput: batches, retries and (optionally) spools events in front of an output.
+
+Delivery is at least once. An event leaves the buffer only when the output confirmed it,
+or when a policy drops it; every drop is counted in :meth:`BufferedOutput.stats`, logged
+on ``shardflow.collector`` and passed to ``on_drop`` if given. The policies:
+
+- ``overflow="drop_oldest"``: a full buffer evicts its oldest events (reason ``overflow``);
+  an event being sent at that moment may still arrive, but is counted as dropped;
+- ``purge_age``: events older than this many seconds are dropped unsent (``purged``);
+- ``max_retries``: an event whose sends failed ``1 + max_retries`` times is dropped
+  (``retries``); the default, None, retries forever with capped backoff;
+- an event the output rejects with a ``ValueError``/``TypeError`` (e.g. an invalid
+  partition key) is dropped at once (``rejected``): retrying cannot help;
+- without a spool, events still buffered when :meth:`BufferedOutput.aclose` gives up are
+  lost with the process (``close``); with a spool they stay on disk for the next start.
+
+``overflow="block"`` makes ``post()`` wait for room and ``overflow="raise"`` makes it raise
+:class:`errors.BufferFull`; neither drops anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal
+
+import anyio
+import orjson
+from anyio.abc import TaskGroup
+
+from .. import errors
+from .outputs import Event, Output, close_output, start_output
+from .spool import AppendResult, Entry, MemoryStore, SQLiteSpool
+
+__all__ = ["BufferStats", "BufferedOutput", "DropHook", "Overflow"]
+
+log = logging.getLogger("shardflow.collector")
+
+Overflow = Literal["block", "drop_oldest", "raise"]
+DropHook = Callable[[Sequence[Event], str], object]
+"""``on_drop(events, reason)``; reason is overflow, purged, retries, rejected or close."""
+
+_OVERFLOW = ("block", "drop_oldest", "raise")
+_NEW, _OPEN, _CLOSING, _CLOSED = range(4)
+
+
+@dataclass(frozen=True, slots=True)
+class BufferStats:
+    """Counters of a BufferedOutput since it was created (``buffered*`` are current)."""
+
+    buffered: int
+    buffered_bytes: int
+    sent: int
+    failed_attempts: int
+    refused: int
+    dropped_overflow: int
+    dropped_purged: int
+    dropped_retries: int
+    dropped_rejected: int
+    dropped_at_close: int
+
+    @property
+    def dropped(self) -> int:
+        """Every event dropped by a policy, for any reason."""
+        return (
+            self.dropped_overflow
+            + self.dropped_purged
+            + self.dropped_retries
+            + self.dropped_rejected
+            + self.dropped_at_close
+        )
+
+
+class _Group:
+    """Events waiting for one spool transaction (group commit)."""
+
+    __slots__ = ("done", "error", "items", "size")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[float, bytes]] = []
+        self.size = 0
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+
+
+def _positive(name: str, value: object, *, integer: bool = False, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    ok = (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and (isinstance(value, int) or not integer)
+        and value > 0
+    )
+    if not ok:
+        what = "a positive integer" if integer else "a positive number of seconds"
+        raise ValueError(f"{name} must be {what}{' or None' if optional else ''}, got {value!r}")
+
+
+class BufferedOutput:
+    """Buffers events in memory or in a SQLite spool and sends them in batches.
+
+    Use it as an output of a :class:`Collector` (which starts and closes it), or on its
+    own with ``async with`` and :meth:`post`. Options (keyword-only):
+
+    - ``spool``: path of a SQLite file; each event is committed there before ``post()``
+      returns and deleted only once the output confirmed it. Events left by an earlier
+      run (a crash, a close that timed out) are sent first. None keeps events in memory.
+    - ``flush_interval`` (1.0 s): how often the buffer is drained; it also drains as soon
+      as ``max_batch`` events wait. A drain sends the whole backlog, batch after batch.
+    - ``max_batch`` (500): events per ``output.send()`` call.
+    - ``max_retries`` (None = forever), ``backoff_base`` (0.5 s), ``backoff_cap`` (30 s):
+      after a batch with failures the next try waits a random time in
+      ``[0, min(cap, base * 2**n)]`` (full jitter), ``n`` counting failed rounds.
+    - ``purge_age`` (None): drop events older than this many seconds, unsent.
+    - ``max_spool_records`` (100,000), ``max_spool_bytes`` (64 MiB; None: no limit) and
+      ``overflow`` (``"block"``, ``"drop_oldest"`` or ``"raise"``): what a full buffer does.
+    - ``close_timeout`` (10 s): how long :meth:`aclose` tries to flush.
+    - ``fsync`` (True): with a spool, sync each commit to disk (survives power loss);
+      False survives a process crash only and is faster.
+    - ``on_drop``: called with the events and the reason each time a policy drops some.
+    - ``clock`` (``time.time``): wall clock for event ages (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        output: Output,
+        *,
+        spool: str | os.PathLike[str] | None = None,
+        flush_interval: float = 1.0,
+        max_batch: int = 500,
+        max_retries: int | None = None,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        purge_age: float | None = None,
+        max_spool_records: int | None = 100_000,
+        max_spool_bytes: int | None = 64 * 1024 * 1024,
+        overflow: Overflow = "block",
+        close_timeout: float = 10.0,
+        fsync: bool = True,
+        on_drop: DropHook | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not callable(getattr(output, "send", None)):
+            raise TypeError(
+                f"output must have an async send(events) method, got {type(output).__name__}"
+            )
+        _positive("flush_interval", flush_interval)
+        _positive("max_batch", max_batch, integer=True)
+        if max_retries is not None and (
+            isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0
+        ):
+            raise ValueError(f"max_retries must be an integer >= 0 or None, got {max_retries!r}")
+        _positive("backoff_base", backoff_base)
+        _positive("backoff_cap", backoff_cap)
+        if backoff_cap < backoff_base:
+            raise ValueError(
+                f"backoff_cap ({backoff_cap}) must not be smaller than backoff_base "
+                f"({backoff_base})"
+            )
+        _positive("purge_age", purge_age, optional=True)
+        _positive("max_spool_records", max_spool_records, integer=True, optional=True)
+        _positive("max_spool_bytes", max_spool_bytes, integer=True, optional=True)
+        if overflow not in _OVERFLOW:
+            raise ValueError(f"overflow must be one of {', '.join(_OVERFLOW)}; got {overflow!r}")
+        if isinstance(close_timeout, bool) or not isinstance(close_timeout, int | float) or (
+            close_timeout < 0
+        ):
+            raise ValueError(f"close_timeout must be >= 0 seconds, got {close_timeout!r}")
+        if on_drop is not None and not callable(on_drop):
+            raise TypeError("on_drop must be callable(events, reason) or None")
+        self.output = output
+        self.spool_path = None if spool is None else os.fspath(spool)
+        self.flush_interval = float(flush_interval)
+        self.max_batch = max_batch
+        self.max_retries = max_retries
+        self.backoff_base = float(backoff_base)
+        self.backoff_cap = float(backoff_cap)
+        self.purge_age = None if purge_age is None else float(purge_age)
+        self.max_spool_records = max_spool_records
+        self.max_spool_bytes = max_spool_bytes
+        self.overflow: Overflow = overflow
+        self.close_timeout = float(close_timeout)
+        self._on_drop = on_drop
+        self._clock = clock
+        self._memory: MemoryStore | None = None
+        self._store: MemoryStore | SQLiteSpool
+        if spool is None:
+            self._memory = self._store = MemoryStore()
+        else:
+            self._store = SQLiteSpool(spool, fsync=fsync)
+        self._state = _NEW
+        self._tg: TaskGroup | None = None
+        self._ready = anyio.Event()
+        self._output_started = False
+        self._wake = anyio.Event()
+        self._progress = anyio.Event()
+        self._space = anyio.Event()
+        self._writer_wake = anyio.Event()
+        self._closed = anyio.Event()
+        self._group: _Group | None = None
+        self._committing: _Group | None = None
+        self._pending_records = 0
+        self._pending_bytes = 0
+        self._random = random.Random()
+        self._sent = self._failed_attempts = self._refused = 0
+        self._dropped = {"overflow": 0, "purged": 0, "retries": 0, "rejected": 0, "close": 0}
+
+    def __repr__(self) -> str:
+        where = f"spool={self.spool_path!r}" if self.spool_path else "in memory"
+        return f"BufferedOutput({self.output!r}, {where})"
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the spool and start the background flusher (the output starts in it).
+
+        Returns without waiting for the output's own ``start()``: events posted meanwhile
+        wait in the buffer. Raises :class:`errors.SpoolError` if the spool cannot be
+        opened, :class:`errors.OutputClosed` once closed.
+        """
+        if self._state == _OPEN:
+            return
+        if self._state != _NEW:
+            raise errors.OutputClosed(f"{self!r} is closed and cannot be restarted")
+        await self._store.open()
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        tg.start_soon(self._start_output)
+        tg.start_soon(self._flush_loop)
+        if self._memory is None:
+            tg.start_soon(self._writer_loop)
+        self._state = _OPEN
+        if self._store.records:
+            log.info(
+                "%r: resuming with %d buffered events from an earlier run; sending them first",
+                self,
+                self._store.records,
+            )
+            self._wake.set()
+
+    async def __aenter__(self) -> BufferedOutput:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Refuse new events, flush for up to ``close_timeout``, stop, close the output.
+
+        Idempotent. What is still unsent stays in the spool for the next start; without a
+        spool it is dropped, counted and logged (reason ``close``). If cancelled, the
+        flush is cut short and the cleanup still runs.
+        """
+        if self._state == _CLOSED:
+            return
+        if self._state == _CLOSING:
+            await self._closed.wait()
+            return
+        if self._state == _NEW:
+            self._state = _CLOSED
+            self._closed.set()
+            return
+        self._state = _CLOSING
+        self._notify(space=True)
+        try:
+            with anyio.move_on_after(self.close_timeout) as scope:
+                await self._wait_commits()
+                await self.flush()
+            if scope.cancelled_caught:
+                log.warning(
+                    "%r: flush did not finish within close_timeout=%ss", self, self.close_timeout
+                )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        tg, self._tg = self._tg, None
+        if tg is not None:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+        if self._output_started:
+            try:
+                await close_output(self.output)
+            except Exception:
+                log.exception("%r: closing the output failed", self)
+        left = self._store.records
+        if left and self._memory is not None:
+            entries = self._memory.clear()
+            log.error(
+                "%r: closed with %d unsent events in memory; they are dropped", self, left
+            )
+            self._count_drop("close", entries)
+        elif left:
+            log.warning(
+                "%r: %d unsent events stay in the spool; they are sent first on next start",
+                self,
+                left,
+            )
+        await self._store.close()
+        self._state = _CLOSED
+        self._closed.set()
+
+    # --- posting ------------------------------------------------------------------------
+
+    async def post(self, event: Mapping[str, Any]) -> None:
+        """Buffer one event (a JSON-serialisable mapping); see :meth:`post_json`."""
+        try:
+            data = orjson.dumps(event)
+        except TypeError as exc:
+            raise errors.SerializationError(f"event is not JSON-serialisable: {exc}") from exc
+        await self.post_json(data)
+
+    async def post_json(self, data: bytes) -> None:
+        """Buffer one event already serialised as a JSON object.
+
+        With a spool, returns once the event is committed to the file. Waits while the
+        buffer is full if ``overflow="block"``. If cancelled while waiting for the commit,
+        the event may or may not have been spooled. Raises :class:`errors.BufferFull`
+        (``overflow="raise"``), :class:`errors.OutputClosed`, :class:`errors.SpoolError`,
+        or ValueError for an event larger than ``max_spool_bytes``.
+        """
+        if self._state != _OPEN:
+            raise errors.OutputClosed(f"{self!r} is not open (use async with, or start())")
+        size = len(data)
+        if self.max_spool_bytes is not None and size > self.max_spool_bytes:
+            raise ValueError(
+                f"event of {size} bytes can never fit max_spool_bytes={self.max_spool_bytes}"
+            )
+        if self.overflow != "drop_oldest":
+            while self._full(size):
+                if self.overflow == "raise":
+                    self._refused += 1
+                    raise errors.BufferFull(
+                        f"{self!r} is full ({self._store.records + self._pending_records} "
+                        f"events, {self._store.nbytes + self._pending_bytes} bytes)"
+                    )
+                await self._space.wait()
+                if self._state != _OPEN:
+                    raise errors.OutputClosed(f"{self!r} closed while post() waited for room")
+        item = (self._clock(), data)
+        limits = self._limits()
+        if self._memory is not None:
+            self._after_append(self._memory.append_now([item], **limits))
+        else:
+            group = self._group
+            if group is None:
+                group = self._group = _Group()
+            group.items.append(item)
+            group.size += size
+            self._pending_records += 1
+            self._pending_bytes += size
+            self._writer_wake.set()
+            await group.done.wait()
+            if group.error is not None:
+                raise errors.SpoolError(str(group.error)) from group.error
+        if self._store.records + self._pending_records >= self.max_batch:
+            self._wake.set()
+
+    async def send(self, events: Sequence[Event]) -> Sequence[BaseException | None]:
+        """Output protocol: buffer ``events``; an event's result is None once buffered."""
+        results: list[BaseException | None] = []
+        for event in events:
+            try:
+                await self.post(event)
+            except (errors.ShardflowError, ValueError, TypeError) as exc:
+                results.append(exc)
+            else:
+                results.append(None)
+        return results
+
+    def _full(self, size: int) -> bool:
+        records = self._store.records + self._pending_records + 1
+        total = self._store.nbytes + self._pending_bytes + size
+        return (self.max_spool_records is not None and records > self.max_spool_records) or (
+            self.max_spool_bytes is not None and total > self.max_spool_bytes
+        )
+
+    def _limits(self) -> dict[str, int | None]:
+        if self.overflow != "drop_oldest":
+            return {}
+        return {"max_records": self.max_spool_records, "max_bytes": self.max_spool_bytes}
+
+    async def _writer_loop(self) -> None:
+        while True:
+            await self._writer_wake.wait()
+            self._writer_wake = anyio.Event()
+            group, self._group = self._group, None
+            if group is None:
+                continue
+            self._committing = group
+            try:
+                self._after_append(await self._store.append(group.items, **self._limits()))
+            except Exception as exc:
+                log.error("%r: could not spool %d events: %s", self, len(group.items), exc)
+                group.error = exc
+            finally:
+                self._pending_records -= len(group.items)
+                self._pending_bytes -= group.size
+                self._committing = None
+                group.done.set()
+
+    def _after_append(self, result: AppendResult) -> None:
+        if result.evicted:
+            self._count_drop("overflow", result.evicted)
+
+    async def _wait_commits(self) -> None:
+        while True:
+            group = self._committing or self._group
+            if group is None:
+                return
+            await group.done.wait()
+
+    # --- flushing -----------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Wait until every event accepted before this call is sent or dropped by policy.
+
+        Waits as long as the output keeps failing (wrap it in a timeout if needed). Safe
+        to cancel. Raises :class:`errors.OutputClosed` if the output was never started or
+        is closed.
+        """
+        if self._state not in (_OPEN, _CLOSING):
+            raise errors.OutputClosed(f"{self!r} is not open")
+        await self._wait_commits()
+        target = self._store.last_id
+        while True:
+            progress = self._progress
+            oldest = await self._store.oldest_id()
+            if oldest is None or oldest > target:
+                return
+            self._wake.set()
+            await progress.wait()
+
+    async def _start_output(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await start_output(self.output)
+            except Exception as exc:
+                failures += 1
+                delay = self._backoff(failures)
+                log.warning(
+                    "%r: output failed to start (%s); retrying in %.2fs", self, exc, delay
+                )
+                await anyio.sleep(delay)
+            else:
+                self._output_started = True
+                self._ready.set()
+                self._wake.set()
+                return
+
+    async def _flush_loop(self) -> None:
+        failures = 0
+        while True:
+            with anyio.move_on_after(self.flush_interval):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            try:
+                if self.purge_age is not None:
+                    await self._purge_expired()
+                if self._ready.is_set():
+                    await self._drain()
+                failures = 0
+            except Exception as exc:  # a spool error: keep the loop alive and retry
+                failures += 1
+                delay = self._backoff(failures)
+                log.error("%r: flush failed (%s); retrying in %.2fs", self, exc, delay)
+                await anyio.sleep(delay)
+            finally:
+                self._notify()
+
+    def _backoff(self, failures: int) -> float:
+        ceiling = min(self.backoff_cap, self.backoff_base * 2.0 ** min(failures - 1, 62))
+        return self._random.uniform(0.0, ceiling)
+
+    def _expired(self, entry: Entry, now: float) -> bool:
+        return self.purge_age is not None and entry.created < now - self.purge_age
+
+    async def _purge_expired(self) -> None:
+        while True:
+            now = self._clock()
+            expired = [e for e in await self._store.head(self.max_batch) if self._expired(e, now)]
+            if not expired:
+                return
+            await self._store.settle(remove=expired)
+            self._count_drop("purged", expired)
+            self._notify(space=True)
+
+    async def _drain(self) -> None:
+        failures = 0
+        while True:
+            batch = await self._store.head(self.max_batch)
+            if not batch:
+                return
+            if await self._send_batch(batch):
+                failures += 1
+                await anyio.sleep(self._backoff(failures))
+            else:
+                failures = 0
+
+    async def _send_batch(self, batch: list[Entry]) -> bool:
+        """Send one batch and settle it; True if some events failed and will be retried."""
+        now = self._clock()
+        expired: list[Entry] = []
+        rejected: list[Entry] = []
+        live: list[Entry] = []
+        events: list[Event] = []
+        first_rejection: BaseException | None = None
+        for entry in batch:
+            if self._expired(entry, now):
+                expired.append(entry)
+                continue
+            try:
+                event = orjson.loads(entry.data)
+                if not isinstance(event, dict):
+                    raise TypeError(f"not a JSON object: {type(event).__name__}")
+            except (TypeError, ValueError) as exc:  # a corrupt spool row
+                rejected.append(entry)
+                first_rejection = first_rejection or exc
+                continue
+            live.append(entry)
+            events.append(event)
+        results: Sequence[BaseException | None] = []
+        whole_batch = False
+        if events:
+            try:
+                results = await self.output.send(events)
+                if len(results) != len(events):
+                    raise RuntimeError(
+                        f"{self.output!r}.send returned {len(results)} results "
+                        f"for {len(events)} events"
+                    )
+            except Exception as exc:
+                log.warning("%r: sending %d events failed: %s", self, len(events), exc)
+                results = [exc] * len(events)
+                whole_batch = True
+        acked: list[Entry] = []
+        failed: list[Entry] = []
+        exhausted: list[Entry] = []
+        for entry, result in zip(live, results, strict=True):
+            if result is None:
+                acked.append(entry)
+            elif not whole_batch and isinstance(result, ValueError | TypeError):
+                rejected.append(entry)
+                first_rejection = first_rejection or result
+            elif self.max_retries is not None and entry.attempts >= self.max_retries:
+                exhausted.append(entry)
+            else:
+                failed.append(entry)
+        if (failed or exhausted) and not whole_batch:
+            log.info(
+                "%r: %d of %d events failed and will be retried",
+                self,
+                len(failed) + len(exhausted),
+                len(events),
+            )
+        await self._store.settle(remove=acked + expired + rejected + exhausted, failed=failed)
+        self._sent += len(acked)
+        self._failed_attempts += len(failed) + len(exhausted)
+        if expired:
+            self._count_drop("purged", expired)
+        if rejected:
+            self._count_drop("rejected", rejected, first_rejection)
+        if exhausted:
+            self._count_drop("retries", exhausted)
+        self._notify(space=True)
+        return bool(failed or exhausted)
+
+    # --- accounting ---------------------------------------------------------------------
+
+    def _notify(self, *, space: bool = False) -> None:
+        self._progress.set()
+        self._progress = anyio.Event()
+        if space:
+            self._space.set()
+            self._space = anyio.Event()
+
+    def _count_drop(
+        self, reason: str, entries: Sequence[Entry], error: BaseException | None = None
+    ) -> None:
+        self._dropped[reason] += len(entries)
+        because = f": {error}" if error is not None else ""
+        log.warning(
+            "%r: dropped %d events (%s%s); %d dropped in total",
+            self,
+            len(entries),
+            reason,
+            because,
+            sum(self._dropped.values()),
+        )
+        if self._on_drop is None:
+            return
+        events: list[Event] = []
+        for entry in entries:
+            try:
+                events.append(orjson.loads(entry.data))
+            except orjson.JSONDecodeError:
+                events.append({"_undecodable": entry.data.decode("utf-8", "replace")})
+        try:
+            self._on_drop(events, reason)
+        except Exception:
+            log.exception("%r: on_drop callback failed", self)
+
+    def stats(self) -> BufferStats:
+        """A snapshot of the counters (see :class:`BufferStats`)."""
+        return BufferStats(
+            buffered=self._store.records + self._pending_records,
+            buffered_bytes=self._store.nbytes + self._pending_bytes,
+            sent=self._sent,
+            failed_attempts=self._failed_attempts,
+            refused=self._refused,
+            dropped_overflow=self._dropped["overflow"],
+            dropped_purged=self._dropped["purged"],
+            dropped_retries=self._dropped["retries"],
+            dropped_rejected=self._dropped["rejected"],
+            dropped_at_close=self._dropped["close"],
+        )
