@@ -203,7 +203,8 @@ class KinesisFake:
 
     def put_record(self, req: dict[str, Any]) -> dict[str, Any]:
         stream = self._stream(req)
-        entry: dict[str, Any] = {k: req[k] for k in ("Data", "PartitionKey", "ExplicitHashKey") if k in req}
+        members = ("Data", "PartitionKey", "ExplicitHashKey")
+        entry: dict[str, Any] = {k: req[k] for k in members if k in req}
         validate_put([entry], batch=False, max_record_bytes=self.max_record_bytes)
         placement = self._place(stream, [entry])
         self._commit(stream, [entry], placement)
