@@ -64,6 +64,9 @@ upstream sees the same account and region (local upstreams do not check signatur
 # --- responses --------------------------------------------------------------------------
 
 
+_ERROR_NAMESPACE = "http://internal.amazon.com/coral/com.amazonaws.kinesis.v20131202/"
+
+
 def error_response(status: int, code: str, message: str) -> web.Response:
     """An AWS JSON 1.1 protocol error, as Kinesis writes it."""
     body = f'{{"__type":"{code}","message":{_json_str(message)}}}'.encode()
@@ -73,7 +76,7 @@ def error_response(status: int, code: str, message: str) -> web.Response:
         headers={
             "Content-Type": AMZ_JSON,
             "x-amzn-RequestId": str(uuid.uuid4()),
-            "x-amzn-ErrorType": f"{code}:",
+            "x-amzn-ErrorType": f"{code}:{_ERROR_NAMESPACE}",
         },
     )
 
@@ -356,3 +359,7 @@ class IteratorShards:
 
     def get(self, iterator: object) -> tuple[str, str] | None:
         return self._map.get(iterator) if isinstance(iterator, str) else None
+
+    def discard(self, iterator: object) -> None:
+        if isinstance(iterator, str):
+            self._map.pop(iterator, None)

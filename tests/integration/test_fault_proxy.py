@@ -129,6 +129,45 @@ async def test_put_record_fails_as_a_whole(moto_url: str) -> None:
     assert proxy.counts["written_entries"] == 1
 
 
+async def test_big_bodies_are_rewritten_intact(moto_url: str) -> None:
+    stream = create_stream(moto_url)
+    batch = [{"Data": bytes([i]) * 1_000_000, "PartitionKey": f"k{i}"} for i in range(5)]
+    async with (
+        FaultProxy(moto_url, seed=2, throttle_fraction=0.4) as proxy,
+        kinesis_client(proxy.url) as client,
+    ):
+        answer = await client.put_records(StreamName=stream, Records=batch)
+    ok = [batch[i]["Data"] for i, r in enumerate(answer["Records"]) if "SequenceNumber" in r]
+    assert 0 < len(ok) < 5
+    assert stored(moto_url, stream) == sorted(ok)
+
+
+async def test_streams_named_by_arn_are_faulted_and_limited(moto_url: str) -> None:
+    stream = create_stream(moto_url)
+    arn = f"arn:aws:kinesis:us-east-1:123456789012:stream/{stream}"
+    limits = KinesisLimits(shard_write_records_per_s=10)
+    async with (
+        FaultProxy(moto_url, enforce_write_limits=True, limits=limits) as proxy,
+        kinesis_client(proxy.url) as client,
+    ):
+        answer = await client.put_records(StreamARN=arn, Records=entries(15))
+    assert answer["FailedRecordCount"] == 5
+    assert proxy.counts["write_limited_entries"] == 5
+    assert len(stored(moto_url, stream)) == 10
+
+
+async def test_upstream_errors_pass_through_unchanged(moto_url: str) -> None:
+    async with (
+        FaultProxy(moto_url, throttle_fraction=0.5, enforce_write_limits=True) as proxy,
+        kinesis_client(proxy.url) as client,
+    ):
+        with pytest.raises(errors.StreamNotFound):
+            await _aws.call(client, "put_records", StreamName="missing", Records=entries(50))
+        with pytest.raises(errors.StreamNotFound):
+            await _aws.call(client, "describe_stream_summary", StreamName="missing")
+    assert proxy.counts["upstream_errors"] == 2
+
+
 # --- request-level faults ---------------------------------------------------------------
 
 
@@ -399,10 +438,14 @@ async def test_expired_iterators_and_read_throttling(kinesis_url: str) -> None:
         kinesis_client(proxy.url) as client,
     ):
         await client.put_records(StreamName=stream, Records=entries(3))
-        iterator = await iterator_for(client, stream, shard["ShardId"])
+        expired = await iterator_for(client, stream, shard["ShardId"])
         with pytest.raises(errors.ExpiredIterator):
-            await _aws.call(client, "get_records", ShardIterator=iterator)
+            await _aws.call(client, "get_records", ShardIterator=expired)
         proxy.configure(expire_iterator_fraction=0.0, read_throttle_fraction=1.0)
+        # Once expired, an iterator stays expired (as on AWS): the reader needs a new one.
+        with pytest.raises(errors.ExpiredIterator):
+            await _aws.call(client, "get_records", ShardIterator=expired)
+        iterator = await iterator_for(client, stream, shard["ShardId"])
         with pytest.raises(errors.ThroughputExceeded) as caught:
             await _aws.call(client, "get_records", ShardIterator=iterator)
         assert shard["ShardId"] in str(caught.value)
@@ -410,8 +453,8 @@ async def test_expired_iterators_and_read_throttling(kinesis_url: str) -> None:
         page = await _aws.call(client, "get_records", ShardIterator=iterator)
     assert sorted(r["Data"] for r in page["Records"]) == [b"r-0", b"r-1", b"r-2"]
     counts = proxy.counts
-    assert (counts["expired_iterators"], counts["read_throttled"]) == (1, 1)
-    assert (counts["get_records"], counts["read_records"]) == (3, 3)
+    assert (counts["expired_iterators"], counts["read_throttled"]) == (2, 1)
+    assert (counts["get_records"], counts["read_records"]) == (4, 3)
 
 
 async def test_read_limits_pace_calls_per_shard(moto_url: str) -> None:
@@ -527,12 +570,13 @@ async def test_errors_are_shaped_like_aws(moto_url: str) -> None:
         for _ in range(10):
             async with session.post(proxy.url, data=body, headers=headers) as resp:
                 doc = orjson.loads(await resp.read())
-                statuses.add((resp.status, doc["__type"], resp.headers["x-amzn-ErrorType"]))
+                error_type = resp.headers["x-amzn-ErrorType"].split(":")[0]
+                statuses.add((resp.status, doc["__type"], error_type))
         proxy.configure(error_5xx_fraction=0.0)
         async with session.post(proxy.url, data=body, headers=headers) as resp:
             assert resp.status == 200
             assert orjson.loads(await resp.read())["SequenceNumber"]
     assert statuses == {
-        (500, "InternalFailure", "InternalFailure:"),
-        (503, "ServiceUnavailable", "ServiceUnavailable:"),
+        (500, "InternalFailure", "InternalFailure"),
+        (503, "ServiceUnavailable", "ServiceUnavailable"),
     }

@@ -149,3 +149,10 @@ async def test_an_unreachable_upstream_resets_the_client() -> None:
             async with session.post(proxy.url, data=b"{}") as resp:
                 await resp.read()
         assert proxy.counts["upstream_unreachable"] == 1
+
+
+def test_every_count_is_documented() -> None:
+    doc = shardflow.testing.__doc__ or ""
+    for key, meaning in COUNTS.items():
+        assert f"``{key}``" in doc
+        assert meaning
