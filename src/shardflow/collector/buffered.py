@@ -198,6 +198,8 @@ class BufferedOutput:
         self._tg: TaskGroup | None = None
         self._ready = anyio.Event()
         self._output_started = False
+        self._stop_output = anyio.Event()
+        self._output_done = anyio.Event()
         self._wake = anyio.Event()
         self._progress = anyio.Event()
         self._space = anyio.Event()
@@ -232,7 +234,7 @@ class BufferedOutput:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
-        tg.start_soon(self._start_output)
+        tg.start_soon(self._output_host)
         tg.start_soon(self._flush_loop)
         if self._memory is None:
             tg.start_soon(self._writer_loop)
@@ -258,11 +260,14 @@ class BufferedOutput:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Refuse new events, flush for up to ``close_timeout``, stop, close the output.
+        """Refuse new events, flush for up to ``close_timeout``, close the output, stop.
 
-        Idempotent. What is still unsent stays in the spool for the next start; without a
-        spool it is dropped, counted and logged (reason ``close``). If cancelled, the
-        flush is cut short and the cleanup still runs.
+        Idempotent; call it from the task that started the output (``async with`` does).
+        The output's own ``aclose`` (e.g. a producer delivering what it holds) runs in the
+        task that started it and is bounded by the output itself. What is still unsent
+        stays in the spool for the next start; without a spool it is dropped, counted and
+        logged (reason ``close``). If cancelled, the flush and the output's close are cut
+        short and the rest of the cleanup still runs.
         """
         if self._state == _CLOSED:
             return
@@ -284,19 +289,22 @@ class BufferedOutput:
                     "%r: flush did not finish within close_timeout=%ss", self, self.close_timeout
                 )
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._shutdown()
-
-    async def _shutdown(self) -> None:
-        tg, self._tg = self._tg, None
-        if tg is not None:
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
-        if self._output_started:
+            # The output is closed by the task that started it; the task group is exited
+            # outside any other cancel scope (it was entered in start(), in this task);
+            # the rest of the cleanup is shielded.
+            self._stop_output.set()
+            tg, self._tg = self._tg, None
             try:
-                await close_output(self.output)
-            except Exception:
-                log.exception("%r: closing the output failed", self)
+                if tg is not None:
+                    if self._output_started:
+                        await self._output_done.wait()
+                    tg.cancel_scope.cancel()
+                    await tg.__aexit__(None, None, None)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._cleanup()
+
+    async def _cleanup(self) -> None:
         left = self._store.records
         if left and self._memory is not None:
             entries = self._memory.clear()
@@ -445,23 +453,37 @@ class BufferedOutput:
             self._wake.set()
             await progress.wait()
 
-    async def _start_output(self) -> None:
-        failures = 0
-        while True:
+    async def _output_host(self) -> None:
+        """Start the output (retrying), then close it when asked: both in this task, so
+        outputs that enter task groups or context managers in start() can exit them."""
+        try:
+            failures = 0
+            while True:
+                try:
+                    await start_output(self.output)
+                except Exception as exc:
+                    failures += 1
+                    delay = self._backoff(failures)
+                    log.warning(
+                        "%r: output failed to start (%s); retrying in %.2fs", self, exc, delay
+                    )
+                    await anyio.sleep(delay)
+                else:
+                    break
+            self._output_started = True
+            self._ready.set()
+            self._wake.set()
+            await self._stop_output.wait()
+        finally:
+            # No cancel scope around this: the output may exit its own task groups here.
             try:
-                await start_output(self.output)
-            except Exception as exc:
-                failures += 1
-                delay = self._backoff(failures)
-                log.warning(
-                    "%r: output failed to start (%s); retrying in %.2fs", self, exc, delay
-                )
-                await anyio.sleep(delay)
-            else:
-                self._output_started = True
-                self._ready.set()
-                self._wake.set()
-                return
+                if self._output_started:
+                    try:
+                        await close_output(self.output)
+                    except Exception:
+                        log.exception("%r: closing the output failed", self)
+            finally:
+                self._output_done.set()
 
     async def _flush_loop(self) -> None:
         failures = 0

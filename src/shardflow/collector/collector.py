@@ -10,12 +10,11 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import anyio
 import orjson
 
 from .. import errors
@@ -235,9 +234,7 @@ class Collector:
                 started.append(output)
         except BaseException:
             self._state = _CLOSED
-            with anyio.CancelScope(shield=True):
-                for output in reversed(started):
-                    await self._close_one(output, deadline=0)
+            await self._close_all(reversed(started))
             raise
         self._state = _OPEN
         return self
@@ -259,24 +256,22 @@ class Collector:
         if self._state in (_CLOSING, _CLOSED):
             return
         self._state = _CLOSING
-        pending = list(reversed(self._unique_outputs()))
         try:
-            while pending:
-                await self._close_one(pending[0])
-                pending.pop(0)
+            await self._close_all(reversed(self._unique_outputs()))
         finally:
-            if pending:
-                with anyio.CancelScope(shield=True):
-                    for output in pending:
-                        await self._close_one(output, deadline=0)
             self._state = _CLOSED
 
-    async def _close_one(self, output: Output, deadline: float | None = None) -> None:
-        try:
-            if deadline is None:
+    @staticmethod
+    async def _close_all(outputs: Iterable[Output]) -> None:
+        """Close each output; a cancellation is re-raised after all were closed (each
+        BufferedOutput then skips its flush but still cleans up)."""
+        cancelled: BaseException | None = None
+        for output in outputs:
+            try:
                 await close_output(output)
-            else:
-                with anyio.move_on_after(deadline):
-                    await close_output(output)
-        except Exception:
-            log.exception("closing output %r failed", output)
+            except Exception:
+                log.exception("closing output %r failed", output)
+            except BaseException as exc:
+                cancelled = cancelled or exc
+        if cancelled is not None:
+            raise cancelled

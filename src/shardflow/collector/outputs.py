@@ -19,17 +19,20 @@ getting ready.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, cast, runtime_checkable
 
 import anyio
 import anyio.to_thread
 import orjson
 
+from .. import errors
 from ..models import PutResult
 
 __all__ = [
@@ -161,31 +164,49 @@ class Putter(Protocol):
 
 
 KeyFunc = Callable[[Mapping[str, Any]], str]
+ProducerFactory = Callable[[], AbstractAsyncContextManager[Putter]]
 
 
 class KinesisOutput:
     """Sends each event as a JSON record through a :class:`shardflow.Producer`.
+
+    ``producer`` is either a started producer that the caller owns (start it before the
+    collector and close it after: ``async with Producer(...) as p, Collector() as c``),
+    or a function returning a new, unstarted one, e.g.
+    ``lambda: Producer("logs", credentials=CognitoCredentials(...))``. With a function,
+    the output starts the producer in :meth:`start` and closes it in :meth:`aclose`;
+    behind a BufferedOutput a failed start (no network, credentials refused, stream
+    missing) is retried with a fresh producer while events wait in the buffer.
 
     ``partition_key`` is a field name (its value, as a string, is the key) or a function
     ``event -> str``. An event without the field, or whose field is None, is keyed by its
     ``event_id`` (spread over all shards). The default, None, keys every event by
     ``event_id``.
 
-    The producer is the caller's: start it before the collector and close it after, e.g.
-    ``async with Producer(...) as p, Collector() as c``. Records the producer rejects at
-    ``put`` (bad partition key, record too large) come back as that ValueError/TypeError,
-    so a BufferedOutput drops them as rejected; delivery failures (``DeliveryFailed``
-    after the producer's own retries, ``ProducerClosed``) come back as failures to retry.
+    Records the producer rejects at ``put`` (bad partition key, record too large) and
+    events whose key function raises come back as ValueError/TypeError, so a
+    BufferedOutput drops them as rejected; delivery failures (``DeliveryFailed`` after the
+    producer's own retries, ``ProducerClosed``) come back as failures to retry.
     """
 
     def __init__(
         self,
-        producer: Putter,
+        producer: Putter | ProducerFactory,
         *,
         partition_key: str | KeyFunc | None = None,
     ) -> None:
-        if not callable(getattr(producer, "put", None)):
-            raise TypeError(f"producer must have an async put(), got {type(producer).__name__}")
+        self._producer: Putter | None
+        self._factory: ProducerFactory | None
+        self._context: AbstractAsyncContextManager[Putter] | None = None
+        if callable(getattr(producer, "put", None)):
+            self._producer, self._factory = cast(Putter, producer), None
+        elif callable(producer):
+            self._producer, self._factory = None, producer
+        else:
+            raise TypeError(
+                "producer must be a Producer (with an async put()) or a function returning "
+                f"one, got {type(producer).__name__}"
+            )
         if partition_key is not None and not (
             callable(partition_key) or (isinstance(partition_key, str) and partition_key)
         ):
@@ -193,11 +214,30 @@ class KinesisOutput:
                 "partition_key must be a non-empty field name, a callable event -> str, "
                 f"or None, got {partition_key!r}"
             )
-        self._producer = producer
         self._partition_key = partition_key
 
     def __repr__(self) -> str:
-        return f"KinesisOutput({self._producer!r}, partition_key={self._partition_key!r})"
+        producer = self._producer if self._producer is not None else self._factory
+        return f"KinesisOutput({producer!r}, partition_key={self._partition_key!r})"
+
+    async def start(self) -> None:
+        """With a producer factory: create and start a producer (else nothing).
+
+        Raises what the producer's start raises (e.g. :class:`errors.StreamNotFound`,
+        :class:`errors.AccessDenied`); a later call tries again with a new producer.
+        """
+        if self._factory is None or self._context is not None:
+            return
+        context = self._factory()
+        self._producer = await context.__aenter__()
+        self._context = context
+
+    async def aclose(self) -> None:
+        """With a producer factory: close the producer, delivering what it holds."""
+        context, self._context = self._context, None
+        if context is not None:
+            self._producer = None
+            await context.__aexit__(None, None, None)
 
     def key_for(self, event: Mapping[str, Any]) -> str:
         """The partition key for ``event``."""
@@ -215,6 +255,9 @@ class KinesisOutput:
         Waits while the producer's queue is full. On cancellation, records already put
         may still be delivered by the producer (a later retry then sends a duplicate).
         """
+        producer = self._producer
+        if producer is None:
+            raise errors.ProducerClosed("the output's producer is not started")
         results: list[BaseException | None] = [None] * len(events)
         pending: list[tuple[int, Awaitable[PutResult]]] = []
         for i, event in enumerate(events):
@@ -226,12 +269,16 @@ class KinesisOutput:
                         f"partition key for event {event.get('event_id')!r} failed: {exc!r}"
                     ) from exc
                 data = orjson.dumps(event)
-                pending.append((i, await self._producer.put(data, partition_key=key)))
+                pending.append((i, await producer.put(data, partition_key=key)))
             except Exception as exc:
                 results[i] = exc
         for i, delivery in pending:
             try:
-                await delivery
+                # Shielded: cancelling this send must not cancel the producer's future.
+                if isinstance(delivery, asyncio.Future):
+                    await asyncio.shield(delivery)
+                else:
+                    await delivery
             except Exception as exc:
                 results[i] = exc
         return results

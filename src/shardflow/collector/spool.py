@@ -220,7 +220,7 @@ class SQLiteSpool:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
         conn = sqlite3.connect(
-            self.path, timeout=2.0, isolation_level=None, check_same_thread=False
+            self.path, timeout=1.0, isolation_level=None, check_same_thread=False
         )
         try:
             conn.execute("PRAGMA locking_mode=EXCLUSIVE")
