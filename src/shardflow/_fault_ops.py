@@ -38,7 +38,7 @@ RESHARDING = ("SplitShard", "MergeShards", "UpdateShardCount", "CreateStream", "
 COUNTS: Mapping[str, str] = {
     "requests": "HTTP requests received",
     "forwarded": "requests sent to the upstream (the proxy's own ListShards excluded)",
-    "put_entries": "records in PutRecords and PutRecord requests received",
+    "put_entries": "records in PutRecords/PutRecord requests past the request-level faults",
     "written_entries": "records the upstream acknowledged as written",
     "throttled_entries": "records answered ProvisionedThroughputExceededException",
     "write_limited_entries": "of throttled_entries, those over a shard's write limits",

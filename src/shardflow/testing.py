@@ -5,7 +5,8 @@ Kinesis does both every day. :class:`FaultProxy` is an HTTP proxy on 127.0.0.1 i
 any Kinesis endpoint (moto, kinesalite, anything that speaks the AWS JSON 1.1 protocol).
 It forwards requests unchanged, except where a fault rewrites or replaces them, and its
 errors look exactly like AWS's, so botocore and hand-written clients react as they would
-against the real service. It runs in the test's own event loop::
+against the real service. It runs in the event loop that starts it: create it in the
+test (or in a fixture on the test's loop), not in a fixture on another loop::
 
     from shardflow import Producer
     from shardflow.testing import FaultProxy
@@ -272,6 +273,9 @@ class FaultProxy:
             raise
         except _Unreachable:
             self._engine.bump("upstream_unreachable")
+            return _reset(request)
+        except ConnectionError:  # the client went away (upstream errors are _Unreachable)
+            log.debug("client of %s disconnected", self._url)
             return _reset(request)
         finally:
             if task is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import socket
 from typing import Any
 from urllib.parse import urlsplit
@@ -156,3 +158,25 @@ def test_every_count_is_documented() -> None:
     for key, meaning in COUNTS.items():
         assert f"``{key}``" in doc
         assert meaning
+
+
+async def test_a_client_leaving_mid_request_is_not_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import aiohttp
+
+    caplog.set_level(logging.DEBUG)
+    async with FaultProxy(UPSTREAM) as proxy:
+        port = urlsplit(proxy.url).port
+        assert port is not None
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"a"')
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.ClientError):
+                async with session.post(proxy.url, data=b"{}") as resp:
+                    await resp.read()
+        assert proxy.counts["requests"] == 1
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
