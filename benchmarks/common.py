@@ -8,6 +8,7 @@ with :func:`write_results` (the machine and package versions are added).
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import os
@@ -30,7 +31,9 @@ __all__ = [
     "Event",
     "Measurement",
     "Timer",
+    "add_common_arguments",
     "bench_env",
+    "dumps_line",
     "fmt_bytes",
     "fmt_float",
     "fmt_int",
@@ -38,6 +41,7 @@ __all__ = [
     "make_events",
     "markdown_table",
     "peak_rss_bytes",
+    "rss_bytes",
     "write_results",
 ]
 
@@ -106,6 +110,16 @@ def peak_rss_bytes() -> int:
     """This process's peak resident set size so far, in bytes."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def rss_bytes() -> int | None:
+    """This process's resident set size now, in bytes (None where /proc is missing)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def _cpu_seconds() -> float:
@@ -248,6 +262,21 @@ def machine_info() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "packages": versions,
     }
+
+
+# --- command lines ---------------------------------------------------------------------
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, records: int = 100_000) -> None:
+    """The options every benchmark suite accepts (``python -m benchmarks`` forwards them):
+    ``--records N``, ``--endpoint fake|moto|both`` and ``--out DIR``."""
+    parser.add_argument("--records", type=int, default=records,
+                        help=f"events per run (default {records:,})")
+    parser.add_argument("--endpoint", choices=("fake", "moto", "both"), default="both",
+                        help="the fast fake Kinesis, moto, or both (default both)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR,
+                        help="folder for the JSON, Markdown and PNG results "
+                             "(default benchmarks/results)")
 
 
 # --- output ----------------------------------------------------------------------------
