@@ -111,7 +111,7 @@ class Checkpoint:
                 f"Checkpoint.sub_sequence_number must be None or an int >= 0, got {sub!r}"
             )
         if seq == _SHARD_END and sub is not None:
-            raise ValueError("a SHARD_END checkpoint has no sub_sequence_number")
+            raise ValueError("a SHARD_END Checkpoint has no sub_sequence_number")
 
     @property
     def is_shard_end(self) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -166,7 +166,6 @@ class Consumer:
         self._state: Literal["new", "running", "closed"] = "new"
         self._stack: AsyncExitStack | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._owner: int | None = None
         self._coord: _Coordinator | None = None
         self._mode: Literal["records", "shards"] | None = None
         self._chunk: list[Record] = []
@@ -236,23 +235,27 @@ class Consumer:
             coord.task_group = self._task_group = task_group
             self._coord = coord
             await coord.sync(shards, initial=True)
-            task_group.start_soon(coord.run)
+            coord.spawn(coord.run, "shardflow shard sync")
         except BaseException:
             self._state = "closed"
             if self._coord is not None:
                 self._coord.stop()
-            await self._teardown(stack)
+            await self._teardown(stack, (None, None, None))
             raise
         self._stack = stack
-        self._owner = anyio.get_current_task().id
         return self
 
-    async def _teardown(self, stack: AsyncExitStack) -> None:
-        """Wait for the (stopped) tasks, then release checkpointer and client, shielded."""
+    async def _teardown(
+        self,
+        stack: AsyncExitStack,
+        exc_info: tuple[type[BaseException] | None, BaseException | None, TracebackType | None],
+    ) -> bool | None:
+        """Exit the (idle) task group, then release checkpointer and client, shielded."""
         task_group, self._task_group = self._task_group, None
         try:
             if task_group is not None:
-                await task_group.__aexit__(None, None, None)
+                return await task_group.__aexit__(*exc_info)
+            return None
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self._close_timeout):
                 await stack.aclose()
@@ -262,17 +265,25 @@ class Consumer:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    ) -> bool | None:
+        """:meth:`aclose`, then release the checkpointer binding and the client."""
+        suppress: bool | None = None
+        try:
+            await self.aclose()
+        finally:
+            stack, self._stack = self._stack, None
+            if stack is not None:
+                suppress = await self._teardown(stack, (exc_type, exc, tb))
+        return suppress
 
     async def aclose(self) -> None:
-        """Stop reading, write pending checkpoints, release the checkpointer, close.
+        """Stop reading and delivering, then write pending checkpoints.
 
-        Idempotent and bounded by ``close_timeout`` (it never hangs; it is shielded from
-        cancellation). Records still buffered are not delivered. Resources are released
-        by the task that started the consumer (``async with`` does this); called from
-        another task, aclose stops delivery and writes checkpoints, and the owner's exit
-        releases the rest.
+        Idempotent, callable from any task, shielded from cancellation and bounded by
+        ``close_timeout`` per step, so it never hangs. Records still buffered are not
+        delivered; iterations in progress end. Leaving the ``async with`` block calls
+        this and then releases the checkpointer binding (a lease coordinator hands its
+        leases over there) and the client.
         """
         if self._state == "new":
             self._state = "closed"
@@ -283,13 +294,12 @@ class Consumer:
             return
         coord.stop()
         with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(self._close_timeout):
+                await coord.stopped()
             with anyio.move_on_after(self._close_timeout) as scope:
                 await coord.flush_checkpoints()
             if scope.cancelled_caught:
                 log.warning("pending checkpoints not written within %ss", self._close_timeout)
-        if self._stack is not None and anyio.get_current_task().id == self._owner:
-            stack, self._stack = self._stack, None
-            await self._teardown(stack)
 
     def _running(self) -> _Coordinator:
         if self._coord is None:
@@ -445,6 +455,8 @@ class _Coordinator:
         self._wake = anyio.Event()
         self._wake_pending = False
         self._scope = anyio.CancelScope()
+        self._tasks = 0
+        self._idle = anyio.Event()
 
     # --- AssignmentListener -------------------------------------------------------------
 
@@ -494,6 +506,8 @@ class _Coordinator:
     def set_mode(self, mode: str) -> None:
         self.mode = mode
         if mode == "shards":
+            assert self.ctx is not None
+            self.ctx.per_shard = True
             for reader in self.ready:
                 reader.queued = False
             self.ready.clear()
@@ -518,6 +532,27 @@ class _Coordinator:
             reader.stop()
         self.data.fire()
         self.announce.fire()
+
+    def spawn(self, fn: Callable[[], Awaitable[None]], name: str) -> None:
+        """Start a background task, counted so that close can wait for them all."""
+        assert self.task_group is not None
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        self._tasks += 1
+        self.task_group.start_soon(self._counted, fn, name=name)
+
+    async def _counted(self, fn: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await fn()
+        finally:
+            self._tasks -= 1
+            if self._tasks == 0:
+                self._idle.set()
+
+    async def stopped(self) -> None:
+        """Wait until every reader and the sync loop have returned (after stop())."""
+        if self._tasks:
+            await self._idle.wait()
 
     async def flush_checkpoints(self) -> None:
         for reader in list(self.readers.values()):
@@ -623,4 +658,4 @@ class _Coordinator:
         reader = ShardReader(shard, self.ctx, initial=shard.shard_id in self.initial)
         self.readers[shard.shard_id] = reader
         log.debug("starting reader for %s", shard.shard_id)
-        self.task_group.start_soon(reader.run, name=f"shardflow reader {shard.shard_id}")
+        self.spawn(reader.run, f"shardflow reader {shard.shard_id}")

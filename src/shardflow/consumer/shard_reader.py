@@ -111,6 +111,8 @@ class ReadContext:
     config: ReaderConfig
     counters: Counters
     events: ReaderEvents
+    per_shard: bool = False
+    """Delivered through ShardReader iterators: a shard is done when its iterator ends."""
 
 
 # --- Kinesis records -> user records: the one place ---------------------------------------
@@ -264,10 +266,12 @@ class ShardReader:
                 raise failure
             if self._lost or self._stopped:
                 return None
+            # The shard is done only when the application asks past its last record.
             batch = self.take()
             if batch is not None:
                 return batch
-            if self._finished:
+            if self._ended:
+                self._finish()
                 return None
             await self._data.wait()
 
@@ -278,14 +282,18 @@ class ShardReader:
         return bool(self._batches)
 
     def take(self) -> list[Record] | None:
-        """Hand out the oldest buffered batch (None if empty or lost)."""
+        """Hand out the oldest buffered batch (None if empty or lost).
+
+        In records mode, taking the last batch of an ended shard marks it done (the
+        consumer's iterator hands out the whole batch before taking another).
+        """
         if self._lost or not self._batches:
             return None
         batch = self._batches.popleft()
         self._buffered -= len(batch)
         self._ctx.counters.records_delivered += len(batch)
         self._room.fire()
-        if not self._batches and self._ended:
+        if not self._batches and self._ended and not self._ctx.per_shard:
             self._finish()
         return batch
 
@@ -382,14 +390,7 @@ class ShardReader:
         with self._scope:
             try:
                 await self._read()
-            except errors.StreamNotFound:
-                # The shard (or the stream) vanished: a re-sync tells which.
-                log.warning("%s no longer exists", self.shard_id)
-                self._ended = True
-                self._ctx.events.reader_ended(self, ())
-                if not self._batches:
-                    self._finish()
-            except Exception as exc:
+            except Exception as exc:  # e.g. StreamNotFound (deleted), AccessDenied
                 self._ctx.events.reader_failed(self, exc)
 
     async def _read(self) -> None:
@@ -456,8 +457,10 @@ class ShardReader:
                 children = [_child_shard(c) for c in response.get("ChildShards") or ()]
                 await self._reach_end(children)
                 return
+            # Caught up: wait poll_interval. A full response, or an empty one that says
+            # the tip is still ahead (AWS skips gaps this way), reads again at once.
             behind = response.get("MillisBehindLatest")
-            if behind == 0 or (behind is None and not raw):
+            if len(raw) < cfg.get_records_limit and (behind == 0 or (behind is None and not raw)):
                 await anyio.sleep(cfg.poll_interval)
 
     async def _reach_end(self, children: Sequence[Shard]) -> None:
@@ -465,8 +468,9 @@ class ShardReader:
         self._ended = True
         await self._complete()
         self._ctx.events.reader_ended(self, children)
-        if not self._batches:
+        if not self._batches and not self._ctx.per_shard:
             self._finish()
+        self._data.fire()  # a ShardReader iterator waiting for data sees the end
 
     async def _new_iterator(self) -> str:
         """A shard iterator right after the last record fetched (or at the start position)."""
