@@ -21,9 +21,10 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
-from . import _aws, _faults
+from . import _aws, _faults, errors
 from ._faults import EXPIRED_ITERATOR, INTERNAL_FAILURE, THROTTLED
 from .limits import KinesisLimits
+from .shardmap import ShardMap
 
 __all__ = ["COUNTS", "DATA_PLANE", "KEEP_SEED", "FaultConfig", "FaultEngine", "Reply"]
 
@@ -161,7 +162,7 @@ class Reply:
 
 Forward = Callable[[bytes], Awaitable[Reply]]
 """Sends the client's request upstream with the given body."""
-ListShards = Callable[[dict[str, str], Mapping[str, str]], Awaitable["_faults.ShardRanges | None"]]
+ListShards = Callable[[dict[str, str], Mapping[str, str]], Awaitable["ShardMap | None"]]
 """Fetches a stream's shard map: (ListShards parameters, the client's request headers)."""
 Outcome = tuple[web.StreamResponse, int]
 """An answer, and how many records the upstream wrote for it."""
@@ -470,13 +471,19 @@ KEEP_SEED: Any = object()
 """``configure``'s ``seed`` argument when the caller passed none."""
 
 
-def _shard_of(record: Mapping[str, Any], ranges: _faults.ShardRanges | None) -> str | None:
-    key = _faults.hash_key(record)
-    return ranges.shard_for(key) if ranges is not None and key is not None else None
+def _shard_of(record: Mapping[str, Any], shards: ShardMap | None) -> str | None:
+    """The open shard ``record`` goes to per ``shards``; None when unknown or malformed."""
+    key, explicit = record.get("PartitionKey"), record.get("ExplicitHashKey")
+    if shards is None or not isinstance(key, str):
+        return None
+    try:
+        return shards.shard_for_key(key, explicit if isinstance(explicit, str) else None).shard_id
+    except (errors.InvalidHashKey, errors.UnmappedHashKey):
+        return None
 
 
 def _entry_error(
-    code: str, stream: str, record: Mapping[str, Any], ranges: _faults.ShardRanges | None
+    code: str, stream: str, record: Mapping[str, Any], ranges: ShardMap | None
 ) -> dict[str, str]:
     if code != THROTTLED:
         return {"ErrorCode": code, "ErrorMessage": _faults.INTERNAL_FAILURE_MESSAGE}

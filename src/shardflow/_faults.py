@@ -1,28 +1,26 @@
 """Building blocks of :class:`shardflow.testing.FaultProxy` (private).
 
-AWS-shaped error responses, connection resets, hash keys and entry sizes, token buckets,
-the per-stream shard map and the iterator-to-shard table. Nothing here does I/O except
+AWS-shaped error responses, connection resets, entry sizes, token buckets, the cached
+per-stream shard maps and the iterator-to-shard table. Nothing here does I/O except
 :class:`ShardMaps`, which calls a fetch coroutine it is given.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
-import hashlib
 import logging
 import socket
 import struct
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from .models import Shard
+from .shardmap import ShardMap
 
 log = logging.getLogger("shardflow.testing")
 
@@ -139,20 +137,6 @@ def copy_headers(headers: Mapping[str, str]) -> dict[str, str]:
 # --- records ----------------------------------------------------------------------------
 
 
-def hash_key(entry: Mapping[str, Any]) -> int | None:
-    """The 128-bit hash key of a PutRecord(s) entry, or None when it has none usable."""
-    explicit = entry.get("ExplicitHashKey")
-    if isinstance(explicit, str) and explicit:
-        try:
-            return int(explicit)
-        except ValueError:
-            return None
-    key = entry.get("PartitionKey")
-    if not isinstance(key, str):
-        return None
-    return int.from_bytes(hashlib.md5(key.encode()).digest(), "big")
-
-
 def b64_size(data: object) -> int:
     """Decoded length of a base64 string, without decoding it."""
     if not isinstance(data, str):
@@ -243,42 +227,14 @@ class ReadBudget:
 # --- shard maps -------------------------------------------------------------------------
 
 
-class ShardRanges:
-    """The open shards of a stream, for hash key -> shard id lookups."""
-
-    __slots__ = ("_ends", "_ids", "_starts")
-
-    def __init__(self, shards: Iterable[Shard]) -> None:
-        open_shards = sorted((s for s in shards if s.is_open), key=lambda s: s.starting_hash_key)
-        self._starts = [s.starting_hash_key for s in open_shards]
-        self._ends = [s.ending_hash_key for s in open_shards]
-        self._ids = [s.shard_id for s in open_shards]
-
-    def shard_for(self, key: int) -> str | None:
-        i = bisect.bisect_right(self._starts, key) - 1
-        if i >= 0 and key <= self._ends[i]:
-            return self._ids[i]
-        return None
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ShardRanges):
-            return NotImplemented
-        return (self._ids, self._starts, self._ends) == (other._ids, other._starts, other._ends)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-
 @dataclass(slots=True)
 class _MapEntry:
-    ranges: ShardRanges
+    ranges: ShardMap
     quiet_until: float = 0.0
     stale: bool = False
 
 
-Fetch = Callable[[dict[str, str], Mapping[str, str]], Awaitable["ShardRanges | None"]]
+Fetch = Callable[[dict[str, str], Mapping[str, str]], Awaitable["ShardMap | None"]]
 
 
 class ShardMaps:
@@ -297,7 +253,7 @@ class ShardMaps:
         self._locks: dict[str, asyncio.Lock] = {}
         self.refreshes = 0
 
-    def cached(self, stream: str) -> ShardRanges | None:
+    def cached(self, stream: str) -> ShardMap | None:
         entry = self._maps.get(stream)
         return entry.ranges if entry else None
 
@@ -307,13 +263,13 @@ class ShardMaps:
             log.debug("shard map of %s is stale", stream)
             entry.stale = True
 
-    def _fresh(self, stream: str) -> ShardRanges | None:
+    def _fresh(self, stream: str) -> ShardMap | None:
         entry = self._maps.get(stream)
         return entry.ranges if entry is not None and not entry.stale else None
 
     async def get(
         self, stream: str, params: dict[str, str], headers: Mapping[str, str]
-    ) -> ShardRanges | None:
+    ) -> ShardMap | None:
         """The stream's shard map, fetched when missing or stale; None if unavailable.
 
         Cancellation propagates (the cached map is left as it was).
@@ -332,7 +288,7 @@ class ShardMaps:
             if fetched is None:
                 return old.ranges if old else None
             entry = _MapEntry(fetched)
-            if old is not None and old.ranges == fetched:
+            if old is not None and old.ranges.shards == fetched.shards:
                 entry.quiet_until = time.monotonic() + self._quiet
             self._maps[stream] = entry
             return fetched

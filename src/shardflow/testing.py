@@ -91,8 +91,10 @@ from . import _faults
 from ._fault_ops import COUNTS as COUNTS
 from ._fault_ops import KEEP_SEED, FaultEngine, Reply
 from ._fault_ops import FaultConfig as FaultConfig
+from .errors import InvalidShardMap
 from .limits import KinesisLimits
 from .models import Shard
+from .shardmap import ShardMap
 
 __all__ = ["COUNTS", "FaultConfig", "FaultProxy", "serve_forever"]
 
@@ -340,7 +342,7 @@ class FaultProxy:
 
     async def _list_shards(
         self, params: dict[str, str], client_headers: Mapping[str, str]
-    ) -> _faults.ShardRanges | None:
+    ) -> ShardMap | None:
         """The stream's shard map from the upstream's ListShards, None if it fails."""
         assert self._session is not None
         headers = {k: client_headers[k] for k in _faults.SIGNING_HEADERS if k in client_headers}
@@ -364,7 +366,11 @@ class FaultProxy:
             shards.extend(Shard.from_api(item) for item in page.get("Shards", ()))
             token = page.get("NextToken")
             if not token:
-                return _faults.ShardRanges(shards)
+                try:
+                    return ShardMap(shards, require_full_coverage=False)
+                except InvalidShardMap as exc:  # e.g. overlapping open shards mid-reshard
+                    log.debug("no usable shard map for %s: %s", params, exc)
+                    return None
             query = {"NextToken": token}
 
 
