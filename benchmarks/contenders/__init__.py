@@ -72,8 +72,13 @@ class RunContext:
     expects ``len(events) + extra_records`` at the endpoint."""
 
     def payloads(self) -> list[tuple[str, bytes]]:
-        """(partition key, JSON bytes) per event: for untimed preparation only."""
-        return [(key, orjson.dumps(event)) for key, event in self.events]
+        """(partition key, JSON bytes) per event: for untimed preparation only.
+
+        The bytes are compact copies: a small ``orjson.dumps`` result keeps a 4 KiB
+        allocation alive (measured: ~4,100 bytes of RSS per 200-byte event), so holding
+        100,000 of them would cost ~400 MiB and distort peak RSS.
+        """
+        return [(key, bytes(memoryview(orjson.dumps(event)))) for key, event in self.events]
 
 
 def module_name(name: str) -> str:

@@ -29,11 +29,11 @@ HEADERS = {
 
 
 def bodies(ctx: RunContext, batch: int = 500) -> list[bytes]:
-    payloads = ctx.payloads()
+    events = ctx.events
     out = []
-    for i in range(0, len(payloads), batch):
-        records = [{"Data": base64.b64encode(data).decode(), "PartitionKey": key}
-                   for key, data in payloads[i:i + batch]]
+    for i in range(0, len(events), batch):
+        records = [{"Data": base64.b64encode(orjson.dumps(event)).decode(), "PartitionKey": key}
+                   for key, event in events[i:i + batch]]
         out.append(orjson.dumps({"StreamName": ctx.stream, "Records": records}))
     return out
 

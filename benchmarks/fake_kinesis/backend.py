@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from shardflow.aggregation import deaggregate
+
 from . import reads
 from .reads import decode_token, encode_token
 from .streams import ACCOUNT, Stream
@@ -39,17 +41,6 @@ AGG_B64_PREFIX = "84maw"  # base64 of the magic's first 30 bits: a cheap pre-che
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _STREAM_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,128}$")
 _STREAM_ARN = re.compile(r"^arn:aws[a-zA-Z-]*:kinesis:[a-z0-9-]+:\d{12}:stream/([a-zA-Z0-9_.-]+)$")
-
-Deaggregate = Callable[[bytes], "list[tuple[str, str | None, bytes]] | None"]
-
-
-def _load_deaggregate() -> Deaggregate | None:
-    try:
-        from shardflow.aggregation import deaggregate
-    except ImportError:  # the codec is not there: aggregates count as one user record
-        return None
-    return deaggregate
-
 
 class _NotFast(Exception):
     """The fast path declines; the full validation decides."""
@@ -90,7 +81,6 @@ class KinesisFake:
         self.streams: dict[str, Stream] = {}
         self.stats = _new_stats()
         self._serial = 0
-        self._deaggregate = _load_deaggregate()
         self._ops: dict[str, Callable[[dict[str, Any]], dict[str, Any] | bytes]] = {
             "PutRecords": self.put_records,
             "PutRecord": self.put_record,
@@ -118,7 +108,6 @@ class KinesisFake:
         out["operations"] = dict(self.stats["operations"])
         out["rejected"] = dict(self.stats["rejected"])
         out["cpu_seconds"] = usage.ru_utime + usage.ru_stime
-        out["counts_aggregates"] = self._deaggregate is not None
         out["streams"] = {
             s.name: {"shards": len(s.shards), "kinesis_records": s.kinesis_records,
                      "user_records": s.user_records}
@@ -310,12 +299,10 @@ class KinesisFake:
     def _sub_records(self, stream: Stream, data: str, index: int) -> int:
         """User records in one Kinesis record (its sub-records if it is a KPL aggregate);
         counts sub-records whose hash key lies outside the shard (the KCL drops those)."""
-        if self._deaggregate is None:
-            return 1
         blob = binascii.a2b_base64(data)
         if blob[:4] != AGG_MAGIC:
             return 1
-        subs = self._deaggregate(blob)
+        subs = deaggregate(blob)
         if not subs:
             return 1
         misrouted = 0

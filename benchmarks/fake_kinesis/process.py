@@ -71,7 +71,7 @@ class FakeKinesis:
         ``bytes`` (data), ``rejected`` (requests, by reason), ``misrouted_user_records``
         (aggregate sub-records whose hash key is outside the aggregate's shard),
         ``read_records``, ``first_put_at`` / ``last_put_at`` (epoch seconds),
-        ``cpu_seconds`` (the fake process's), ``counts_aggregates`` and ``streams``."""
+        ``cpu_seconds`` (the fake process's) and ``streams``."""
         return self._request("GET", "/_stats")
 
     def reset(self) -> None:

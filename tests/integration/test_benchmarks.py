@@ -135,7 +135,6 @@ def test_unavailable_and_failing_contenders_are_reported(
 def test_on_moto_records_are_read_back_and_aggregates_checked(
     tmp_path: Path, contenders_path: Path
 ) -> None:
-    pytest.importorskip("shardflow.aggregation")
     # One aggregate whose sub-records hash to every shard: a KCL consumer drops those
     # outside the shard the aggregate lands on, and the runner says how many.
     mixed = write_contender(contenders_path, "mixed", """
