@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 import anyio
 
 from .. import _aws, errors
+from ..aggregation import MAGIC, deaggregate
 from ..models import Record, Shard
 from .checkpoint import END_POSITION, SHARD_END, Checkpoint, CheckpointSession
 
@@ -120,11 +121,6 @@ class ReadContext:
 _UTC = timezone.utc
 
 
-def _unpack(data: bytes) -> list[tuple[str, str | None, bytes]] | None:
-    """The user records inside a KPL aggregate, or None for a plain record."""
-    return None
-
-
 def to_records(
     shard_id: str, raw_records: Sequence[dict[str, Any]], skip_to: tuple[int, int] | None
 ) -> list[Record]:
@@ -139,7 +135,9 @@ def to_records(
         seq: str = raw["SequenceNumber"]
         data: bytes = raw["Data"]
         arrival: datetime = raw["ApproximateArrivalTimestamp"].astimezone(_UTC)
-        subs = _unpack(data)
+        # A KPL aggregate (magic, protobuf, MD5) becomes its user records; one that fails
+        # the checks is delivered as plain data, as the KCL does.
+        subs = deaggregate(data) if data.startswith(MAGIC) else None
         if subs is None:
             if skip_to is not None and (int(seq), -1) <= skip_to:
                 continue

@@ -1,0 +1,103 @@
+"""KPL aggregates (made by aws-kinesis-agg, the AWS library) come out deaggregated, with
+sub-sequence numbers; checkpoints inside an aggregate resume right after the sub-record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aws_kinesis_agg.aggregator import RecordAggregator
+
+from shardflow import Consumer, MemoryCheckpointer, Record
+from shardflow.consumer import Checkpoint
+from support_consumer import POLL, collect, no_more
+
+from support import create_stream, kinesis
+
+
+def aggregate(records: list[tuple[str, bytes, str | None]]) -> tuple[str, str | None, bytes]:
+    """One KPL aggregate of (partition key, data, explicit hash key) with aws-kinesis-agg."""
+    aggregator = RecordAggregator()
+    for key, data, hash_key in records:
+        assert aggregator.add_user_record(key, data, explicit_hash_key=hash_key) is None
+    pk, ehk, blob = aggregator.clear_and_get().get_contents()
+    return pk, ehk, blob
+
+
+def put(url: str, name: str, pk: str, blob: bytes, ehk: str | None = None) -> dict[str, Any]:
+    params: dict[str, Any] = {"StreamName": name, "PartitionKey": pk, "Data": blob}
+    if ehk is not None:
+        params["ExplicitHashKey"] = ehk
+    result: dict[str, Any] = kinesis(url).put_record(**params)
+    return result
+
+
+def write_mixed(url: str, name: str) -> list[tuple[str, str, bytes, int | None, str | None]]:
+    """Aggregates and plain records on one shard; returns what should come out, in order:
+    (sequence number, partition key, data, sub-sequence number, explicit hash key)."""
+    expected: list[tuple[str, str, bytes, int | None, str | None]] = []
+    for n in range(3):
+        subs = [
+            (f"user-{i % 4}", f"agg{n}-{i}".encode(), "12345" if i == 2 else None)
+            for i in range(10)
+        ]
+        pk, ehk, blob = aggregate(subs)
+        seq = put(url, name, pk, blob, ehk)["SequenceNumber"]
+        expected += [(seq, k, d, i, h) for i, (k, d, h) in enumerate(subs)]
+        plain = f"plain-{n}".encode()
+        seq = put(url, name, "plain-key", plain)["SequenceNumber"]
+        expected.append((seq, "plain-key", plain, None, None))
+    return expected
+
+
+def as_tuple(record: Record) -> tuple[str, str, bytes, int | None, str | None]:
+    return (
+        record.sequence_number,
+        record.partition_key,
+        record.data,
+        record.sub_sequence_number,
+        record.explicit_hash_key,
+    )
+
+
+async def test_aggregates_are_deaggregated(kinesis_url: str) -> None:
+    name = create_stream(kinesis_url, shards=1)
+    expected = write_mixed(kinesis_url, name)
+    async with Consumer(name, endpoint_url=kinesis_url, poll_interval=POLL) as consumer:
+        got = await collect(consumer, len(expected))
+        assert await no_more(consumer) == []
+    assert [as_tuple(r) for r in got] == expected
+
+
+async def test_a_damaged_aggregate_is_plain_data(kinesalite_url: str) -> None:
+    name = create_stream(kinesalite_url, shards=1)
+    pk, _, blob = aggregate([("k", b"one", None), ("k", b"two", None)])
+    damaged = blob[:-1] + bytes([blob[-1] ^ 0xFF])  # the MD5 no longer matches
+    put(kinesalite_url, name, pk, damaged)
+    async with Consumer(name, endpoint_url=kinesalite_url, poll_interval=POLL) as consumer:
+        [record] = await collect(consumer, 1)
+    assert record.data == damaged
+    assert record.sub_sequence_number is None
+
+
+# Inside the 2nd aggregate (its 5th sub-record), and its last sub-record.
+@pytest.mark.parametrize(("cut", "sub"), [(11 + 4, 4), (11 + 9, 9)])
+async def test_resume_inside_an_aggregate(kinesis_url: str, cut: int, sub: int) -> None:
+    name = create_stream(kinesis_url, shards=1)
+    expected = write_mixed(kinesis_url, name)
+    checkpointer = MemoryCheckpointer()
+    async with Consumer(
+        name, endpoint_url=kinesis_url, poll_interval=POLL, app_name="app",
+        checkpointer=checkpointer,
+    ) as consumer:
+        got = await collect(consumer, cut + 3)
+        await consumer.checkpoint(got[cut])
+    [stored] = (await checkpointer.checkpoints("app", name)).values()
+    assert stored == Checkpoint(got[cut].sequence_number, sub)
+    async with Consumer(
+        name, endpoint_url=kinesis_url, poll_interval=POLL, app_name="app",
+        checkpointer=checkpointer,
+    ) as consumer:
+        rest = await collect(consumer, len(expected) - cut - 1)
+        assert await no_more(consumer) == []
+    assert [as_tuple(r) for r in rest] == expected[cut + 1 :]
