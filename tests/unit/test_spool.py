@@ -49,7 +49,7 @@ async def test_eviction_by_records_and_bytes_takes_the_oldest(
         assert [e.created for e in result.evicted] == [0.0, 1.0]
         assert store.records == 4
         result = await store.append(items(25), max_bytes=50)
-        assert [e.created for e in result.evicted] == [0.0, 1.0]  # 40 + 25 - 20 <= 50
+        assert [e.created for e in result.evicted] == [2.0, 3.0]  # 40 + 25 - 20 <= 50
         assert (store.records, store.nbytes) == (3, 45)
     finally:
         await store.close()
