@@ -172,3 +172,29 @@ async def test_resume_after_split_reads_children_once(kinesalite_url: str) -> No
         rest = await collect(consumer, 30)
         assert await no_more(consumer) == []
     assert sorted(r.data for r in first + rest) == sorted(d for _, d in items)
+
+
+async def test_latest_continues_a_lineage_it_has_read(kinesalite_url: str) -> None:
+    # start_at="LATEST" applies only to shards whose lineage this application never read:
+    # after a checkpointed parent split, the children are read from their beginning.
+    url = kinesalite_url
+    name = create_stream(url, shards=1)
+    items = numbered(40, keys=4)
+    put_records(url, name, items[:20])
+    checkpointer = MemoryCheckpointer()
+    options: dict[str, Any] = {
+        "endpoint_url": url, "poll_interval": POLL, "app_name": "a", "checkpointer": checkpointer
+    }
+    async with Consumer(name, **options) as consumer:
+        first = await collect(consumer, 20)
+        await consumer.checkpoint(first[9])
+    split_in_half(url, name, "shardId-000000000000")
+    put_records(url, name, items[20:])
+    async with Consumer(name, start_at="LATEST", **options) as consumer:
+        rest = await collect(consumer, 30)
+        assert await no_more(consumer) == []
+    assert sorted(r.data for r in rest) == sorted(d for _, d in items[10:])
+    assert_per_key_order(rest)
+    # A new application at LATEST reads nothing of the past.
+    async with Consumer(name, **{**options, "app_name": "new"}, start_at="LATEST") as consumer:
+        assert await no_more(consumer) == []

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,17 +23,11 @@ import anyio.abc
 
 from .. import _aws, errors
 from ..limits import KinesisLimits
-from ..models import Record, Shard
+from ..models import Record
 from ..shardmap import list_shards
-from .checkpoint import Checkpointer, CheckpointSession, ConsumerScope, MemoryCheckpointer
-from .shard_reader import (
-    Counters,
-    ReadContext,
-    ReaderConfig,
-    ShardReader,
-    Signal,
-    backoff_delay,
-)
+from .checkpoint import Checkpointer, ConsumerScope, MemoryCheckpointer
+from .coordinator import Coordinator
+from .shard_reader import Counters, ReadContext, ReaderConfig, ShardReader
 
 __all__ = ["Consumer", "ConsumerStats"]
 
@@ -166,7 +159,7 @@ class Consumer:
         self._state: Literal["new", "running", "closed"] = "new"
         self._stack: AsyncExitStack | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._coord: _Coordinator | None = None
+        self._coord: Coordinator | None = None
         self._mode: Literal["records", "shards"] | None = None
         self._chunk: list[Record] = []
         self._chunk_reader: ShardReader | None = None
@@ -212,7 +205,7 @@ class Consumer:
                 stream_name=_aws.stream_name(self._stream),
                 start_at=self._start_at,
             )
-            coord = _Coordinator(self, client)
+            coord = Coordinator(client, self._stream, self._resync_interval)
             session = await stack.enter_async_context(self._checkpointer.bind(scope, coord))
             coord.ctx = ReadContext(
                 client=client,
@@ -301,12 +294,12 @@ class Consumer:
             if scope.cancelled_caught:
                 log.warning("pending checkpoints not written within %ss", self._close_timeout)
 
-    def _running(self) -> _Coordinator:
+    def _running(self) -> Coordinator:
         if self._coord is None:
             raise RuntimeError("start the Consumer first: `async with Consumer(...) as c:`")
         return self._coord
 
-    def _use(self, mode: Literal["records", "shards"]) -> _Coordinator:
+    def _use(self, mode: Literal["records", "shards"]) -> Coordinator:
         coord = self._running()
         if self._mode is None:
             self._mode = mode
@@ -426,236 +419,3 @@ class Consumer:
             iterators_renewed=c.iterators_renewed,
             checkpoints_saved=c.checkpoints_saved,
         )
-
-
-class _Coordinator:
-    """Shard list, assignment, reader lifecycle and the delivery queue of one consumer.
-
-    It is the consumer's AssignmentListener (for the checkpointer) and ReaderEvents
-    (for the readers).
-    """
-
-    def __init__(self, consumer: Consumer, client: Any) -> None:
-        self.consumer = consumer
-        self.client = client
-        self.ctx: ReadContext | None = None
-        self.task_group: anyio.abc.TaskGroup | None = None
-        self.known: dict[str, Shard] = {}
-        self.initial: set[str] = set()
-        self.readers: dict[str, ShardReader] = {}
-        self.done: set[str] = set()
-        self.lost: set[str] = set()
-        self.ready: deque[ShardReader] = deque()
-        self.announced: deque[ShardReader] = deque()
-        self.mode: str | None = None
-        self.data = Signal()
-        self.announce = Signal()
-        self.closing = False
-        self._failure: BaseException | None = None
-        self._wake = anyio.Event()
-        self._wake_pending = False
-        self._scope = anyio.CancelScope()
-        self._tasks = 0
-        self._idle = anyio.Event()
-
-    # --- AssignmentListener -------------------------------------------------------------
-
-    def revoke(self, shard_id: str) -> None:
-        reader = self.readers.pop(shard_id, None)
-        self.lost.add(shard_id)
-        if reader is not None:
-            log.info("lost %s: stopping its reader", shard_id)
-            reader.revoke()
-            self.announce.fire()
-        self.wake()
-
-    def reassign(self) -> None:
-        self.wake()
-
-    # --- ReaderEvents ---------------------------------------------------------------------
-
-    def reader_started(self, reader: ShardReader) -> None:
-        if self.mode != "records":
-            self.announced.append(reader)
-            self.announce.fire()
-
-    def reader_has_data(self, reader: ShardReader) -> None:
-        if self.mode != "shards" and not reader.queued:
-            reader.queued = True
-            self.ready.append(reader)
-            self.data.fire()
-
-    def reader_ended(self, reader: ShardReader, children: Sequence[Shard]) -> None:
-        for child in children:
-            self.known.setdefault(child.shard_id, child)
-        self.wake()
-
-    def reader_done(self, reader: ShardReader) -> None:
-        if self.readers.get(reader.shard_id) is reader:
-            self.done.add(reader.shard_id)
-        self.wake()
-
-    def reader_failed(self, reader: ShardReader, exc: Exception) -> None:
-        self.fail(exc)
-
-    def failure(self) -> BaseException | None:
-        return self._failure
-
-    # --- state --------------------------------------------------------------------------
-
-    def set_mode(self, mode: str) -> None:
-        self.mode = mode
-        if mode == "shards":
-            assert self.ctx is not None
-            self.ctx.per_shard = True
-            for reader in self.ready:
-                reader.queued = False
-            self.ready.clear()
-        else:
-            self.announced.clear()
-
-    def wake(self) -> None:
-        self._wake_pending = True
-        self._wake.set()
-
-    def fail(self, exc: BaseException) -> None:
-        if self._failure is None and not self.closing:
-            log.error("consumer of %s failed: %r", self.consumer.stream, exc)
-            self._failure = exc
-        self.stop()
-
-    def stop(self) -> None:
-        """Stop every reader and the sync loop; wake everything waiting (idempotent)."""
-        self.closing = True
-        self._scope.cancel()
-        for reader in self.readers.values():
-            reader.stop()
-        self.data.fire()
-        self.announce.fire()
-
-    def spawn(self, fn: Callable[[], Awaitable[None]], name: str) -> None:
-        """Start a background task, counted so that close can wait for them all."""
-        assert self.task_group is not None
-        if self._idle.is_set():
-            self._idle = anyio.Event()
-        self._tasks += 1
-        self.task_group.start_soon(self._counted, fn, name=name)
-
-    async def _counted(self, fn: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await fn()
-        finally:
-            self._tasks -= 1
-            if self._tasks == 0:
-                self._idle.set()
-
-    async def stopped(self) -> None:
-        """Wait until every reader and the sync loop have returned (after stop())."""
-        if self._tasks:
-            await self._idle.wait()
-
-    async def flush_checkpoints(self) -> None:
-        for reader in list(self.readers.values()):
-            if reader.checkpoint_pending:
-                try:
-                    await reader.flush()
-                except errors.ShardflowError as exc:
-                    log.warning("checkpoint of %s not written at close: %s", reader.shard_id, exc)
-
-    # --- delivery -----------------------------------------------------------------------
-
-    async def next_batch(self) -> tuple[ShardReader, list[Record]] | None:
-        """The next batch, shards taking turns; None once closing."""
-        while True:
-            if self._failure is not None:
-                raise self._failure
-            if self.closing:
-                return None
-            ready = self.ready
-            while ready:
-                reader = ready.popleft()
-                batch = reader.take()
-                if reader.has_batches:
-                    ready.append(reader)
-                else:
-                    reader.queued = False
-                if batch:
-                    return reader, batch
-            await self.data.wait()
-
-    # --- shard sync ---------------------------------------------------------------------
-
-    async def run(self) -> None:
-        """Re-sync every resync_interval and when woken; never raises."""
-        assert self.ctx is not None
-        attempt = 0
-        retry_soon = False
-        with self._scope:
-            while True:
-                if not retry_soon and not self._wake_pending:
-                    with anyio.move_on_after(self.consumer._resync_interval):
-                        await self._wake.wait()
-                self._wake_pending = False
-                self._wake = anyio.Event()
-                try:
-                    await self.sync()
-                except errors.ShardflowError as exc:
-                    if not exc.retriable:
-                        self.fail(exc)
-                        return
-                    log.warning("shard sync failed (%s); retrying", exc)
-                    retry_soon = True
-                    await anyio.sleep(backoff_delay(attempt, base=0.5))
-                    attempt += 1
-                    continue
-                except Exception as exc:
-                    self.fail(exc)
-                    return
-                retry_soon = False
-                attempt = 0
-
-    async def sync(self, shards: Sequence[Shard] | None = None, *, initial: bool = False) -> None:
-        """List the shards (unless given), ask which are ours, start and stop readers."""
-        assert self.ctx is not None
-        if shards is None:
-            shards = await list_shards(self.client, self.consumer.stream)
-        for shard in shards:
-            self.known[shard.shard_id] = shard
-        if initial:
-            self.initial = set(self.known)
-        granted = set(await self.ctx.session.assign(list(self.known.values())))
-        if self.closing:
-            return
-        for shard_id, reader in list(self.readers.items()):
-            if shard_id not in granted and not reader.ended:
-                self.revoke(shard_id)
-        for shard_id in sorted(granted):
-            if shard_id in self.readers or shard_id in self.done:
-                continue
-            candidate = self.known.get(shard_id)
-            if candidate is None or not await self._parents_done(candidate, self.ctx.session):
-                continue
-            if self.closing:
-                return
-            self._start(candidate)
-
-    async def _parents_done(self, shard: Shard, session: CheckpointSession) -> bool:
-        for parent in shard.parent_ids:
-            if parent in self.done or parent not in self.known:
-                continue  # delivered here, or trimmed away long ago
-            if parent in self.readers:
-                return False  # being read here: wait for its end
-            checkpoint = await session.get(parent)
-            if checkpoint is None or not checkpoint.is_shard_end:
-                return False  # not finished (here or by another worker)
-            self.done.add(parent)
-        return True
-
-    def _start(self, shard: Shard) -> None:
-        assert self.ctx is not None
-        assert self.task_group is not None
-        self.lost.discard(shard.shard_id)
-        reader = ShardReader(shard, self.ctx, initial=shard.shard_id in self.initial)
-        self.readers[shard.shard_id] = reader
-        log.debug("starting reader for %s", shard.shard_id)
-        self.spawn(reader.run, f"shardflow reader {shard.shard_id}")

@@ -173,10 +173,11 @@ class ShardReader:
     error if the consumer failed. Checkpoint with ``Consumer.checkpoint(record)``.
     """
 
-    def __init__(self, shard: Shard, ctx: ReadContext, *, initial: bool) -> None:
+    def __init__(self, shard: Shard, ctx: ReadContext, *, use_start_at: bool) -> None:
         self.shard = shard
         self._ctx = ctx
-        self._initial = initial
+        self._use_start_at = use_start_at
+        self.consumed = False  # had a checkpoint or was read: children continue from it
         self._scope = anyio.CancelScope()
         self._batches: deque[list[Record]] = deque()
         self._buffered = 0
@@ -394,16 +395,19 @@ class ShardReader:
     async def _read(self) -> None:
         ctx, cfg = self._ctx, self._ctx.config
         cp = await self._retry("load checkpoint", lambda: ctx.session.get(self.shard_id))
+        self.consumed = cp is not None
         if cp is not None and cp.is_shard_end:
             self._cp_wanted_pos = self._cp_durable_pos = END_POSITION
             self._ended = True
             self._finish()
             return
-        if cp is None and self._initial and cfg.start_at == "LATEST" and not self.shard.is_open:
+        latest = self._use_start_at and cfg.start_at == "LATEST"
+        if cp is None and latest and not self.shard.is_open:
             # Closed before we started at LATEST: nothing in it is ours to read.
             self._ended = True
             self._finish()
             return
+        self.consumed = True
         if cp is not None:
             self._start = cp
             self._cp_wanted, self._cp_wanted_pos = cp, cp.position
@@ -483,17 +487,18 @@ class ShardReader:
                 ShardIteratorType="AT_SEQUENCE_NUMBER" if inside else "AFTER_SEQUENCE_NUMBER",
                 StartingSequenceNumber=self._start.sequence_number,
             )
-        elif not self._initial or start_at == "TRIM_HORIZON":
-            # A shard born while we read starts at its beginning: nothing lost.
+        elif isinstance(start_at, datetime):
+            params.update(ShardIteratorType="AT_TIMESTAMP", Timestamp=start_at)
+        elif not self._use_start_at or start_at == "TRIM_HORIZON":
+            # A shard born while we read (or after a shard we read) starts at its
+            # beginning: nothing lost.
             params.update(ShardIteratorType="TRIM_HORIZON")
         elif start_at == "LATEST" and self._anchor is None:
             self._anchor = datetime.now(_UTC)
             params.update(ShardIteratorType="LATEST")
-        elif start_at == "LATEST":
+        else:
             # Renewing before anything was fetched: LATEST again could skip records.
             params.update(ShardIteratorType="AT_TIMESTAMP", Timestamp=self._anchor)
-        else:
-            params.update(ShardIteratorType="AT_TIMESTAMP", Timestamp=start_at)
 
         async def get() -> str:
             response = await _aws.call(self._ctx.client, "get_shard_iterator", **params)
