@@ -314,3 +314,38 @@ async def test_enter_twice_and_unstarted_iteration(kinesalite_url: str) -> None:
     async with consumer:
         with pytest.raises(RuntimeError, match="started once"):
             await consumer.__aenter__()
+
+
+async def test_errors_of_the_block_propagate_unwrapped(kinesalite_url: str) -> None:
+    name = create_stream(kinesalite_url, shards=1)
+    with pytest.raises(ZeroDivisionError):
+        async with Consumer(name, endpoint_url=kinesalite_url):
+            1 / 0  # noqa: B018
+
+
+async def test_cancelling_the_block_closes_cleanly(kinesalite_url: str) -> None:
+    name = create_stream(kinesalite_url, shards=2)
+    consumer = Consumer(name, endpoint_url=kinesalite_url, poll_interval=POLL)
+    with anyio.move_on_after(0.5) as scope:
+        async with consumer:
+            async for _ in consumer:
+                pass
+    assert scope.cancelled_caught
+    stats = consumer.stats()  # counters stay readable after close
+    assert stats.shards_reading == 0
+    assert stats.get_records_calls >= 2
+    with pytest.raises(errors.ConsumerClosed):
+        await consumer.checkpoint(_fake_record("shardId-000000000000"))
+
+
+async def test_a_deleted_stream_fails_the_iteration(kinesalite_url: str) -> None:
+    name = create_stream(kinesalite_url, shards=2)
+    put_records(kinesalite_url, name, numbered(10))
+    async with Consumer(name, endpoint_url=kinesalite_url, poll_interval=POLL) as consumer:
+        await collect(consumer, 10)
+        await anyio.to_thread.run_sync(
+            lambda: kinesis(kinesalite_url).delete_stream(StreamName=name)
+        )
+        with pytest.raises(errors.StreamNotFound), anyio.fail_after(10):
+            async for _ in consumer:
+                pass

@@ -42,7 +42,7 @@ class ConsumerStats:
     """A snapshot of a consumer's counters (``Consumer.stats()``)."""
 
     shards_reading: int
-    """Shards with a running reader (started, not ended, not lost)."""
+    """Shards with a running reader (started, not ended, not lost; 0 once closed)."""
     shards_done: int
     """Shards delivered to their end (or found at SHARD_END)."""
     records_fetched: int
@@ -260,13 +260,17 @@ class Consumer:
         tb: TracebackType | None,
     ) -> bool | None:
         """:meth:`aclose`, then release the checkpointer binding and the client."""
+        # Only a cancellation concerns the task group (its scope may be the one that
+        # fired); any other error of the block propagates as is, not in an ExceptionGroup.
+        cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
         suppress: bool | None = None
         try:
             await self.aclose()
         finally:
             stack, self._stack = self._stack, None
             if stack is not None:
-                suppress = await self._teardown(stack, (exc_type, exc, tb))
+                exc_info = (exc_type, exc, tb) if cancelled else (None, None, None)
+                suppress = await self._teardown(stack, exc_info)
         return suppress
 
     async def aclose(self) -> None:
@@ -408,7 +412,9 @@ class Consumer:
         c = coord.ctx.counters
         readers = list(coord.readers.values())
         return ConsumerStats(
-            shards_reading=sum(1 for r in readers if not r.ended and not r.lost),
+            shards_reading=0 if coord.closing else sum(
+                1 for r in readers if not r.ended and not r.lost
+            ),
             shards_done=len(coord.done),
             records_fetched=c.records_fetched,
             records_delivered=c.records_delivered,
