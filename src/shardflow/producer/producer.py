@@ -28,6 +28,7 @@ MiB = 1024 * 1024
 MAX_HASH_KEY = 2**128 - 1
 _KEY_CACHE_SIZE = 4096
 _ENTRY_OVERHEAD = 64  # JSON punctuation of one entry, beyond data and key
+_STOP_TIMEOUT = 5.0  # longest wait for the cancelled sender to unwind
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +176,8 @@ class Producer:
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._state = "new"  # new -> open -> closing -> closed
+        self._state = "new"  # new -> starting -> open -> closing -> closed
+        self._closed = anyio.Event()
 
     def __repr__(self) -> str:
         return f"Producer({self.stream!r}, state={self._state})"
@@ -250,61 +252,64 @@ class Producer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        return await self._close(None, exc_type, exc, tb)
+        try:
+            await self._shutdown(None)
+        finally:
+            tg, self._tg = self._tg, None
+            if tg is not None:
+                # Only a cancellation concerns the task group (it may be its own, after a
+                # sender crash); the body's other errors propagate as they are, unwrapped.
+                if exc is not None and not isinstance(exc, asyncio.CancelledError):
+                    await tg.__aexit__(None, None, None)
+                else:
+                    return await tg.__aexit__(exc_type, exc, tb)
+        return None
 
     async def aclose(self, *, grace: float | None = None) -> None:
-        """Refuse new puts, deliver what was accepted, then stop. Idempotent.
+        """Refuse new puts, deliver what was accepted, then stop the sender. Idempotent.
 
-        Waits up to ``grace`` seconds (default: ``record_ttl``, the longest any
-        accepted record may still take); what is not delivered by then fails with
-        :class:`errors.DeliveryFailed`. Must be called from the task that entered the
-        producer. If cancelled, the remaining records fail at once and the cleanup still
-        completes. Raises the sender's crash, if it crashed.
+        Waits up to ``grace`` seconds (default: ``record_ttl`` plus one second, past which
+        every accepted record is resolved anyway); what is not delivered by then fails
+        with :class:`errors.DeliveryFailed`. A concurrent call waits for the first. If
+        cancelled, the remaining records fail at once and the cleanup still completes.
+        Leaving the ``async with`` block calls this.
         """
         if grace is not None:
             grace = _check_seconds("grace", grace, positive=False)
-        await self._close(grace, None, None, None)
+        await self._shutdown(grace)
 
-    async def _close(
-        self,
-        grace: float | None,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        if self._state in ("closing", "closed", "new"):
-            self._state = "closed" if self._state == "new" else self._state
-            return None
+    async def _shutdown(self, grace: float | None) -> None:
+        if self._state != "open":
+            if self._state == "closing":
+                await self._closed.wait()
+            elif self._state == "new":
+                self._state = "closed"
+                self._closed.set()
+            return
         self._state = "closing"
         sender = self._sender
-        tg = self._tg
         assert sender is not None
-        assert tg is not None
         assert self._stack is not None
         self._ledger.close()
         sender.close()
         if grace is None:
             grace = self.record_ttl + 1.0
-        suppress: bool | None = None
         try:
             with anyio.move_on_after(grace):
                 await sender.finished.wait()
-        except BaseException as wait_exc:
-            if exc is None:
-                exc_type, exc, tb = type(wait_exc), wait_exc, wait_exc.__traceback__
-            raise
         finally:
-            tg.cancel_scope.cancel()
-            try:
-                suppress = await tg.__aexit__(exc_type, exc, tb)
-            finally:
+            with anyio.CancelScope(shield=True):
+                sender.cancel()
+                with anyio.move_on_after(_STOP_TIMEOUT):
+                    await sender.finished.wait()
                 sender.fail_all(
-                    errors.DeliveryFailed("the producer closed before the record was sent")
+                    errors.DeliveryFailed("the producer closed before the record was delivered")
                 )
-                with anyio.CancelScope(shield=True):
+                try:
                     await self._stack.aclose()
-                self._state = "closed"
-        return suppress
+                finally:
+                    self._state = "closed"
+                    self._closed.set()
 
     # --- input --------------------------------------------------------------------------
 

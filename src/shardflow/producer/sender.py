@@ -71,6 +71,7 @@ class Sender:
         self._flying: dict[int, list[PendingRecord]] = {}
         self._next_id = 0
         self._closing = False
+        self._scope = anyio.CancelScope()
         self.finished = anyio.Event()
         self.crashed: BaseException | None = None
         # counters for stats()
@@ -94,6 +95,10 @@ class Sender:
         self._closing = True
         self.notify()
 
+    def cancel(self) -> None:
+        """Stop at once: the loop and every request in flight are cancelled."""
+        self._scope.cancel()
+
     @property
     def in_flight_requests(self) -> int:
         return len(self._flying)
@@ -103,14 +108,15 @@ class Sender:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until closed and drained. Cancellation stops it (the owner fails the rest)."""
         try:
-            async with anyio.create_task_group() as tg:
-                task_status.started()
-                await self._loop(tg)
+            with self._scope:
+                async with anyio.create_task_group() as tg:
+                    task_status.started()
+                    await self._loop(tg)
         except Exception as exc:
-            self.crashed = exc
+            self.crashed = cause = _leaf(exc)
             log.exception("shardflow producer: sender crashed; failing every pending record")
             self.fail_all(
-                errors.DeliveryFailed(f"the producer's sender crashed: {exc!r}", cause=exc)
+                errors.DeliveryFailed(f"the producer's sender crashed: {cause!r}", cause=cause)
             )
             raise
         finally:
@@ -183,6 +189,7 @@ class Sender:
         t0 = loop.time()
         latest = max(r.deadline for r in batch)
         timeout = min(REQUEST_TIMEOUT, max(latest - t0, MIN_REQUEST_TIMEOUT))
+        completed = False
         try:
             try:
                 results = await self._transport.put_records([r.fragment for r in batch], timeout)
@@ -192,10 +199,13 @@ class Sender:
                 self._request_failed(batch, attempt, exc, loop.time())
             else:
                 self._read_results(batch, results, started_at, loop.time() - t0)
+            completed = True
         finally:
-            if self._flying.pop(request_id, None) is not None:
+            # A cancelled or crashed request stays in _flying: fail_all() resolves it.
+            if completed:
+                del self._flying[request_id]
                 self.in_flight_records -= len(batch)
-            self.notify()
+                self.notify()
 
     def _read_results(
         self,
@@ -316,6 +326,15 @@ class Sender:
             self.failed += 1
         self.in_flight_records = 0
         self._ledger.release(list({id(r): r for r in pending}.values()))
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The one error inside (nested) single-member exception groups, else ``exc``."""
+    inner = getattr(exc, "exceptions", None)
+    while isinstance(inner, tuple) and len(inner) == 1:
+        exc = inner[0]
+        inner = getattr(exc, "exceptions", None)
+    return exc
 
 
 def _wake_up(future: asyncio.Future[None]) -> None:
