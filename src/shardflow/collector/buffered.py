@@ -35,7 +35,7 @@ from anyio.abc import TaskGroup
 
 from .. import errors
 from .outputs import Event, Output, close_output, start_output
-from .spool import AppendResult, Entry, MemoryStore, SQLiteSpool
+from .spool import Entry, GroupCommit, MemoryStore, SQLiteSpool
 
 __all__ = ["BufferStats", "BufferedOutput", "DropHook", "Overflow"]
 
@@ -74,18 +74,6 @@ class BufferStats:
             + self.dropped_rejected
             + self.dropped_at_close
         )
-
-
-class _Group:
-    """Events waiting for one spool transaction (group commit)."""
-
-    __slots__ = ("done", "error", "items", "size")
-
-    def __init__(self) -> None:
-        self.items: list[tuple[float, bytes]] = []
-        self.size = 0
-        self.done = anyio.Event()
-        self.error: BaseException | None = None
 
 
 def _positive(name: str, value: object, *, integer: bool = False, optional: bool = False) -> None:
@@ -188,12 +176,22 @@ class BufferedOutput:
         self.close_timeout = float(close_timeout)
         self._on_drop = on_drop
         self._clock = clock
+        limits: dict[str, int | None] = {}
+        if overflow == "drop_oldest":
+            limits = {"max_records": max_spool_records, "max_bytes": max_spool_bytes}
+        self._limits = limits
         self._memory: MemoryStore | None = None
+        self._commits: GroupCommit | None = None
         self._store: MemoryStore | SQLiteSpool
         if spool is None:
             self._memory = self._store = MemoryStore()
         else:
             self._store = SQLiteSpool(spool, fsync=fsync)
+            self._commits = GroupCommit(
+                self._store,
+                **limits,
+                on_evicted=lambda entries: self._count_drop("overflow", entries),
+            )
         self._state = _NEW
         self._tg: TaskGroup | None = None
         self._ready = anyio.Event()
@@ -203,12 +201,7 @@ class BufferedOutput:
         self._wake = anyio.Event()
         self._progress = anyio.Event()
         self._space = anyio.Event()
-        self._writer_wake = anyio.Event()
         self._closed = anyio.Event()
-        self._group: _Group | None = None
-        self._committing: _Group | None = None
-        self._pending_records = 0
-        self._pending_bytes = 0
         self._random = random.Random()
         self._sent = self._failed_attempts = self._refused = 0
         self._dropped = {"overflow": 0, "purged": 0, "retries": 0, "rejected": 0, "close": 0}
@@ -236,8 +229,8 @@ class BufferedOutput:
         self._tg = tg
         tg.start_soon(self._output_host)
         tg.start_soon(self._flush_loop)
-        if self._memory is None:
-            tg.start_soon(self._writer_loop)
+        if self._commits is not None:
+            tg.start_soon(self._commits.run)
         self._state = _OPEN
         if self._store.records:
             log.info(
@@ -282,7 +275,6 @@ class BufferedOutput:
         self._notify(space=True)
         try:
             with anyio.move_on_after(self.close_timeout) as scope:
-                await self._wait_commits()
                 await self.flush()
             if scope.cancelled_caught:
                 log.warning(
@@ -352,30 +344,21 @@ class BufferedOutput:
             while self._full(size):
                 if self.overflow == "raise":
                     self._refused += 1
+                    held, held_bytes = self._buffered()
                     raise errors.BufferFull(
-                        f"{self!r} is full ({self._store.records + self._pending_records} "
-                        f"events, {self._store.nbytes + self._pending_bytes} bytes)"
+                        f"{self!r} is full ({held} events, {held_bytes} bytes)"
                     )
                 await self._space.wait()
                 if self._state != _OPEN:
                     raise errors.OutputClosed(f"{self!r} closed while post() waited for room")
-        item = (self._clock(), data)
-        limits = self._limits()
-        if self._memory is not None:
-            self._after_append(self._memory.append_now([item], **limits))
+        if self._commits is not None:
+            await self._commits.append(self._clock(), data)
         else:
-            group = self._group
-            if group is None:
-                group = self._group = _Group()
-            group.items.append(item)
-            group.size += size
-            self._pending_records += 1
-            self._pending_bytes += size
-            self._writer_wake.set()
-            await group.done.wait()
-            if group.error is not None:
-                raise errors.SpoolError(str(group.error)) from group.error
-        if self._store.records + self._pending_records >= self.max_batch:
+            assert self._memory is not None
+            evicted = self._memory.append_now([(self._clock(), data)], **self._limits).evicted
+            if evicted:
+                self._count_drop("overflow", evicted)
+        if self._buffered()[0] >= self.max_batch:
             self._wake.set()
 
     async def send(self, events: Sequence[Event]) -> Sequence[BaseException | None]:
@@ -390,47 +373,19 @@ class BufferedOutput:
                 results.append(None)
         return results
 
+    def _buffered(self) -> tuple[int, int]:
+        """Events (and bytes) held: stored, plus queued for a spool commit."""
+        records, size = self._store.records, self._store.nbytes
+        if self._commits is not None:
+            records += self._commits.pending_records
+            size += self._commits.pending_bytes
+        return records, size
+
     def _full(self, size: int) -> bool:
-        records = self._store.records + self._pending_records + 1
-        total = self._store.nbytes + self._pending_bytes + size
-        return (self.max_spool_records is not None and records > self.max_spool_records) or (
-            self.max_spool_bytes is not None and total > self.max_spool_bytes
+        records, total = self._buffered()
+        return (self.max_spool_records is not None and records + 1 > self.max_spool_records) or (
+            self.max_spool_bytes is not None and total + size > self.max_spool_bytes
         )
-
-    def _limits(self) -> dict[str, int | None]:
-        if self.overflow != "drop_oldest":
-            return {}
-        return {"max_records": self.max_spool_records, "max_bytes": self.max_spool_bytes}
-
-    async def _writer_loop(self) -> None:
-        while True:
-            await self._writer_wake.wait()
-            self._writer_wake = anyio.Event()
-            group, self._group = self._group, None
-            if group is None:
-                continue
-            self._committing = group
-            try:
-                self._after_append(await self._store.append(group.items, **self._limits()))
-            except Exception as exc:
-                log.error("%r: could not spool %d events: %s", self, len(group.items), exc)
-                group.error = exc
-            finally:
-                self._pending_records -= len(group.items)
-                self._pending_bytes -= group.size
-                self._committing = None
-                group.done.set()
-
-    def _after_append(self, result: AppendResult) -> None:
-        if result.evicted:
-            self._count_drop("overflow", result.evicted)
-
-    async def _wait_commits(self) -> None:
-        while True:
-            group = self._committing or self._group
-            if group is None:
-                return
-            await group.done.wait()
 
     # --- flushing -----------------------------------------------------------------------
 
@@ -443,7 +398,8 @@ class BufferedOutput:
         """
         if self._state not in (_OPEN, _CLOSING):
             raise errors.OutputClosed(f"{self!r} is not open")
-        await self._wait_commits()
+        if self._commits is not None:
+            await self._commits.idle()
         target = self._store.last_id
         while True:
             progress = self._progress
@@ -639,9 +595,10 @@ class BufferedOutput:
 
     def stats(self) -> BufferStats:
         """A snapshot of the counters (see :class:`BufferStats`)."""
+        held, held_bytes = self._buffered()
         return BufferStats(
-            buffered=self._store.records + self._pending_records,
-            buffered_bytes=self._store.nbytes + self._pending_bytes,
+            buffered=held,
+            buffered_bytes=held_bytes,
             sent=self._sent,
             failed_attempts=self._failed_attempts,
             refused=self._refused,

@@ -26,7 +26,7 @@ import anyio.to_thread
 
 from .. import errors
 
-__all__ = ["AppendResult", "Entry", "MemoryStore", "SQLiteSpool"]
+__all__ = ["AppendResult", "Entry", "GroupCommit", "MemoryStore", "SQLiteSpool"]
 
 _T = TypeVar("_T")
 
@@ -379,3 +379,94 @@ class SQLiteSpool:
             return removed, removed_bytes
 
         return await self._run("settle", work)
+
+
+class _Group:
+    """Items waiting for one transaction."""
+
+    __slots__ = ("done", "error", "items", "size")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[float, bytes]] = []
+        self.size = 0
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """Makes concurrent appends to a :class:`SQLiteSpool` share transactions.
+
+    :meth:`append` queues an item and waits until the transaction holding it commits;
+    :meth:`run` (a background task) commits whatever queued while the previous
+    transaction was in progress, all at once. One fsync then serves many posts. The
+    ``max_records``/``max_bytes`` limits, if given, evict the oldest entries in the same
+    transaction; the evicted entries go to ``on_evicted``.
+    """
+
+    def __init__(
+        self,
+        spool: SQLiteSpool,
+        *,
+        max_records: int | None = None,
+        max_bytes: int | None = None,
+        on_evicted: Callable[[Sequence[Entry]], object] = lambda entries: None,
+    ) -> None:
+        self._spool = spool
+        self._max_records = max_records
+        self._max_bytes = max_bytes
+        self._on_evicted = on_evicted
+        self._group: _Group | None = None
+        self._committing: _Group | None = None
+        self._wake = anyio.Event()
+        self.pending_records = 0
+        """Items queued or being committed."""
+        self.pending_bytes = 0
+
+    async def append(self, created: float, data: bytes) -> None:
+        """Return once ``data`` is committed. Raises :class:`errors.SpoolError`.
+
+        If cancelled while waiting, the item may or may not be committed.
+        """
+        group = self._group
+        if group is None:
+            group = self._group = _Group()
+        group.items.append((created, data))
+        group.size += len(data)
+        self.pending_records += 1
+        self.pending_bytes += len(data)
+        self._wake.set()
+        await group.done.wait()
+        if group.error is not None:
+            raise errors.SpoolError(str(group.error)) from group.error
+
+    async def run(self) -> None:
+        """Commit queued items, group after group, until cancelled."""
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            group, self._group = self._group, None
+            if group is None:
+                continue
+            self._committing = group
+            try:
+                result = await self._spool.append(
+                    group.items, max_records=self._max_records, max_bytes=self._max_bytes
+                )
+            except Exception as exc:
+                group.error = exc
+            else:
+                if result.evicted:
+                    self._on_evicted(result.evicted)
+            finally:
+                self.pending_records -= len(group.items)
+                self.pending_bytes -= group.size
+                self._committing = None
+                group.done.set()
+
+    async def idle(self) -> None:
+        """Wait until everything queued so far has been committed (or failed)."""
+        while True:
+            group = self._committing or self._group
+            if group is None:
+                return
+            await group.done.wait()
