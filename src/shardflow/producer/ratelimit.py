@@ -19,9 +19,10 @@ __all__ = ["ShardRateLimiter", "TokenBucket"]
 
 Clock = Callable[[], float]
 
-# Relative slack for float rounding, so that waiting exactly the delay we returned and
-# asking again is granted.
-_SLACK = 0.0
+# A shortfall worth less than this many seconds of refill counts as none: float rounding
+# must not turn "wait exactly the delay we returned, then ask again" into a refusal, nor
+# answer with a wait too short to move the clock.
+_SLACK = 1e-6
 
 
 def _positive(name: str, value: float) -> float:
@@ -77,10 +78,8 @@ class TokenBucket:
         Raises ValueError for n < 0.
         """
         need = min(_amount(n), self.capacity)
-        missing = need - self._refill()
-        if missing <= need * _SLACK or need == 0:
-            return 0.0
-        return missing / self.rate
+        wait = (need - self._refill()) / self.rate
+        return wait if wait > _SLACK and need > 0 else 0.0
 
     def try_take(self, n: float = 1) -> bool:
         """Take ``n`` tokens if available now (a full bucket for ``n`` above capacity, which
