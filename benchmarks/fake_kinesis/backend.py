@@ -17,9 +17,8 @@ from typing import Any
 
 import orjson
 
-from shardflow.aggregation import deaggregate
-
 from . import reads
+from .aggregates import count_user_records
 from .reads import decode_token, encode_token
 from .streams import ACCOUNT, Stream
 from .validation import (
@@ -35,7 +34,6 @@ from .validation import (
 
 __all__ = ["KinesisFake"]
 
-AGG_MAGIC = b"\xf3\x89\x9a\xc2"
 AGG_B64_PREFIX = "84maw"  # base64 of the magic's first 30 bits: a cheap pre-check
 
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -119,10 +117,11 @@ class KinesisFake:
         """Run one operation on a JSON request body: the JSON answer, or KinesisError."""
         stats = self.stats
         stats["requests"] += 1
+        handler = self._ops.get(operation)
         ops = stats["operations"]
-        ops[operation] = ops.get(operation, 0) + 1
+        counted = operation if handler is not None else "(unknown)"
+        ops[counted] = ops.get(counted, 0) + 1
         try:
-            handler = self._ops.get(operation)
             if handler is None:
                 raise KinesisError("UnknownOperationException",
                                    f"Operation {operation} is not supported.",
@@ -299,18 +298,10 @@ class KinesisFake:
     def _sub_records(self, stream: Stream, data: str, index: int) -> int:
         """User records in one Kinesis record (its sub-records if it is a KPL aggregate);
         counts sub-records whose hash key lies outside the shard (the KCL drops those)."""
-        blob = binascii.a2b_base64(data)
-        if blob[:4] != AGG_MAGIC:
-            return 1
-        subs = deaggregate(blob)
-        if not subs:
-            return 1
-        misrouted = 0
-        for pk, ehk, _ in subs:
-            where = stream.shard_for_hash(int(ehk)) if ehk is not None else stream.shard_for_key(pk)
-            misrouted += where != index
+        users, misrouted = count_user_records(binascii.a2b_base64(data), index,
+                                              stream.shard_of)
         self.stats["misrouted_user_records"] += misrouted
-        return len(subs)
+        return users
 
     # -- metadata ------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import hashlib
 import time
 from typing import Any
 
-from .validation import HASH_SPACE
+from .validation import HASH_KEY, HASH_SPACE
 
 __all__ = ["ACCOUNT", "REGION", "Shard", "StoredRecord", "Stream", "hash_key"]
 
@@ -88,3 +88,12 @@ class Stream:
         if shard_id is None:
             return self.shards
         return [s for s in self.shards if s.shard_id > str(shard_id)]
+
+    def shard_of(self, partition_key: str, explicit_hash_key: str | None) -> int:
+        """The shard index a record routes to; -1 for an explicit hash key that is not a
+        decimal below 2**128."""
+        if explicit_hash_key is None:
+            return self.shard_for_key(partition_key)
+        if not HASH_KEY.match(explicit_hash_key) or int(explicit_hash_key) >= HASH_SPACE:
+            return -1
+        return self.shard_for_hash(int(explicit_hash_key))
