@@ -125,11 +125,14 @@ class CognitoCredentials:
         return dict(value)
 
     async def fetch(self) -> datetime:
-        """Get fresh credentials now; returns their expiry time (UTC).
+        """Ask Cognito for a set of credentials now; return their expiry time (UTC).
 
-        Raises :class:`errors.AccessDenied` (pool or provider refused), or
-        :class:`errors.ResourceNotFound` (no such pool), or a transport error. Safe to
-        cancel. Mostly useful to fail fast at startup; clients refresh by themselves.
+        Useful to fail fast at startup (the identity id is kept for later). Clients do
+        not need it: they fetch and refresh the credentials they sign with by themselves.
+        Raises :class:`errors.AccessDenied` (pool or provider refused),
+        :class:`errors.ResourceNotFound` (no such pool) or a transport error
+        (:class:`errors.EndpointUnreachable`, :class:`errors.RequestTimeout`). Safe to
+        cancel.
         """
         data = await self._fetch()
         return datetime.fromisoformat(data["expiry_time"])
