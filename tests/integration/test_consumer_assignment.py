@@ -31,6 +31,7 @@ class GrantingCheckpointer:
         self.listener: AssignmentListener | None = None
         self.scope: ConsumerScope | None = None
         self.bound = False
+        self.lost_on_get: set[str] = set()
 
     def bind(
         self, scope: ConsumerScope, listener: AssignmentListener
@@ -50,6 +51,8 @@ class GrantingCheckpointer:
         return {s.shard_id for s in shards} & self.granted
 
     async def get(self, shard_id: str) -> Checkpoint | None:
+        if shard_id in self.lost_on_get:
+            raise errors.LeaseLost(shard_id)
         return self.positions.get(shard_id)
 
     async def save(self, shard_id: str, checkpoint: Checkpoint) -> None:
@@ -137,3 +140,20 @@ async def test_lease_lost_during_checkpoint(kinesalite_url: str) -> None:
         coordinator.granted.clear()  # lost without telling the consumer yet
         with pytest.raises(errors.LeaseLost):
             await consumer.checkpoint(got[-1])
+
+
+async def test_lease_lost_when_loading_stops_only_that_shard(kinesalite_url: str) -> None:
+    url = kinesalite_url
+    name = create_stream(url, shards=2)
+    a, b = sorted(list_shards(url, name), key=lambda s: s["ShardId"])
+    put_to(url, name, a, "a", 5)
+    put_to(url, name, b, "b", 5)
+    coordinator = GrantingCheckpointer({a["ShardId"], b["ShardId"]})
+    coordinator.lost_on_get = {b["ShardId"]}
+    async with Consumer(
+        name, endpoint_url=url, poll_interval=POLL, app_name="app", checkpointer=coordinator
+    ) as consumer:
+        got = await collect(consumer, 5)
+        assert {r.shard_id for r in got} == {a["ShardId"]}
+        assert await no_more(consumer) == []
+        assert consumer.stats().shards_reading == 1

@@ -87,10 +87,12 @@ def _positive(name: str, value: object, *, minimum: float = 0.0, integer: bool =
 class Consumer:
     """Reads every shard of a Kinesis stream and delivers its records.
 
-    ``stream`` is a stream name or ARN. ``start_at`` ("TRIM_HORIZON", "LATEST" or an
-    aware datetime for AT_TIMESTAMP; a naive datetime is a ValueError) applies to shards
-    that were there at start and have no checkpoint; shards born later (by resharding)
-    are read from their beginning. A stored checkpoint always wins.
+    ``stream`` is a stream name or ARN. ``start_at`` is where a shard without a
+    checkpoint starts: "TRIM_HORIZON", "LATEST", or an aware datetime (AT_TIMESTAMP; a
+    naive datetime is a ValueError). A stored checkpoint always wins. "LATEST" applies
+    only to shards that were there at start and whose parents this application never
+    read; a shard born later by resharding, or the child of a shard read before, starts
+    at its beginning, so nothing is lost across splits and merges.
 
     Without a ``checkpointer`` positions are kept in memory for this instance only.
     With one, ``app_name`` is required: positions are keyed by application, stream and

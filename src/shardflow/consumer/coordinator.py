@@ -102,6 +102,10 @@ class Coordinator:
                 self.consumed.add(reader.shard_id)
         self.wake()
 
+    def reader_lost(self, reader: ShardReader) -> None:
+        if self.readers.get(reader.shard_id) is reader:
+            self.revoke(reader.shard_id)
+
     def reader_failed(self, reader: ShardReader, exc: Exception) -> None:
         self.fail(exc)
 

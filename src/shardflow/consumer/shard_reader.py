@@ -95,6 +95,9 @@ class ReaderEvents(Protocol):
     def reader_done(self, reader: ShardReader) -> None:
         """Every record of the shard was handed out (or there was nothing to read)."""
 
+    def reader_lost(self, reader: ShardReader) -> None:
+        """The checkpointer raised errors.LeaseLost for the reader's shard."""
+
     def reader_failed(self, reader: ShardReader, exc: Exception) -> None:
         """A non-retriable error: the consumer should fail."""
 
@@ -376,8 +379,6 @@ class ShardReader:
         self._cp_wanted, self._cp_wanted_pos = SHARD_END, END_POSITION
         try:
             await self.flush()
-        except errors.LeaseLost:
-            log.info("lost %s while recording SHARD_END", self.shard_id)
         except errors.AWSError as exc:
             log.warning("could not record SHARD_END for %s (%s); retried at close",
                         self.shard_id, exc)
@@ -389,6 +390,9 @@ class ShardReader:
         with self._scope:
             try:
                 await self._read()
+            except errors.LeaseLost:
+                # The checkpointer found out first (e.g. a conditional write failed).
+                self._ctx.events.reader_lost(self)
             except Exception as exc:  # e.g. StreamNotFound (deleted), AccessDenied
                 self._ctx.events.reader_failed(self, exc)
 
