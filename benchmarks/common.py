@@ -16,6 +16,7 @@ import platform
 import random
 import resource
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -129,11 +130,18 @@ def _cpu_seconds() -> float:
 
 @dataclass(frozen=True, slots=True)
 class Measurement:
-    """One timed region: wall seconds, this process's CPU seconds, peak RSS at the end."""
+    """One timed region: wall seconds, this process's CPU seconds, and memory.
+
+    ``peak_rss_bytes`` is the process's peak so far (start-up included);
+    ``rss_start_bytes`` the RSS when the region began and ``region_peak_rss_bytes`` the
+    highest RSS sampled during it (every 10 ms; None where /proc is missing).
+    """
 
     seconds: float
     cpu_seconds: float
     peak_rss_bytes: int
+    rss_start_bytes: int | None = None
+    region_peak_rss_bytes: int | None = None
 
     def per_second(self, count: int) -> float:
         return count / self.seconds if self.seconds > 0 else float("inf")
@@ -141,29 +149,73 @@ class Measurement:
     def cpu_us_per(self, count: int) -> float:
         return self.cpu_seconds * 1e6 / count if count else 0.0
 
+    @property
+    def rss_growth_bytes(self) -> int | None:
+        """How much the RSS grew during the region, at its highest."""
+        if self.rss_start_bytes is None or self.region_peak_rss_bytes is None:
+            return None
+        return max(0, self.region_peak_rss_bytes - self.rss_start_bytes)
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "rss_growth_bytes": self.rss_growth_bytes}
+
+
+class _RSSSampler:
+    """Samples this process's RSS every ``interval`` seconds in a daemon thread."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.peak = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            now = rss_bytes()
+            if now is not None and (self.peak is None or now > self.peak):
+                self.peak = now
+
+    def start(self) -> None:
+        if self.peak is not None:  # no /proc: nothing to sample
+            self._thread.start()
+
+    def stop(self) -> int | None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        now = rss_bytes()
+        if now is not None and (self.peak is None or now > self.peak):
+            self.peak = now
+        return self.peak
 
 
 class Timer:
     """Measure a region: ``with Timer() as t: ...`` then ``t.result``.
 
     Collects garbage before the clock starts so earlier allocations do not bill the
-    region. CPU is ``getrusage(RUSAGE_SELF)`` user+system: every thread of this process.
+    region. CPU is ``getrusage(RUSAGE_SELF)`` user+system: every thread of this process
+    (the RSS sampler's wake-ups every 10 ms included; ``sample_rss=False`` turns it off).
     Works as a sync and as an async context manager; enter it once.
     """
 
-    __slots__ = ("_cpu0", "_t0", "result")
+    __slots__ = ("_cpu0", "_rss0", "_sampler", "_t0", "result", "sample_rss")
 
-    def __init__(self) -> None:
+    def __init__(self, *, sample_rss: bool = True) -> None:
+        self.sample_rss = sample_rss
         self._t0 = 0.0
         self._cpu0 = 0.0
+        self._rss0: int | None = None
+        self._sampler: _RSSSampler | None = None
         self.result: Measurement | None = None
 
     def __enter__(self) -> Timer:
         if self._t0:
             raise RuntimeError("a Timer measures one region; create another")
         gc.collect()
+        self._rss0 = rss_bytes()
+        if self.sample_rss:
+            self._sampler = _RSSSampler()
+            self._sampler.start()
         self._cpu0 = _cpu_seconds()
         self._t0 = time.perf_counter()
         return self
@@ -176,7 +228,8 @@ class Timer:
     ) -> None:
         seconds = time.perf_counter() - self._t0
         cpu = _cpu_seconds() - self._cpu0
-        self.result = Measurement(seconds, cpu, peak_rss_bytes())
+        region_peak = self._sampler.stop() if self._sampler is not None else None
+        self.result = Measurement(seconds, cpu, peak_rss_bytes(), self._rss0, region_peak)
 
     async def __aenter__(self) -> Timer:
         return self.__enter__()

@@ -220,12 +220,13 @@ def render_table(results: Sequence[dict[str, Any]]) -> str:
             fmt_int(r.get("records_per_s")) if ok else "-",
             fmt_float(r.get("cpu_us_per_record")) if ok else "-",
             fmt_bytes(r.get("peak_rss_bytes")) if ok else "-",
+            fmt_bytes(r.get("rss_growth_bytes")) if ok else "-",
             fmt_int(received) if received is not None else "-",
             _note(r),
         ])
-    headers = ["contender", "user records/s", "client CPU µs/record", "peak RSS", "received",
-               "notes"]
-    return markdown_table(headers, rows, align="lrrrrl")
+    headers = ["contender", "user records/s", "client CPU µs/record", "peak RSS",
+               "RSS growth", "received", "notes"]
+    return markdown_table(headers, rows, align="lrrrrrl")
 
 
 def write_chart(tables: dict[str, list[dict[str, Any]]], path: Path) -> str | None:
