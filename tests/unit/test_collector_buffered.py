@@ -158,8 +158,9 @@ async def test_a_failing_output_start_is_retried(spool: Path | None) -> None:
 async def test_overflow_block_waits_for_room(spool: Path | None) -> None:
     out = StalledOutput()
     posted: list[int] = []
+    # A long interval: only a full batch (2 events) starts a send, so [0, 1] go first.
     async with BufferedOutput(
-        out, spool=spool, flush_interval=0.01, max_batch=2, max_spool_records=4
+        out, spool=spool, flush_interval=60, max_batch=2, max_spool_records=4
     ) as buf:
 
         async def poster() -> None:
@@ -215,7 +216,7 @@ async def test_overflow_drop_oldest_evicts_and_counts(spool: Path | None) -> Non
     async with BufferedOutput(
         out,
         spool=spool,
-        flush_interval=0.01,
+        flush_interval=60,  # only a full batch starts a send: [0, 1]
         max_batch=2,
         max_spool_records=5,
         overflow="drop_oldest",
