@@ -1,8 +1,10 @@
 """BufferedOutput: batches, retries and (optionally) spools events in front of an output.
 
-Delivery is at least once. An event leaves the buffer only when the output confirmed it,
-or when a policy drops it; every drop is counted in :meth:`BufferedOutput.stats`, logged
-on ``shardflow.collector`` and passed to ``on_drop`` if given. The policies:
+Delivery is at least once: an event can be sent twice (the output delivered it, then the
+process died before the spool forgot it; consumers deduplicate by ``event_id``), and it
+leaves the buffer only when the output confirmed it, or when a policy drops it. Every
+drop is counted in :meth:`BufferedOutput.stats`, logged on ``shardflow.collector`` and
+passed to ``on_drop`` if given. The policies:
 
 - ``overflow="drop_oldest"``: a full buffer evicts its oldest events (reason ``overflow``);
   an event being sent at that moment may still arrive, but is counted as dropped;
@@ -104,7 +106,8 @@ class BufferedOutput:
     - ``max_batch`` (500): events per ``output.send()`` call.
     - ``max_retries`` (None = forever), ``backoff_base`` (0.5 s), ``backoff_cap`` (30 s):
       after a batch with failures the next try waits a random time in
-      ``[0, min(cap, base * 2**n)]`` (full jitter), ``n`` counting failed rounds.
+      ``[0, min(cap, base * 2**(n - 1))]`` (full jitter), ``n`` counting consecutive
+      failed rounds; a failing ``output.start()`` is retried the same way.
     - ``purge_age`` (None): drop events older than this many seconds, unsent.
     - ``max_spool_records`` (100,000), ``max_spool_bytes`` (64 MiB; None: no limit) and
       ``overflow`` (``"block"``, ``"drop_oldest"`` or ``"raise"``): what a full buffer does.
