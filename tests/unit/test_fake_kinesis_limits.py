@@ -208,3 +208,21 @@ def test_latency_delays_every_answer() -> None:
         assert status == status2 == 200
         assert elapsed >= 0.59  # two answers, each held back 0.3 s (a lower bound only)
         conn.close()
+
+
+def test_expect_continue_and_chunked_bodies(fake: FakeKinesis) -> None:
+    port = int(fake.url.rsplit(":", 1)[1])
+    body = orjson.dumps({"StreamName": "expect"})
+    head = (b"POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: Kinesis_20131202.ListShards\r\n"
+            b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(body)
+        answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    # Chunked request bodies are refused (botocore and aiohttp send Content-Length).
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 411 ")
+        assert sock.recv(65536) == b""  # and the connection is closed
