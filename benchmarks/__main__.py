@@ -22,14 +22,16 @@ SUITES: dict[str, tuple[str, str]] = {
     # name: (module, what it measures)
     "compare": ("benchmarks.compare",
                 "every producer library side by side on one workload (issue 8)"),
-    # The suites below belong to the producer, consumer and aggregation work; each is
-    # picked up as soon as its module exists.
+    # The suites below belong to the producer, consumer, aggregation and collector work;
+    # each is picked up as soon as its module exists. Add a suite here: one line.
     "producer": ("benchmarks.producer",
                  "shardflow's Producer: records/s, CPU µs/record, memory when stalled"),
     "consumer": ("benchmarks.consumer",
                  "shardflow's Consumer: read + deaggregate, put-to-delivery latency"),
     "aggregation": ("benchmarks.aggregation",
                     "the KPL aggregation codec: encode / decode cost per record"),
+    "collector": ("benchmarks.collector",
+                  "the Collector's post path, in memory and with a SQLite spool"),
 }
 
 
