@@ -208,6 +208,16 @@ def _note(result: dict[str, Any]) -> str:
     return "; ".join(notes)
 
 
+def _endpoint_note(results: Sequence[dict[str, Any]]) -> list[str]:
+    """What the fake itself spent per record on the ceiling run: its capacity."""
+    for r in results:
+        cost = r.get("endpoint_cpu_us_per_record")
+        if r.get("name") == "raw_aiohttp" and r.get("status") == "ok" and cost:
+            return [f"The fake spent {cost:.2f} µs of CPU per record on the raw_aiohttp run: "
+                    f"about {1e6 / cost:,.0f} records/s on one core.", ""]
+    return []
+
+
 def render_table(results: Sequence[dict[str, Any]]) -> str:
     rows = []
     for r in results:
@@ -317,6 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  else "moto server (python -m shardflow local, single-threaded)")
         lines += [f"### {counts[ep]:,} events of ~200 bytes, 1,000 partition keys, "
                   f"{args.shards} shards: {where}", "", render_table(results), ""]
+        lines += _endpoint_note(results)
     command = "python -m benchmarks.compare " + " ".join(argv if argv is not None
                                                          else sys.argv[1:])
     lines.append(f"Command: `{command.strip()}`")
