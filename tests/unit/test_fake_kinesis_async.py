@@ -16,6 +16,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 import support_bench  # noqa: F401  (puts the repository root on sys.path)
+from shardflow.shardmap import load_shard_map
 
 from benchmarks.fake_kinesis import FakeKinesis, fake_kinesis
 
@@ -148,3 +149,14 @@ async def test_ordinary_concurrent_use(fake: FakeKinesis, kinesis: Any) -> None:
     assert stats["operations"]["PutRecords"] == 24
     assert stats["bytes"] == sum(len(e["Data"]) for b in batches for e in b)
     assert stats["rejected"] == {}
+
+
+async def test_routing_matches_shardflow_shard_map(fake: FakeKinesis, kinesis: Any) -> None:
+    await kinesis.create_stream(StreamName="shardmap", ShardCount=5)
+    shard_map = await load_shard_map(kinesis, "shardmap")
+    keys = [f"user-{i}" for i in range(300)] + ["ключ", "k" * 256]
+    answer = await kinesis.put_records(StreamName="shardmap", Records=[
+        {"Data": b"x", "PartitionKey": key} for key in keys])
+    for key, result in zip(keys, answer["Records"], strict=True):
+        assert result["ShardId"] == shard_map.shard_for_key(key).shard_id
+    assert len({r["ShardId"] for r in answer["Records"]}) == 5
