@@ -82,6 +82,7 @@ def _encode_varint(value: int) -> bytes:
 
 
 _TABLE_SIZE = 4096
+_ENTRY_CACHE_LIMIT = 4096
 _VARINT: tuple[bytes, ...] = tuple(_encode_varint(n) for n in range(_TABLE_SIZE))
 _PK_FIELD: tuple[bytes, ...] = tuple(b"\x08" + v for v in _VARINT)  # partition_key_index = n
 
@@ -125,6 +126,7 @@ class AggregateBuilder:
         "_body",
         "_ehk_fields",
         "_ehk_table",
+        "_entries",
         "_first_key",
         "_parts",
         "_pk_fields",
@@ -138,6 +140,9 @@ class AggregateBuilder:
         if max_bytes <= OVERHEAD:
             raise ValueError(f"max_bytes must be more than {OVERHEAD}, got {max_bytes}")
         self.max_bytes = max_bytes
+        # Encoded partition-key table entries, kept across clear(): a producer reuses one
+        # builder per shard and sees the same keys in aggregate after aggregate.
+        self._entries: dict[str, bytes] = {}
         self.clear()
 
     def clear(self) -> None:
@@ -214,9 +219,15 @@ class AggregateBuilder:
         pk_fields = self._pk_fields
         pk_field = pk_fields.get(pk)
         if pk_field is None:
-            raw = _key_bytes(pk, "partition_key")
-            n = len(raw)
-            new_pk = b"\x0a%b%b" % (_VARINT[n] if n < _TABLE_SIZE else _encode_varint(n), raw)
+            # A table entry, from the entries this builder encoded for earlier aggregates.
+            new_pk = self._entries.get(pk)
+            if new_pk is None:
+                raw = _key_bytes(pk, "partition_key")
+                n = len(raw)
+                new_pk = b"\x0a%b%b" % (_VARINT[n] if n < _TABLE_SIZE else _encode_varint(n), raw)
+                if len(self._entries) >= _ENTRY_CACHE_LIMIT:
+                    self._entries.clear()
+                self._entries[pk] = new_pk
             n = len(pk_fields)
             pk_field = _PK_FIELD[n] if n < _TABLE_SIZE else b"\x08" + _encode_varint(n)
             grow = len(new_pk)

@@ -269,3 +269,14 @@ def test_aggregated_size_matches_builder(recs: list[tuple[str, bytes]]) -> None:
     for rec in full:
         builder.add(*rec)
     assert aggregated_size(full) == builder.size == len(builder.build())
+
+
+@given(st.lists(records, min_size=1, max_size=4))
+def test_a_reused_builder_encodes_each_aggregate_afresh(chunks: list[list[Rec]]) -> None:
+    builder = AggregateBuilder()
+    for chunk in chunks:
+        builder.clear()
+        for rec in chunk:
+            builder.add(*rec)
+        assert builder.build() == aggregate(chunk)
+        assert builder.partition_key == chunk[0][0]
