@@ -9,9 +9,10 @@ from contextlib import AsyncExitStack
 import pytest
 
 from shardflow import _aws, errors
-from shardflow.shardmap import MAX_HASH_KEY, ShardMap, landing_hash_key, load_shard_map
+from shardflow.aggregation import AggregateBuilder, deaggregate
+from shardflow.shardmap import MAX_HASH_KEY, ShardMap, hash_key, landing_hash_key, load_shard_map
 
-from support import create_stream, kinesis, unique_name, wait_active
+from support import create_stream, kinesis, read_stream, unique_name, wait_active
 
 
 async def load(url: str, stream: str) -> ShardMap:
@@ -89,6 +90,38 @@ async def test_map_follows_split_and_merge_on_kinesalite(kinesalite_url: str) ->
     assert set(merged.parent_ids) == {upper_child.shard_id, high.shard_id}
     assert merged.starting_hash_key == cut
     assert assert_predictions(url, stream, after_merge, seed=3) == 2
+
+
+async def test_aggregates_packed_per_shard_land_on_their_shard(kinesis_url: str) -> None:
+    """The producer's recipe: pack sub-records by predicted shard, send each aggregate
+    with the first key as partition key and the shard's landing hash key."""
+    stream = create_stream(kinesis_url, shards=3)
+    shard_map = await load(kinesis_url, stream)
+    builders = {s.shard_id: AggregateBuilder() for s in shard_map}
+    expected: dict[str, list[tuple[str, str | None, bytes]]] = {s.shard_id: [] for s in shard_map}
+    for i in range(300):
+        key = f"user-{i % 97}"
+        shard_id = shard_map.shard_for_key(key).shard_id
+        assert builders[shard_id].add(key, None, b"event-%d" % i) == len(expected[shard_id])
+        expected[shard_id].append((key, None, b"event-%d" % i))
+    entries = [
+        {
+            "Data": builders[shard.shard_id].build(),
+            "PartitionKey": builders[shard.shard_id].partition_key,
+            "ExplicitHashKey": landing_hash_key(shard),
+        }
+        for shard in shard_map
+    ]
+    response = kinesis(kinesis_url).put_records(StreamName=stream, Records=entries)
+    assert [r["ShardId"] for r in response["Records"]] == [s.shard_id for s in shard_map]
+    stored = read_stream(kinesis_url, stream)
+    assert len(stored) == 3
+    for item in stored:
+        records = deaggregate(item["Data"])
+        assert records == expected[item["ShardId"]]
+        shard = shard_map.get(item["ShardId"])
+        assert shard is not None
+        assert all(shard.contains(hash_key(pk)) for pk, _, _ in records)
 
 
 async def test_load_shard_map_of_a_missing_stream(kinesis_url: str) -> None:
