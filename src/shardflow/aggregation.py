@@ -427,8 +427,12 @@ def _parse(blob: bytes, i: int, end: int) -> list[tuple[str, str | None, bytes]]
     """
     pks: list[str] = []
     ehks: list[str] = []
-    found: list[tuple[int, int, bytes]] = []
-    append = found.append
+    out: list[tuple[str, str | None, bytes]] = []
+    append = out.append
+    # Records whose key index points past the table read so far (the tables may follow
+    # the records): (position in out, pk index, ehk index), resolved at the end.
+    later: list[tuple[int, int, int]] = []
+    pk_count = ehk_count = 0
     while i < end:
         tag = blob[i]
         i += 1
@@ -471,11 +475,16 @@ def _parse(blob: bytes, i: int, end: int) -> list[tuple[str, str | None, bytes]]
                         b = blob[j]
                         n = (n & 0x7F) | (b << 7) if b < 0x80 else -1
                         j += 1
-                    if j + n == stop and n >= 0:
-                        append((p, e, blob[j:stop]))
+                    if j + n == stop and n >= 0 and p < pk_count and e < ehk_count:
+                        append((pks[p], None if e < 0 else ehks[e], blob[j:stop]))
                         i = stop
                         continue
-            append(_parse_record(blob, i, stop))
+            p, e, data = _parse_record(blob, i, stop)
+            if p < pk_count and e < ehk_count:
+                append((pks[p], None if e < 0 else ehks[e], data))
+            else:
+                later.append((len(out), p, e))
+                append(("", None, data))
             i = stop
         elif tag == 0x0A or tag == 0x12:  # key tables
             n = blob[i]
@@ -486,16 +495,24 @@ def _parse(blob: bytes, i: int, end: int) -> list[tuple[str, str | None, bytes]]
             if stop > end:
                 return None
             # Invalid UTF-8 is replaced, as Java protobuf does for proto2 strings.
-            (pks if tag == 0x0A else ehks).append(blob[i:stop].decode("utf-8", "replace"))
+            if tag == 0x0A:
+                pks.append(blob[i:stop].decode("utf-8", "replace"))
+                pk_count += 1
+            else:
+                ehks.append(blob[i:stop].decode("utf-8", "replace"))
+                ehk_count += 1
             i = stop
         else:  # unknown field, or a known number with another wire type
             i = _skip(blob, i, tag, end)
     if i != end:
         return None
-    try:
-        return [(pks[p], None if e < 0 else ehks[e], d) for p, e, d in found]
-    except IndexError:
-        return None
+    if later:
+        try:
+            for at, p, e in later:
+                out[at] = (pks[p], None if e < 0 else ehks[e], out[at][2])
+        except IndexError:  # a key index beyond its table
+            return None
+    return out
 
 
 def _parse_record(blob: bytes, i: int, stop: int) -> tuple[int, int, bytes]:
