@@ -63,6 +63,8 @@ class Server:
                 return self._error(exc)
             except Exception as exc:  # a bug in the fake: answer like AWS, report it
                 print(f"fake_kinesis: internal error: {exc!r}", file=sys.stderr, flush=True)
+                rejected = self.fake.stats["rejected"]
+                rejected["internal"] = rejected.get("internal", 0) + 1
                 return self._error(KinesisError("InternalFailure", repr(exc), "internal", 500))
         if method == "GET" and path == "/_stats":
             return _response(200, orjson.dumps(self.fake.snapshot()))
