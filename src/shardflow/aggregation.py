@@ -35,6 +35,7 @@ from collections.abc import Iterable
 __all__ = [
     "MAGIC",
     "AggregateBuilder",
+    "UserRecord",
     "aggregate",
     "aggregated_size",
     "deaggregate",
@@ -60,16 +61,14 @@ _md5 = hashlib.md5
 _MAX_UINT64 = (1 << 64) - 1
 _MAX_DEPTH = 100  # protobuf's default recursion limit, for nested unknown groups
 
-# Protobuf tags (field number << 3 | wire type) of the fields this format uses.
-_PK_TABLE = 0x0A  # AggregatedRecord.partition_key_table = 1, length-delimited
-_EHK_TABLE = 0x12  # AggregatedRecord.explicit_hash_key_table = 2, length-delimited
-_RECORDS = 0x1A  # AggregatedRecord.records = 3, length-delimited
-_PK_INDEX = 0x08  # Record.partition_key_index = 1, varint
-_EHK_INDEX = 0x10  # Record.explicit_hash_key_index = 2, varint
-_DATA = 0x1A  # Record.data = 3, length-delimited
-_TAGS = 0x22  # Record.tags = 4, length-delimited
+# Protobuf tags (field number << 3 | wire type) of the fields this format uses. The hot
+# paths spell them as literals: 0x0A partition_key_table, 0x12 explicit_hash_key_table,
+# 0x1A records (length-delimited) in AggregatedRecord; in Record:
+_PK_INDEX = 0x08  # partition_key_index = 1, varint
+_EHK_INDEX = 0x10  # explicit_hash_key_index = 2, varint
+_DATA = 0x1A  # data = 3, length-delimited
+_TAGS = 0x22  # tags = 4, length-delimited
 _TAG_KEY = 0x0A  # Tag.key = 1, length-delimited
-_TAG_VALUE = 0x12  # Tag.value = 2, length-delimited
 
 
 def _encode_varint(value: int) -> bytes:
@@ -82,9 +81,15 @@ def _encode_varint(value: int) -> bytes:
 
 
 _TABLE_SIZE = 4096
-_ENTRY_CACHE_LIMIT = 4096
 _VARINT: tuple[bytes, ...] = tuple(_encode_varint(n) for n in range(_TABLE_SIZE))
 _PK_FIELD: tuple[bytes, ...] = tuple(b"\x08" + v for v in _VARINT)  # partition_key_index = n
+
+
+# Encoded partition-key table entries (b"\x0a" + varint(length) + UTF-8), shared by every
+# builder: the same keys come back aggregate after aggregate. Bounded; a plain dict, whose
+# single operations are atomic, so builders in several threads may share it.
+_ENTRIES: dict[str, bytes] = {}
+_ENTRIES_LIMIT = 4096
 
 
 def _varint(value: int) -> bytes:
@@ -102,7 +107,7 @@ def _as_bytes(data: object) -> bytes:
 
 
 def _key_bytes(key: object, what: str) -> bytes:
-    if type(key) is not str:
+    if not isinstance(key, str):
         raise TypeError(f"{what} must be a str, got {type(key).__name__}")
     return key.encode()
 
@@ -126,7 +131,6 @@ class AggregateBuilder:
         "_body",
         "_ehk_fields",
         "_ehk_table",
-        "_entries",
         "_first_key",
         "_parts",
         "_pk_fields",
@@ -140,9 +144,6 @@ class AggregateBuilder:
         if max_bytes <= OVERHEAD:
             raise ValueError(f"max_bytes must be more than {OVERHEAD}, got {max_bytes}")
         self.max_bytes = max_bytes
-        # Encoded partition-key table entries, kept across clear(): a producer reuses one
-        # builder per shard and sees the same keys in aggregate after aggregate.
-        self._entries: dict[str, bytes] = {}
         self.clear()
 
     def clear(self) -> None:
@@ -219,15 +220,14 @@ class AggregateBuilder:
         pk_fields = self._pk_fields
         pk_field = pk_fields.get(pk)
         if pk_field is None:
-            # A table entry, from the entries this builder encoded for earlier aggregates.
-            new_pk = self._entries.get(pk)
+            new_pk = _ENTRIES.get(pk)
             if new_pk is None:
                 raw = _key_bytes(pk, "partition_key")
                 n = len(raw)
                 new_pk = b"\x0a%b%b" % (_VARINT[n] if n < _TABLE_SIZE else _encode_varint(n), raw)
-                if len(self._entries) >= _ENTRY_CACHE_LIMIT:
-                    self._entries.clear()
-                self._entries[pk] = new_pk
+                if len(_ENTRIES) >= _ENTRIES_LIMIT:
+                    _ENTRIES.clear()
+                _ENTRIES[pk] = new_pk
             n = len(pk_fields)
             pk_field = _PK_FIELD[n] if n < _TABLE_SIZE else b"\x08" + _encode_varint(n)
             grow = len(new_pk)
