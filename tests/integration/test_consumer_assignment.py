@@ -43,7 +43,7 @@ class GrantingCheckpointer:
     async def _session(self) -> AsyncIterator[CheckpointSession]:
         self.bound = True
         try:
-            yield self  # type: ignore[misc]
+            yield self
         finally:
             self.bound = False
 

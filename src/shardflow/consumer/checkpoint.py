@@ -25,7 +25,10 @@ The protocol, in order of use:
   consumer stops that shard's reader at once, drops its buffered records, delivers
   nothing more from it and refuses its checkpoints with :class:`errors.LeaseLost`), and
   ``listener.reassign()`` when the set of shards it would grant has changed (the consumer
-  calls ``assign`` again soon). Both are plain functions, called from the event loop.
+  calls ``assign`` again soon). A revoked shard is started again only after
+  ``reassign()`` or at a periodic re-sync. Both are plain functions, called from the
+  event loop. A :class:`errors.LeaseLost` raised by ``get`` or ``save`` for a shard
+  also stops that shard's reader (and only it).
 - ``session.assign(shards)`` receives every shard of the stream (open and closed, from
   ListShards and from GetRecords' ``ChildShards``) and returns the ids this worker may
   read now. It is called at start, periodically, when a shard ends and after

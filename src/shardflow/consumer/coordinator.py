@@ -50,6 +50,7 @@ class Coordinator:
         # children continue the lineage from TRIM_HORIZON, whatever start_at says.
         self.consumed: set[str] = set()
         self.lost: set[str] = set()
+        self.retry_lost = False
         self.ready: deque[ShardReader] = deque()
         self.announced: deque[ShardReader] = deque()
         self.mode: str | None = None
@@ -75,6 +76,7 @@ class Coordinator:
         self.wake()
 
     def reassign(self) -> None:
+        self.retry_lost = True
         self.wake()
 
     # --- ReaderEvents ---------------------------------------------------------------------
@@ -204,8 +206,10 @@ class Coordinator:
         with self._scope:
             while True:
                 if not retry_soon and not self._wake_pending:
-                    with anyio.move_on_after(self.resync_interval):
+                    with anyio.move_on_after(self.resync_interval) as timer:
                         await self._wake.wait()
+                    if timer.cancelled_caught:
+                        self.retry_lost = True  # the periodic sync reconsiders lost shards
                 self._wake_pending = False
                 self._wake = anyio.Event()
                 try:
@@ -240,8 +244,13 @@ class Coordinator:
         for shard_id, reader in list(self.readers.items()):
             if shard_id not in granted and not reader.ended:
                 self.revoke(shard_id)
+        # A shard lost is started again only when the checkpointer says the assignment
+        # changed (reassign) or at a periodic sync, never in a loop right after its loss.
+        retry_lost, self.retry_lost = self.retry_lost, False
         for shard_id in sorted(granted):
             if shard_id in self.readers or shard_id in self.done:
+                continue
+            if shard_id in self.lost and not retry_lost:
                 continue
             candidate = self.known.get(shard_id)
             if candidate is None or not await self._parents_done(candidate, self.ctx.session):
