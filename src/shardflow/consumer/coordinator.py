@@ -265,7 +265,10 @@ class Coordinator:
                 continue  # delivered here, or trimmed away long ago
             if parent in self.readers:
                 return False  # being read here: wait for its end
-            checkpoint = await session.get(parent)
+            try:
+                checkpoint = await session.get(parent)
+            except errors.LeaseLost:
+                return False  # someone else's parent: its owner will finish it
             if checkpoint is None or not checkpoint.is_shard_end:
                 return False  # not finished (here or by another worker)
             self.done.add(parent)
