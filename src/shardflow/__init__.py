@@ -27,10 +27,15 @@ from .models import Record as Record
 from .models import Shard as Shard
 from .producer import Producer as Producer
 from .producer import ProducerStats as ProducerStats
+from .sinks import Aggregation as Aggregation
+from .sinks import S3Sink as S3Sink
+from .sinks import TumblingWindows as TumblingWindows
+from .sinks import Window as Window
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Aggregation",
     "Attempt",
     "BufferedOutput",
     "Checkpoint",
@@ -46,10 +51,13 @@ __all__ = [
     "ProducerStats",
     "PutResult",
     "Record",
+    "S3Sink",
     "SQLiteCheckpointer",
     "Shard",
     "ShardReader",
     "StdoutOutput",
+    "TumblingWindows",
+    "Window",
     "errors",
     "local_endpoint",
     "testing",
