@@ -370,9 +370,20 @@ class S3Sink:
                     await self._timer_done.wait()
                 if stack is not None:
                     await stack.aclose()
-        left = sum(len(st.lines) + sum(o.count for o in st.sealed) for st in self._shards.values())
+        left = rewriting = 0
+        for st in self._shards.values():
+            left += sum(obj.count for obj in st.sealed)
+            if st.target is None:
+                left += len(st.lines)
+            else:
+                rewriting += len(st.lines)
         if left:
             log.warning("S3Sink closed with %d records not written, hence not reported", left)
+        if rewriting:
+            log.info(
+                "S3Sink closed while rewriting earlier objects: %d records left to a replay",
+                rewriting,
+            )
         if failure is not None:
             raise failure
         durable.update(self._take())
