@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -106,6 +108,14 @@ def parse_response(raw: bytes, expected: int) -> list[dict[str, Any]]:
     return records
 
 
+def _env_proxy(url: str) -> str | None:
+    """The proxy for ``url`` from HTTP(S)_PROXY / NO_PROXY, as botocore reads them."""
+    parts = urlsplit(url)
+    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
+
+
 class PutRecordsTransport:
     """Signs and sends PutRecords requests over one aiohttp connection pool.
 
@@ -131,13 +141,17 @@ class PutRecordsTransport:
         self._max_connections = max_connections
         self._connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
+        self._proxy: str | None = None
 
     def __repr__(self) -> str:
         return f"PutRecordsTransport({self._url!r}, region={self._region!r})"
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self._max_connections, enable_cleanup_closed=True)
-        self._session = aiohttp.ClientSession(connector=connector, trust_env=True)
+        # Proxy settings are read from the environment once, here, as botocore does;
+        # aiohttp's trust_env would look them (and ~/.netrc) up in a thread per request.
+        self._proxy = _env_proxy(self._url)
+        self._session = aiohttp.ClientSession(connector=connector)
 
     async def aclose(self) -> None:
         """Close the connection pool (idempotent)."""
@@ -176,6 +190,7 @@ class PutRecordsTransport:
                 self._url,
                 data=body,
                 headers=headers,
+                proxy=self._proxy,
                 timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=self._connect_timeout),
             ) as response:
                 raw = await response.read()

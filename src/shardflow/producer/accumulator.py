@@ -21,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from itertools import count
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from ..limits import KinesisLimits
+from ..models import PutResult as _put_result
 
 if TYPE_CHECKING:
     from ..models import Attempt, PutResult
@@ -34,46 +35,77 @@ if TYPE_CHECKING:
 __all__ = ["Accumulator", "Ledger", "PendingRecord"]
 
 
-class PendingRecord:
-    """One accepted record: its encoded PutRecords entry and its delivery future."""
+class PendingRecord(asyncio.Future["PutResult"]):
+    """One accepted record, and the future of its delivery, in one object.
+
+    ``put()`` hands this future to the caller. It carries the encoded PutRecords entry
+    and the bookkeeping of the record, so each record costs one tracked object (which
+    keeps the garbage collector's work per record low). Its :class:`PutResult` is built
+    when first asked for.
+    """
 
     __slots__ = (
+        "_sequence_number",
+        "_shard_id",
         "attempts",
-        "born",
         "cost",
         "deadline",
         "epoch",
         "fragment",
-        "future",
         "key",
         "shard",
         "size",
+        "tries",
     )
 
-    def __init__(
-        self,
-        fragment: bytes,
-        key: str,
-        size: int,
-        future: asyncio.Future[PutResult],
-        born: float,
-        deadline: float,
-    ) -> None:
-        self.fragment = fragment
-        """The entry's JSON object, as it goes into the request body."""
-        self.key = key
-        self.size = size
-        """Data plus partition key bytes: what AWS counts against request limits."""
-        self.cost = len(fragment)
-        """Bytes held in memory, counted against ``max_queue_bytes``."""
-        self.future = future
-        self.born = born
-        self.deadline = deadline
-        self.attempts: list[Attempt] | None = None
-        """Failed tries so far (None until the first failure)."""
-        self.epoch = 0
-        self.shard: str | None = None
-        """Predicted shard (None until a shard map is used)."""
+    fragment: bytes
+    """The entry's JSON object, as it goes into the request body."""
+    key: str
+    size: int
+    """Data plus partition key bytes: what AWS counts against request limits."""
+    cost: int
+    """Bytes held in memory, counted against ``max_queue_bytes``."""
+    deadline: float
+    """When ``record_ttl`` runs out (``time.monotonic()`` seconds)."""
+    attempts: list[Attempt] | None
+    """Failed tries so far (None until the first failure)."""
+    tries: tuple[Attempt, ...]
+    epoch: int
+    shard: str | None
+    """Predicted shard (None until a shard map is used)."""
+    _shard_id: str
+    _sequence_number: str
+
+    def deliver(self, shard_id: str, sequence_number: str, tries: tuple[Attempt, ...]) -> None:
+        """Resolve as delivered (no-op if the caller cancelled the future)."""
+        if not self.done():
+            self._shard_id = shard_id
+            self._sequence_number = sequence_number
+            self.tries = tries
+            self.set_result(None)  # type: ignore[arg-type]  # built by result()
+
+    def result(self) -> PutResult:
+        """The :class:`PutResult`; raises like :meth:`asyncio.Future.result`.
+
+        Built on demand (a new, equal value each call), so records whose results are
+        never read cost no result object.
+        """
+        try:
+            shard_id = self._shard_id
+        except AttributeError:  # failed, cancelled or pending: the base class raises
+            super().result()
+            raise AssertionError("unreachable") from None
+        return _put_result(shard_id, self._sequence_number, None, self.tries)
+
+    def __await__(self) -> Generator[Any, None, PutResult]:
+        if not self.done():
+            self._asyncio_future_blocking = True
+            yield self
+        if not self.done():
+            raise RuntimeError("await wasn't used with future")
+        return self.result()
+
+    __iter__ = __await__
 
 
 class Ledger:
@@ -106,8 +138,22 @@ class Ledger:
     def admit(self, record: PendingRecord) -> None:
         self.records += 1
         self.bytes += record.cost
-        record.epoch = self._epoch
-        self._open[self._epoch] += 1
+        record.epoch = epoch = self._epoch
+        self._open[epoch] += 1
+
+    def try_admit(self, record: PendingRecord) -> bool:
+        """Admit ``record`` if it fits now without overtaking a waiting put."""
+        if (
+            self._putters
+            or self.records >= self.max_records
+            or self.bytes + record.cost > self.max_bytes
+        ):
+            return False
+        self.records += 1
+        self.bytes += record.cost
+        record.epoch = epoch = self._epoch
+        self._open[epoch] += 1
+        return True
 
     async def wait_room(self, cost: int) -> None:
         """Wait, in arrival order, until ``cost`` bytes and one record fit.
@@ -154,7 +200,7 @@ class Ledger:
     # --- resolution ---------------------------------------------------------------------
 
     def release(self, records: Iterable[PendingRecord]) -> None:
-        """Forget resolved records: free their room, wake puts and finished flushes."""
+        """Forget resolved records: free their room and payload, wake puts and flushes."""
         opened = self._open
         n = 0
         freed = 0
@@ -162,6 +208,7 @@ class Ledger:
             n += 1
             freed += record.cost
             opened[record.epoch] -= 1
+            record.fragment = b""  # the payload is no longer needed: let it go
         self.records -= n
         self.bytes -= freed
         self._wake_putter()
@@ -221,10 +268,14 @@ class Ledger:
 class Accumulator:
     """Records waiting to be sent, cut into batches within the request limits."""
 
-    def __init__(self, limits: KinesisLimits, linger: float, ordered: bool) -> None:
+    def __init__(
+        self, limits: KinesisLimits, linger: float, ordered: bool, record_ttl: float
+    ) -> None:
         self.max_records = limits.max_batch_records
         self.max_bytes = limits.max_batch_bytes
         self.linger = linger
+        # a record was accepted record_ttl before its deadline; it may go linger after that
+        self._linger_offset = linger - record_ttl
         self.ordered = ordered
         # unordered: one FIFO of records
         self._fifo: deque[PendingRecord] = deque()
@@ -291,16 +342,17 @@ class Accumulator:
                 self._ready[record.key] = None
                 self._ready_bytes += record.size
         else:
-            due.sort(key=_born)
+            due.sort(key=_deadline)
             self._fifo.extendleft(reversed(due))
             self._fifo_bytes += sum(r.size for r in due)
 
-    def _oldest_born(self) -> float | None:
+    def _linger_until(self) -> float | None:
+        """When the oldest waiting record has lingered long enough (None: none waits)."""
         if not self.ordered:
-            return self._fifo[0].born if self._fifo else None
+            return self._fifo[0].deadline + self._linger_offset if self._fifo else None
         if not self._ready:
             return None
-        return self._queues[next(iter(self._ready))][0].born
+        return self._queues[next(iter(self._ready))][0].deadline + self._linger_offset
 
     def _full(self) -> bool:
         if self.ordered:
@@ -311,9 +363,9 @@ class Accumulator:
         """When a batch will be ready without new input (monotonic), None if never."""
         self._promote(now)
         times = []
-        born = self._oldest_born()
-        if born is not None:
-            times.append(now if flushing or self._full() else born + self.linger)
+        until = self._linger_until()
+        if until is not None:
+            times.append(now if flushing or self._full() else until)
         if self._retries:
             times.append(self._retries[0][0])
         return min(times) if times else None
@@ -326,8 +378,8 @@ class Accumulator:
         :meth:`done` (directly or after :meth:`retry_at`).
         """
         self._promote(now)
-        born = self._oldest_born()
-        if born is None or not (flushing or born + self.linger <= now or self._full()):
+        until = self._linger_until()
+        if until is None or not (flushing or until <= now or self._full()):
             return None
         max_records = self.max_records
         budget = self.max_bytes
@@ -412,5 +464,5 @@ class Accumulator:
         return out
 
 
-def _born(record: PendingRecord) -> float:
-    return record.born
+def _deadline(record: PendingRecord) -> float:
+    return record.deadline

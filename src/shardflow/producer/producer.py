@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import binascii
 import logging
 import math
+import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
@@ -29,6 +31,14 @@ MAX_HASH_KEY = 2**128 - 1
 _KEY_CACHE_SIZE = 4096
 _ENTRY_OVERHEAD = 64  # JSON punctuation of one entry, beyond data and key
 _STOP_TIMEOUT = 5.0  # longest wait for the cancelled sender to unwind
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+_DATA_HEAD = b'{"Data":"'
+_KEY_HEAD = b'","PartitionKey":'
+_TAIL_KEY = len(_KEY_HEAD)  # where the key's JSON starts in a cached entry tail
+_b64 = binascii.b2a_base64
+_dumps = orjson.dumps
+_join = b"".join
+_monotonic = time.monotonic
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +181,7 @@ class Producer:
         self._max_record_bytes = limits.max_record_bytes
         self._keys: dict[str, tuple[bytes, int]] = {}
         self._ledger = Ledger(max_queue_records, max_queue_bytes)
-        self._acc = Accumulator(limits, self.linger, ordered)
+        self._acc = Accumulator(limits, self.linger, ordered, self.record_ttl)
         self._sender: Sender | None = None
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -320,11 +330,11 @@ class Producer:
             raise errors.ProducerClosed("the producer is closed")
         if type(obj) is bytes:
             data = obj
-        elif isinstance(obj, bytes | bytearray | memoryview):
+        elif isinstance(obj, _BYTES_LIKE):
             data = bytes(obj)
         else:
             try:
-                data = orjson.dumps(obj)
+                data = _dumps(obj)
             except TypeError as exc:
                 raise errors.SerializationError(
                     f"cannot serialise {type(obj).__name__} as JSON: {exc}"
@@ -332,7 +342,7 @@ class Producer:
         cached = self._keys.get(partition_key)
         if cached is None:
             cached = self._key_entry(partition_key)
-        key_json, key_bytes = cached
+        tail, key_bytes = cached
         size = len(data) + key_bytes
         if size > self._max_record_bytes:
             raise errors.RecordTooLarge(
@@ -340,15 +350,17 @@ class Producer:
                 f"over limits.max_record_bytes={self._max_record_bytes}"
             )
         if explicit_hash_key is None:
-            fragment = encode_entry(data, key_json)
+            fragment = _join((_DATA_HEAD, _b64(data, newline=False), tail))
         else:
-            fragment = encode_entry(data, key_json, _hash_key(explicit_hash_key))
-        loop = self._loop
-        assert loop is not None
-        now = loop.time()
-        return PendingRecord(
-            fragment, partition_key, size, loop.create_future(), now, now + self.record_ttl
-        )
+            fragment = encode_entry(data, tail[_TAIL_KEY:-1], _hash_key(explicit_hash_key))
+        record = PendingRecord(loop=self._loop)
+        record.fragment = fragment
+        record.key = partition_key
+        record.size = size
+        record.cost = len(fragment)
+        record.deadline = _monotonic() + self.record_ttl
+        record.attempts = None
+        return record
 
     def _key_entry(self, key: object) -> tuple[bytes, int]:
         if not isinstance(key, str):
@@ -365,15 +377,13 @@ class Producer:
             raise errors.InvalidPartitionKey(f"partition_key is not valid Unicode: {exc}") from exc
         if len(self._keys) >= _KEY_CACHE_SIZE:
             self._keys.clear()
-        entry = self._keys[key] = (key_json, len(encoded))
+        entry = self._keys[key] = (_KEY_HEAD + key_json + b"}", len(encoded))
         return entry
 
-    def _accept(self, record: PendingRecord) -> asyncio.Future[PutResult]:
-        self._ledger.admit(record)
+    def _queue(self, record: PendingRecord) -> None:
         if self._acc.add(record):
             assert self._sender is not None
             self._sender.notify()
-        return record.future
 
     async def put(
         self, obj: Any, partition_key: str, *, explicit_hash_key: str | int | None = None
@@ -383,6 +393,7 @@ class Producer:
         ``obj`` is bytes (sent as is) or a value orjson can serialise (sent as JSON).
         Waits only while the queue is full. The future resolves to a
         :class:`~shardflow.PutResult`, or fails with :class:`errors.DeliveryFailed`.
+        Cancelling the future does not withdraw the record.
 
         Raises at once, affecting no other record: :class:`errors.InvalidPartitionKey`,
         :class:`errors.InvalidHashKey`, :class:`errors.RecordTooLarge`,
@@ -392,24 +403,27 @@ class Producer:
         """
         record = self._prepare(obj, partition_key, explicit_hash_key)
         ledger = self._ledger
-        if ledger.has_room(record.cost):
-            return self._accept(record)
-        await ledger.wait_room(record.cost)
-        future = self._accept(record)
-        ledger.wake_putter()
-        return future
+        if not ledger.try_admit(record):
+            await ledger.wait_room(record.cost)
+            ledger.admit(record)
+            ledger.wake_putter()
+        if self._acc.add(record):
+            assert self._sender is not None
+            self._sender.notify()
+        return record
 
     def put_nowait(
         self, obj: Any, partition_key: str, *, explicit_hash_key: str | int | None = None
     ) -> asyncio.Future[PutResult]:
         """Like :meth:`put`, but raise :class:`errors.QueueFull` instead of waiting."""
         record = self._prepare(obj, partition_key, explicit_hash_key)
-        if not self._ledger.has_room(record.cost):
+        if not self._ledger.try_admit(record):
             raise errors.QueueFull(
                 f"producer queue is full ({self._ledger.records} records, "
                 f"{self._ledger.bytes} bytes)"
             )
-        return self._accept(record)
+        self._queue(record)
+        return record
 
     async def put_and_wait(
         self, obj: Any, partition_key: str, *, explicit_hash_key: str | int | None = None

@@ -25,7 +25,7 @@ from anyio.abc import TaskStatus
 
 from .. import _aws, errors
 from .._putrecords import PutRecordsTransport
-from ..models import Attempt, PutResult
+from ..models import Attempt
 from .accumulator import Accumulator, Ledger, PendingRecord
 
 __all__ = ["Sender"]
@@ -39,6 +39,8 @@ BACKOFF_CAP = 5.0
 REQUEST_TIMEOUT = 30.0
 """Longest a request may wait for its answer (it is also cut at its records' deadline)."""
 MIN_REQUEST_TIMEOUT = 0.2
+
+_monotonic = time.monotonic  # the producer's clock for deadlines and linger
 
 _RETRIABLE: dict[str, bool] = {}
 
@@ -126,9 +128,9 @@ class Sender:
         loop = asyncio.get_running_loop()
         acc = self._acc
         ledger = self._ledger
-        next_sweep = loop.time() + self._sweep_interval
+        next_sweep = _monotonic() + self._sweep_interval
         while True:
-            now = loop.time()
+            now = _monotonic()
             if self._closing and acc.waiting == 0 and not self._flying:
                 return
             flushing = self._closing or ledger.flushing
@@ -155,7 +157,11 @@ class Sender:
     async def _sleep(self, loop: asyncio.AbstractEventLoop, until: float | None) -> None:
         wake: asyncio.Future[None] = loop.create_future()
         self._wake = wake
-        timer = loop.call_at(until, _wake_up, wake) if until is not None else None
+        timer = (
+            loop.call_later(max(0.0, until - _monotonic()), _wake_up, wake)
+            if until is not None
+            else None
+        )
         try:
             await wake
         finally:
@@ -184,9 +190,8 @@ class Sender:
     # --- one request --------------------------------------------------------------------
 
     async def _send(self, request_id: int, batch: list[PendingRecord]) -> None:
-        loop = asyncio.get_running_loop()
         started_at = time.time()
-        t0 = loop.time()
+        t0 = _monotonic()
         latest = max(r.deadline for r in batch)
         timeout = min(REQUEST_TIMEOUT, max(latest - t0, MIN_REQUEST_TIMEOUT))
         completed = False
@@ -195,10 +200,10 @@ class Sender:
                 results = await self._transport.put_records([r.fragment for r in batch], timeout)
             except errors.AWSError as exc:
                 self.failed_requests += 1
-                attempt = Attempt(exc.code, exc.message or str(exc), started_at, loop.time() - t0)
-                self._request_failed(batch, attempt, exc, loop.time())
+                attempt = Attempt(exc.code, exc.message or str(exc), started_at, _monotonic() - t0)
+                self._request_failed(batch, attempt, exc, _monotonic())
             else:
-                self._read_results(batch, results, started_at, loop.time() - t0)
+                self._read_results(batch, results, started_at, _monotonic() - t0)
             completed = True
         finally:
             # A cancelled or crashed request stays in _flying: fail_all() resolves it.
@@ -222,10 +227,11 @@ class Sender:
             shard_id = entry.get("ShardId")
             sequence_number = entry.get("SequenceNumber")
             if entry.get("ErrorCode") is None and shard_id and sequence_number:
-                future = record.future
-                if not future.done():
-                    attempts = first_try if record.attempts is None else (*record.attempts, ok)
-                    future.set_result(PutResult(shard_id, sequence_number, None, attempts))
+                record.deliver(
+                    shard_id,
+                    sequence_number,
+                    first_try if record.attempts is None else (*record.attempts, ok),
+                )
                 done.append(record)
             else:
                 failed.append((record, entry))
@@ -234,7 +240,7 @@ class Sender:
             self._resolved(done)
         if not failed:
             return
-        now = asyncio.get_running_loop().time()
+        now = _monotonic()
         for record, entry in failed:
             code = str(entry.get("ErrorCode") or "InvalidResponse")
             message = str(entry.get("ErrorMessage") or "")
@@ -299,9 +305,8 @@ class Sender:
         self, records: list[PendingRecord], message: str, cause: BaseException | None
     ) -> None:
         for record in records:
-            future = record.future
-            if not future.done():
-                future.set_exception(
+            if not record.done():
+                record.set_exception(
                     errors.DeliveryFailed(message, tuple(record.attempts or ()), cause)
                 )
         self.failed += len(records)
@@ -318,9 +323,8 @@ class Sender:
             if id(record) in seen:
                 continue
             seen.add(id(record))
-            future = record.future
-            if not future.done():
-                future.set_exception(
+            if not record.done():
+                record.set_exception(
                     errors.DeliveryFailed(str(error), tuple(record.attempts or ()), error.cause)
                 )
             self.failed += 1
