@@ -17,7 +17,6 @@ import orjson
 import pytest
 
 import support_bench
-
 from benchmarks import compare
 from benchmarks.common import bench_env
 

@@ -12,9 +12,9 @@ import pytest
 
 from shardflow import BufferedOutput, Collector, KinesisOutput, Producer, errors
 from shardflow.collector import add_fields, redact
-from support_collector import wait_until
 
 from support import create_stream, read_stream, unique_name
+from support_collector import wait_until
 
 
 def stream_events(url: str, stream: str) -> list[tuple[str, dict[str, Any]]]:

@@ -11,6 +11,8 @@ import anyio
 import pytest
 
 from shardflow import Consumer, MemoryCheckpointer, Record, SQLiteCheckpointer, errors
+
+from support import create_stream, kinesis, read_stream, unique_name
 from support_consumer import (
     POLL,
     assert_per_key_order,
@@ -20,8 +22,6 @@ from support_consumer import (
     put_records,
     wait_until,
 )
-
-from support import create_stream, kinesis, read_stream, unique_name
 
 
 def by_shard(records: list[Record]) -> dict[str, list[Record]]:

@@ -10,9 +10,9 @@ from aws_kinesis_agg.aggregator import RecordAggregator
 
 from shardflow import Consumer, MemoryCheckpointer, Record
 from shardflow.consumer import Checkpoint
-from support_consumer import POLL, collect, no_more
 
 from support import create_stream, kinesis
+from support_consumer import POLL, collect, no_more
 
 
 def aggregate(records: list[tuple[str, bytes, str | None]]) -> tuple[str, str | None, bytes]:

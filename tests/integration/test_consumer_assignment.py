@@ -17,9 +17,9 @@ from shardflow.consumer import (
     CheckpointSession,
     ConsumerScope,
 )
-from support_consumer import POLL, collect, no_more, wait_until
 
 from support import create_stream, kinesis, list_shards
+from support_consumer import POLL, collect, no_more, wait_until
 
 
 class GrantingCheckpointer:

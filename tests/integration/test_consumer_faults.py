@@ -12,6 +12,8 @@ import anyio
 from shardflow import Consumer, Shard
 from shardflow.consumer import AssignmentListener, Checkpoint, ConsumerScope
 from shardflow.testing import FaultProxy
+
+from support import create_stream
 from support_consumer import (
     POLL,
     assert_per_key_order,
@@ -21,8 +23,6 @@ from support_consumer import (
     put_records,
     wait_until,
 )
-
-from support import create_stream
 
 
 async def read_through(proxy: FaultProxy, name: str, n: int, **options: Any) -> Consumer:

@@ -10,6 +10,8 @@ import pytest
 
 from shardflow import Consumer, MemoryCheckpointer, Record, ShardReader
 from shardflow.consumer import SHARD_END
+
+from support import create_stream, kinesis, list_shards, wait_active
 from support_consumer import (
     POLL,
     assert_per_key_order,
@@ -19,8 +21,6 @@ from support_consumer import (
     put_records,
     wait_until,
 )
-
-from support import create_stream, kinesis, list_shards, wait_active
 
 
 def split_in_half(url: str, name: str, shard_id: str) -> None:

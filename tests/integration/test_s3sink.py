@@ -11,6 +11,7 @@ import pytest
 
 from shardflow import Record, errors
 from shardflow.sinks import S3Sink
+
 from support_sinks import (
     T0,
     all_lines,

@@ -14,6 +14,7 @@ from botocore.handlers import add_expect_header
 from shardflow import Record, _aws, errors
 from shardflow.sinks import S3Sink, pipe
 from shardflow.testing import FaultProxy
+
 from support_sinks import all_lines, etags, list_keys, make_records, new_bucket, wait_for
 
 SHARD = "shardId-000000000000"

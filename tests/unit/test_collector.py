@@ -14,6 +14,7 @@ import pytest
 
 from shardflow import Collector, FileOutput, StdoutOutput, errors
 from shardflow.collector import add_fields, redact, sample
+
 from support_collector import Event, RecordingOutput
 
 

@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from shardflow import BufferedOutput, Collector, errors
+
 from support_collector import BrokenOutput, Event, RecordingOutput, StalledOutput, wait_until
 
 FAST = {"backoff_base": 0.001, "backoff_cap": 0.01}

@@ -19,7 +19,6 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 import support_bench  # noqa: F401  (puts the repository root on sys.path)
-
 from benchmarks.fake_kinesis import FakeKinesis, fake_kinesis, hash_key
 
 

@@ -8,9 +8,9 @@ import hashlib
 import pytest
 from aws_kinesis_agg.aggregator import RecordAggregator
 
-import support_bench  # noqa: F401  (puts the repository root on sys.path)
 from shardflow.aggregation import MAGIC, aggregate, deaggregate
 
+import support_bench  # noqa: F401  (puts the repository root on sys.path)
 from benchmarks.fake_kinesis.aggregates import count_user_records
 from benchmarks.fake_kinesis.streams import Stream
 

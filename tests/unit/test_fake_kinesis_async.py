@@ -15,9 +15,9 @@ from aws_kinesis_agg.aggregator import RecordAggregator
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-import support_bench  # noqa: F401  (puts the repository root on sys.path)
 from shardflow.shardmap import load_shard_map
 
+import support_bench  # noqa: F401  (puts the repository root on sys.path)
 from benchmarks.fake_kinesis import FakeKinesis, fake_kinesis
 
 

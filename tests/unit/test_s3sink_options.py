@@ -11,6 +11,7 @@ import pytest
 
 from shardflow import Record, S3Sink, errors
 from shardflow.sinks import Sink, encode_record
+
 from support_sinks import T0, make_record
 
 

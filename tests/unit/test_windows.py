@@ -11,6 +11,7 @@ import pytest
 
 from shardflow import errors
 from shardflow.sinks import Aggregation, TumblingWindows, Window
+
 from support_sinks import make_record
 
 Event = dict[str, Any]
