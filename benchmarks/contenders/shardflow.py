@@ -1,5 +1,10 @@
-"""shardflow's Producer, aggregation off: every event put() with its partition key, and
-every record's delivery future checked, so the per-record results are part of the cost."""
+"""shardflow's Producer, aggregation off: every event put() with its partition key, then
+every record's delivery checked, so per-record results are part of the cost.
+
+``READ_RESULTS = False`` checks each delivery's outcome (``exception()``); the variant in
+:mod:`benchmarks.contenders.shardflow_results` also reads every record's PutResult
+(shard id and sequence number), which builds one PutResult object per record.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,13 @@ from shardflow import Producer, PutResult
 from . import RunContext
 
 NAME = "shardflow"
-DESCRIPTION = "shardflow Producer (per-record results, signed fast path), 8 in flight"
+DESCRIPTION = "shardflow Producer (per-record delivery checked), 8 in flight"
 AGGREGATES = False
+READ_RESULTS = False
 
 
-async def run(ctx: RunContext) -> None:
+async def produce(ctx: RunContext, *, read_results: bool) -> None:
+    """Put every event, flush, then check every delivery (timed); raise if one failed."""
     async with Producer(
         ctx.stream, endpoint_url=ctx.url, region_name=ctx.region, rate_limit=None
     ) as producer:
@@ -27,6 +34,14 @@ async def run(ctx: RunContext) -> None:
                 await put(event, partition_key=key) for key, event in events
             ]
             await producer.flush()
-            failed = sum(1 for d in deliveries if d.exception() is not None)
+            failed = [d for d in deliveries if d.exception() is not None]
             if failed:
-                raise RuntimeError(f"{failed} records failed: {deliveries[0].exception()!r}")
+                raise RuntimeError(f"{len(failed)} records failed: {failed[0].exception()!r}")
+            if read_results:
+                missing = sum(1 for d in deliveries if not d.result().sequence_number)
+                if missing:
+                    raise RuntimeError(f"{missing} results without a sequence number")
+
+
+async def run(ctx: RunContext) -> None:
+    await produce(ctx, read_results=READ_RESULTS)

@@ -11,7 +11,9 @@ import anyio
 import pytest
 
 from shardflow import KinesisLimits, Producer, PutResult, errors
+from shardflow.producer.producer import RECORD_OVERHEAD
 from shardflow.producer.sender import Sender
+
 from support_producer import ScriptedKinesis
 
 if sys.version_info >= (3, 11):
@@ -184,7 +186,7 @@ async def test_queue_is_bounded_in_bytes_too() -> None:
             "s",
             endpoint_url=kinesis.url,
             limits=SMALL,
-            max_queue_bytes=6000,
+            max_queue_bytes=8000,
             linger=0,
             record_ttl=60,
         ) as producer,
@@ -199,10 +201,10 @@ async def test_queue_is_bounded_in_bytes_too() -> None:
             assert accepted < 100
         stats = producer.stats()
         assert stats.queued == accepted
-        assert stats.queued_bytes <= 6000
+        assert stats.queued_bytes <= 8000
         per_record = stats.queued_bytes // accepted
-        assert per_record > 1200  # base64 of 900 bytes plus the key and punctuation
-        assert accepted == 6000 // per_record  # stopped by bytes, far below the record bound
+        assert per_record > 1200 + RECORD_OVERHEAD  # base64 of 900 bytes, key, bookkeeping
+        assert accepted == 8000 // per_record  # stopped by bytes, far below the record bound
         kinesis.release()
         await producer.flush()
         assert producer.stats().queued_bytes == 0
@@ -310,10 +312,10 @@ async def test_no_task_is_left_behind() -> None:
 
 def test_largest_record_must_fit_the_byte_bound() -> None:
     limits = KinesisLimits(max_record_bytes=3000)
-    need = 4 * math.ceil(3000 / 3)
+    need = 4 * math.ceil(3000 / 3) + RECORD_OVERHEAD
     with pytest.raises(ValueError, match="max_queue_bytes"):
         Producer("s", limits=limits, max_queue_bytes=need)
-    Producer("s", limits=limits, max_queue_bytes=need + 64)
+    Producer("s", limits=limits, max_queue_bytes=need + 64)  # + the JSON punctuation
 
 
 async def test_errors_in_the_body_propagate_unwrapped() -> None:

@@ -64,7 +64,7 @@ class PendingRecord(asyncio.Future["PutResult"]):
     size: int
     """Data plus partition key bytes: what AWS counts against request limits."""
     cost: int
-    """Bytes held in memory, counted against ``max_queue_bytes``."""
+    """Bytes held in memory (entry plus bookkeeping), counted against ``max_queue_bytes``."""
     deadline: float
     """When ``record_ttl`` runs out (``time.monotonic()`` seconds)."""
     attempts: list[Attempt] | None

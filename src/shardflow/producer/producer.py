@@ -30,6 +30,9 @@ MiB = 1024 * 1024
 MAX_HASH_KEY = 2**128 - 1
 _KEY_CACHE_SIZE = 4096
 _ENTRY_OVERHEAD = 64  # JSON punctuation of one entry, beyond data and key
+RECORD_OVERHEAD = 320
+"""Bytes of bookkeeping per queued record (its future and the entry's bytes object),
+counted with the encoded entry against ``max_queue_bytes`` (measured on CPython 3.11)."""
 _STOP_TIMEOUT = 5.0  # longest wait for the cancelled sender to unwind
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 _DATA_HEAD = b'{"Data":"'
@@ -107,8 +110,10 @@ class Producer:
       (``credentials`` is a :class:`shardflow._aws.CredentialSource`); or ``client``, an
       aiobotocore Kinesis client you own (its endpoint, region and credentials are used).
     - ``max_queue_records``, ``max_queue_bytes``: bounds on records accepted and not yet
-      resolved (queued, in flight or waiting to retry); bytes are those of the encoded
-      entries (base64 data and key), which is what the producer holds in memory.
+      resolved (queued, in flight or waiting to retry). A record's bytes are what the
+      producer holds for it in memory: its encoded entry (base64 data and key) plus a
+      fixed allowance for its bookkeeping (``RECORD_OVERHEAD``), so a stalled endpoint
+      cannot grow memory much past ``max_queue_bytes``.
     - ``linger``: seconds a batch may wait to fill; a full batch goes at once.
     - ``max_in_flight``: concurrent PutRecords requests (default 8).
     - ``ordered``: same-key records reach the stream in put order, also across retries.
@@ -153,7 +158,7 @@ class Producer:
         self.limits = limits
         self.max_queue_records = _check_int("max_queue_records", max_queue_records, 1)
         self.max_queue_bytes = _check_int("max_queue_bytes", max_queue_bytes, 1)
-        largest = 4 * math.ceil(limits.max_record_bytes / 3) + _ENTRY_OVERHEAD
+        largest = 4 * math.ceil(limits.max_record_bytes / 3) + _ENTRY_OVERHEAD + RECORD_OVERHEAD
         if max_queue_bytes < largest:
             raise ValueError(
                 f"max_queue_bytes ({max_queue_bytes}) must hold one record of "
@@ -357,7 +362,7 @@ class Producer:
         record.fragment = fragment
         record.key = partition_key
         record.size = size
-        record.cost = len(fragment)
+        record.cost = len(fragment) + RECORD_OVERHEAD
         record.deadline = _monotonic() + self.record_ttl
         record.attempts = None
         return record
