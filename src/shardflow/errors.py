@@ -34,6 +34,7 @@ __all__ = [
     "InvalidShardMap",
     "KMSError",
     "LeaseLost",
+    "LeaseTableConflict",
     "LimitExceeded",
     "OutputClosed",
     "ProducerClosed",
@@ -131,6 +132,12 @@ class LeaseLost(ShardflowError):
     def __init__(self, shard_id: str, message: str = "") -> None:
         self.shard_id = shard_id
         super().__init__(message or f"lease for {shard_id} was lost to another worker")
+
+
+class LeaseTableConflict(ShardflowError):
+    """The lease table cannot be used by this consumer: its key schema is not the KCL's
+    (``leaseKey``, a string hash key), or it holds another application's or stream's
+    leases (use one table per application and stream, or ``shared_table=True``)."""
 
 
 # --- delivery -------------------------------------------------------------------------
