@@ -325,3 +325,30 @@ async def test_errors_in_the_body_propagate_unwrapped() -> None:
                 delivery = await producer.put(b"x", partition_key="k")
                 raise KeyError("mine")
         assert (await delivery).sequence_number  # still delivered on the way out
+
+
+async def test_ordered_records_expire_in_queue_without_disturbing_their_key() -> None:
+    async with (
+        ScriptedKinesis("s", stall=True) as kinesis,
+        Producer(
+            "s", endpoint_url=kinesis.url, ordered=True, linger=0.4, record_ttl=0.6
+        ) as producer,
+    ):
+        head = await producer.put(b"a1", partition_key="a")
+        behind = await producer.put(b"a2", partition_key="a")  # waits behind its head
+        await asyncio.sleep(0.35)
+        other = await producer.put(b"b1", partition_key="b")  # keeps the request open longer
+        await wait_until(lambda: len(kinesis.requests) == 1)
+        with anyio.fail_after(20):
+            failure = await asyncio.gather(behind, return_exceptions=True)
+        assert isinstance(failure[0], errors.DeliveryFailed)
+        assert failure[0].attempts == ()  # expired in the queue, never sent
+        assert not head.done()  # its head is still in flight, untouched
+        with anyio.fail_after(20):
+            outcomes = await asyncio.gather(head, other, return_exceptions=True)
+        assert all(isinstance(o, errors.DeliveryFailed) for o in outcomes), outcomes
+        kinesis.release()
+        with anyio.fail_after(20):
+            result = await producer.put_and_wait(b"a3", partition_key="a")
+        assert result.sequence_number
+        assert producer.stats().queued == 0

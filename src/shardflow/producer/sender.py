@@ -138,7 +138,10 @@ class Sender:
                 next_sweep = now + self._sweep_interval
                 expired = acc.expire(now)
                 if expired:
-                    self._fail(expired, "record_ttl ran out while the record was queued", None)
+                    # expire() already took them out of their key queues
+                    self._fail(
+                        expired, "record_ttl ran out while the record was queued", None, taken=False
+                    )
             while len(self._flying) < self._max_in_flight:
                 batch = acc.next_batch(now, flushing)
                 if batch is None:
@@ -294,15 +297,21 @@ class Sender:
 
     # --- resolution ---------------------------------------------------------------------
 
-    def _resolved(self, records: list[PendingRecord]) -> None:
-        if self._acc.ordered:
+    def _resolved(self, records: list[PendingRecord], *, taken: bool = True) -> None:
+        """Release resolved records; ``taken``: they came from next_batch() (key heads)."""
+        if taken and self._acc.ordered:
             done = self._acc.done
             for record in records:
                 done(record)
         self._ledger.release(records)
 
     def _fail(
-        self, records: list[PendingRecord], message: str, cause: BaseException | None
+        self,
+        records: list[PendingRecord],
+        message: str,
+        cause: BaseException | None,
+        *,
+        taken: bool = True,
     ) -> None:
         for record in records:
             if not record.done():
@@ -310,7 +319,7 @@ class Sender:
                     errors.DeliveryFailed(message, tuple(record.attempts or ()), cause)
                 )
         self.failed += len(records)
-        self._resolved(records)
+        self._resolved(records, taken=taken)
 
     def fail_all(self, error: errors.DeliveryFailed) -> None:
         """Fail every record not yet resolved (queued, backing off or in flight)."""
