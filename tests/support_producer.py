@@ -22,7 +22,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
-SECRET = {"testing": "testing"}  # access key -> secret key (tests/support isolates env)
+SECRET = {"testing": "testing"}  # access key -> secret key (tests/support isolates env);
+# a test may add the keys it hands out
 
 
 @dataclass
@@ -39,6 +40,8 @@ class Request:
     entries: list[dict[str, Any]]
     data_bytes: int  # data plus partition keys, as AWS counts
     signature_ok: bool
+    access_key: str = ""
+    security_token: str | None = None
     results: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -155,7 +158,9 @@ class ScriptedKinesis:
             len(d) + len(e["PartitionKey"].encode()) for d, e in zip(decoded, entries, strict=False)
         )
         ok = verify_sigv4("POST", str(request.url), dict(request.headers), body, self.region)
-        req = Request(entries, size, ok)
+        auth = request.headers.get("Authorization", "")
+        access_key = auth.split("Credential=", 1)[-1].split("/", 1)[0]
+        req = Request(entries, size, ok, access_key, request.headers.get("X-Amz-Security-Token"))
         self.requests.append(req)
         number = len(self.requests) - 1
         if self.stall:

@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 from shardflow import KinesisLimits, Producer, PutResult, errors
+
 from support_producer import ScriptedKinesis, verify_sigv4
 
 THROTTLED = "ProvisionedThroughputExceededException"
@@ -288,3 +289,50 @@ async def test_stats_count_what_happened() -> None:
     assert stats.requests == 2
     assert stats.queued == stats.in_flight == stats.waiting == 0
     assert len(kinesis.requests) == 2
+
+
+async def test_refreshable_credentials_are_refreshed_before_signing() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from aiobotocore.credentials import AioRefreshableCredentials
+
+    import support_producer
+
+    issued: list[str] = []
+
+    async def refresh() -> dict[str, Any]:
+        key = f"temp-key-{len(issued)}"
+        issued.append(key)
+        support_producer.SECRET[key] = f"secret-{key}"
+        soon = datetime.now(timezone.utc) + timedelta(seconds=60)  # inside the refresh window
+        return {
+            "access_key": key,
+            "secret_key": f"secret-{key}",
+            "token": f"token-{key}",
+            "expiry_time": soon.isoformat(),
+        }
+
+    class Source:
+        def botocore_credentials(self) -> Any:
+            return AioRefreshableCredentials.create_from_metadata(
+                {
+                    "access_key": "stale",
+                    "secret_key": "stale",
+                    "token": "stale",
+                    "expiry_time": datetime.now(timezone.utc).isoformat(),
+                },
+                refresh,
+                "test",
+            )
+
+    async with (
+        ScriptedKinesis("s") as kinesis,
+        Producer("s", endpoint_url=kinesis.url, credentials=Source(), linger=0) as producer,
+    ):
+        for i in range(3):
+            await producer.put_and_wait(b"x", partition_key=f"k{i}")
+    assert len(issued) >= 3  # the control-plane call and each PutRecords refreshed
+    puts = kinesis.requests
+    assert [r.access_key for r in puts] == issued[-3:]
+    assert all(r.signature_ok for r in puts)
+    assert [r.security_token for r in puts] == [f"token-{k}" for k in issued[-3:]]
