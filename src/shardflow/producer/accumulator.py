@@ -204,11 +204,18 @@ class Ledger:
         opened = self._open
         n = 0
         freed = 0
-        for record in records:
-            n += 1
-            freed += record.cost
-            opened[record.epoch] -= 1
-            record.fragment = b""  # the payload is no longer needed: let it go
+        if len(opened) == 1:  # no flush pending: every record is of the current epoch
+            for record in records:
+                n += 1
+                freed += record.cost
+                record.fragment = b""  # the payload is no longer needed: let it go
+            opened[self._epoch] -= n
+        else:
+            for record in records:
+                n += 1
+                freed += record.cost
+                opened[record.epoch] -= 1
+                record.fragment = b""
         self.records -= n
         self.bytes -= freed
         self._wake_putter()

@@ -226,16 +226,20 @@ class Sender:
         first_try = (ok,)
         done: list[PendingRecord] = []
         failed: list[tuple[PendingRecord, dict[str, Any]]] = []
+        append = done.append
         for record, entry in zip(batch, results, strict=True):
             shard_id = entry.get("ShardId")
             sequence_number = entry.get("SequenceNumber")
-            if entry.get("ErrorCode") is None and shard_id and sequence_number:
-                record.deliver(
-                    shard_id,
-                    sequence_number,
-                    first_try if record.attempts is None else (*record.attempts, ok),
-                )
-                done.append(record)
+            if shard_id and sequence_number and "ErrorCode" not in entry:
+                if not record.done():  # (the caller may have cancelled its future)
+                    record._shard_id = shard_id
+                    record._sequence_number = sequence_number
+                    record.tries = first_try if record.attempts is None else (*record.attempts, ok)
+                    record.set_result(None)  # type: ignore[arg-type]  # see PendingRecord
+                append(record)
+            elif entry.get("ErrorCode") is None and shard_id and sequence_number:
+                record.deliver(shard_id, sequence_number, (*(record.attempts or ()), ok))
+                append(record)
             else:
                 failed.append((record, entry))
         if done:
