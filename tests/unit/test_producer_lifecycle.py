@@ -46,6 +46,8 @@ async def wait_until(condition: Any, within: float = 10.0) -> None:
         ({"partition_key": "k", "explicit_hash_key": "12a"}, errors.InvalidHashKey),
         ({"partition_key": "k", "explicit_hash_key": 1.5}, errors.InvalidHashKey),
         ({"partition_key": "k", "explicit_hash_key": -3}, errors.InvalidHashKey),
+        ({"partition_key": "k", "explicit_hash_key": "007"}, errors.InvalidHashKey),
+        ({"partition_key": "k", "explicit_hash_key": True}, errors.InvalidHashKey),
     ],
 )
 async def test_bad_keys_fail_at_put(kwargs: dict[str, Any], error: type[Exception]) -> None:

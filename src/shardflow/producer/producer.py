@@ -19,6 +19,7 @@ from .. import _aws, errors
 from .._putrecords import PutRecordsTransport, encode_entry
 from ..limits import KinesisLimits
 from ..models import PutResult
+from ..shardmap import parse_explicit_hash_key
 from .accumulator import Accumulator, Ledger, PendingRecord
 from .sender import Sender
 
@@ -27,7 +28,6 @@ __all__ = ["Producer", "ProducerStats"]
 log = logging.getLogger("shardflow.producer")
 
 MiB = 1024 * 1024
-MAX_HASH_KEY = 2**128 - 1
 _KEY_CACHE_SIZE = 4096
 _ENTRY_OVERHEAD = 64  # JSON punctuation of one entry, beyond data and key
 RECORD_OVERHEAD = 320
@@ -84,17 +84,10 @@ def _check_seconds(name: str, value: object, *, positive: bool) -> float:
 
 
 def _hash_key(value: object) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and value.isascii() and value.isdigit():
-        number = int(value)
-    else:
-        raise errors.InvalidHashKey(
-            f"explicit_hash_key must be a decimal integer in [0, 2**128), got {value!r}"
-        )
-    if not 0 <= number <= MAX_HASH_KEY:
-        raise errors.InvalidHashKey(f"explicit_hash_key must be in [0, 2**128), got {number}")
-    return str(number)
+    """The explicit hash key as AWS wants it: a decimal string in [0, 2**128)."""
+    text = str(value) if type(value) is int else value
+    parse_explicit_hash_key(text)  # type: ignore[arg-type]  # raises InvalidHashKey
+    return text  # type: ignore[return-value]
 
 
 class Producer:
