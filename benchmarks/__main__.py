@@ -32,6 +32,7 @@ SUITES: dict[str, tuple[str, str]] = {
                     "the KPL aggregation codec: encode / decode cost per record"),
     "collector": ("benchmarks.collector",
                   "the Collector's post path, in memory and with a SQLite spool"),
+    "sinks": ("benchmarks.sinks", "S3Sink encode/gzip/upload, tumbling windows"),
 }
 
 

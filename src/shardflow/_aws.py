@@ -310,7 +310,12 @@ _register(
     "InvalidRequestException",
 )
 _register(errors.ConditionFailed, "ConditionalCheckFailedException")
-_register(errors.ResourceNotFound, "NoSuchBucket", "NoSuchKey", "TableNotFoundException")
+# S3's HEAD requests carry no body, so botocore reports the bare HTTP status as the code.
+_register(
+    errors.ResourceNotFound,
+    *("NoSuchBucket", "NoSuchKey", "TableNotFoundException", "404", "NotFound"),
+)
+_register(errors.AccessDenied, "403", "Forbidden")
 
 
 def error_for_code(

@@ -284,6 +284,9 @@ class FaultProxy:
                 self._inflight.discard(task)
 
     async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            # botocore sends S3 uploads with Expect: 100-continue and waits for this.
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = await request.content.read()
         engine = self._engine
         engine.bump("requests")

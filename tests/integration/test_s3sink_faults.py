@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
-from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
-from botocore.handlers import add_expect_header
 
 from shardflow import Record, _aws, errors
 from shardflow.sinks import S3Sink, pipe
@@ -20,18 +18,6 @@ from support_sinks import all_lines, etags, list_keys, make_records, new_bucket,
 SHARD = "shardId-000000000000"
 
 
-async def proxied_s3(stack: AsyncExitStack, url: str) -> Any:
-    """An S3 client for FaultProxy's URL that sends no ``Expect: 100-continue``.
-
-    botocore asks for 100-continue on every PutObject; FaultProxy (aiohttp's low-level
-    server) never answers it, so uploads through it would wait for their read timeout.
-    This client is configured the same way otherwise.
-    """
-    client = await _aws.open_client(stack, "s3", endpoint_url=url)
-    client.meta.events.unregister("before-call.s3", add_expect_header)
-    return client
-
-
 async def test_server_errors_are_retried(moto_url: str) -> None:
     bucket = new_bucket(moto_url)
     records = make_records(60)
@@ -39,7 +25,7 @@ async def test_server_errors_are_retried(moto_url: str) -> None:
         FaultProxy(moto_url, seed=3, error_5xx_fraction=0.4, operations={"*"}) as proxy,
         AsyncExitStack() as stack,
     ):
-        client = await proxied_s3(stack, proxy.url)
+        client = await _aws.open_client(stack, "s3", endpoint_url=proxy.url)
         async with S3Sink(bucket, max_bytes=200, client=client) as sink:
             for i in range(0, 60, 7):
                 await sink.write(records[i : i + 7])
@@ -51,7 +37,7 @@ async def test_cancelled_write_keeps_accepted_records(moto_url: str) -> None:
     bucket = new_bucket(moto_url)
     records = make_records(6)
     async with FaultProxy(moto_url, operations={"*"}) as proxy, AsyncExitStack() as stack:
-        client = await proxied_s3(stack, proxy.url)
+        client = await _aws.open_client(stack, "s3", endpoint_url=proxy.url)
         async with S3Sink(bucket, max_bytes=1, client=client) as sink:
             assert await sink.write(records[:1]) == {SHARD: records[0]}
             proxy.configure(stall=True)
@@ -72,7 +58,7 @@ async def test_cancelled_while_listing_accepts_nothing(moto_url: str) -> None:
     bucket = new_bucket(moto_url)
     records = make_records(3)
     async with FaultProxy(moto_url, operations={"*"}) as proxy, AsyncExitStack() as stack:
-        client = await proxied_s3(stack, proxy.url)
+        client = await _aws.open_client(stack, "s3", endpoint_url=proxy.url)
         async with S3Sink(bucket, client=client) as sink:
             proxy.configure(stall=True)
             with anyio.move_on_after(0.3) as scope:
@@ -89,7 +75,7 @@ async def test_timer_retries_failed_objects(moto_url: str) -> None:
     bucket = new_bucket(moto_url)
     records = make_records(3)
     async with FaultProxy(moto_url, operations={"*"}) as proxy, AsyncExitStack() as stack:
-        client = await proxied_s3(stack, proxy.url)
+        client = await _aws.open_client(stack, "s3", endpoint_url=proxy.url)
         async with S3Sink(bucket, max_interval=0.1, client=client) as sink:
             await sink.write(records)
             proxy.configure(error_5xx_fraction=1.0)
@@ -103,7 +89,7 @@ async def test_timer_retries_failed_objects(moto_url: str) -> None:
 async def test_close_gives_up_after_close_timeout(moto_url: str) -> None:
     bucket = new_bucket(moto_url)
     async with FaultProxy(moto_url, operations={"*"}) as proxy, AsyncExitStack() as stack:
-        client = await proxied_s3(stack, proxy.url)
+        client = await _aws.open_client(stack, "s3", endpoint_url=proxy.url)
         sink = S3Sink(bucket, client=client, close_timeout=0.3)
         async with sink:
             await sink.write(make_records(2))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import TracebackType
@@ -25,7 +25,8 @@ from .. import _aws, errors
 from ..limits import KinesisLimits
 from ..models import Record
 from ..shardmap import list_shards
-from .checkpoint import Checkpointer, ConsumerScope, MemoryCheckpointer
+from ..sinks.base import Sink, pipe
+from .checkpoint import Checkpointer, CheckpointSession, ConsumerScope, MemoryCheckpointer
 from .coordinator import Coordinator
 from .shard_reader import Counters, ReadContext, ReaderConfig, ShardReader
 
@@ -161,8 +162,10 @@ class Consumer:
         self._state: Literal["new", "running", "closed"] = "new"
         self._stack: AsyncExitStack | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._binding: AbstractAsyncContextManager[CheckpointSession] | None = None
         self._coord: Coordinator | None = None
         self._mode: Literal["records", "shards"] | None = None
+        self._pipes: list[anyio.Event] = []
         self._chunk: list[Record] = []
         self._chunk_reader: ShardReader | None = None
         self._index = 0
@@ -208,7 +211,12 @@ class Consumer:
                 start_at=self._start_at,
             )
             coord = Coordinator(client, self._stream, self._resync_interval)
-            session = await stack.enter_async_context(self._checkpointer.bind(scope, coord))
+            # Kept out of the exit stack, like the task group: a binding may hold its own
+            # task group (lease renewal), so it is exited in the owner task with no cancel
+            # scope of ours around it (see _teardown).
+            binding = self._checkpointer.bind(scope, coord)
+            session = await binding.__aenter__()
+            self._binding = binding
             coord.ctx = ReadContext(
                 client=client,
                 stream_params=self._stream_params,
@@ -245,15 +253,21 @@ class Consumer:
         stack: AsyncExitStack,
         exc_info: tuple[type[BaseException] | None, BaseException | None, TracebackType | None],
     ) -> bool | None:
-        """Exit the (idle) task group, then release checkpointer and client, shielded."""
+        """Exit the (idle) task group and the checkpointer binding, then close the
+        client, shielded. The binding shields and bounds its own cleanup."""
         task_group, self._task_group = self._task_group, None
+        binding, self._binding = self._binding, None
         try:
             if task_group is not None:
                 return await task_group.__aexit__(*exc_info)
             return None
         finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self._close_timeout):
-                await stack.aclose()
+            try:
+                if binding is not None:
+                    await binding.__aexit__(None, None, None)
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(self._close_timeout):
+                    await stack.aclose()
 
     async def __aexit__(
         self,
@@ -295,6 +309,11 @@ class Consumer:
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(self._close_timeout):
                 await coord.stopped()
+            with anyio.move_on_after(self._close_timeout) as scope:
+                for drained in list(self._pipes):  # the sinks write what they hold
+                    await drained.wait()
+            if scope.cancelled_caught:
+                log.warning("pipe() did not drain its sink within %ss", self._close_timeout)
             with anyio.move_on_after(self._close_timeout) as scope:
                 await coord.flush_checkpoints()
             if scope.cancelled_caught:
@@ -380,6 +399,28 @@ class Consumer:
                 return
             await coord.announce.wait()
 
+    async def pipe(self, sink: Sink) -> None:
+        """Feed every batch to ``sink`` and checkpoint only what it reports durable.
+
+        Runs until the consumer closes (or the sink or checkpointer fails, which is
+        raised). On close, cancellation or error the sink is closed, which writes what it
+        holds, and the positions it then reports are checkpointed; nothing else is.
+        ``aclose()`` waits (up to ``close_timeout``) for this before its final checkpoints.
+        """
+        coord = self._running()
+
+        async def checkpoint(record: Record) -> None:
+            # Allowed while closing: close waits for this pipe's last checkpoints.
+            await self._store(coord, record)
+
+        drained = anyio.Event()
+        self._pipes.append(drained)
+        try:
+            await pipe(self.batches(), sink, checkpoint)
+        finally:
+            drained.set()
+            self._pipes.remove(drained)
+
     # --- checkpoints --------------------------------------------------------------------
 
     async def checkpoint(self, record: Record) -> None:
@@ -399,6 +440,9 @@ class Consumer:
         coord = self._running()
         if coord.closing or self._state == "closed":
             raise errors.ConsumerClosed("the consumer is closed; checkpoint not stored")
+        await self._store(coord, record)
+
+    async def _store(self, coord: Coordinator, record: Record) -> None:
         reader = coord.readers.get(record.shard_id)
         if reader is None:
             if record.shard_id in coord.lost:

@@ -279,6 +279,9 @@ class S3Sink:
         self._puts = anyio.Semaphore(_MAX_CONCURRENT_PUTS)
         self._wake = anyio.Event()
         self._timer_done = anyio.Event()
+        # Its own scope: cancelling the task group's would also cancel the code inside
+        # the caller's ``async with sink:`` block (e.g. pipe() checkpointing after close).
+        self._timer_scope: anyio.CancelScope | None = None
         self._can_list = True
         self._objects = self._records = self._bytes_in = self._bytes_out = self._dupes = 0
 
@@ -314,9 +317,10 @@ class S3Sink:
                 await stack.aclose()
             raise
         self._stack = stack
+        self._timer_scope = anyio.CancelScope()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        self._tg.start_soon(self._run_timer)
+        self._tg.start_soon(self._run_timer, self._timer_scope)
         self._state = "open"
         return self
 
@@ -365,8 +369,8 @@ class S3Sink:
             self._state = "closed"
             stack, self._stack = self._stack, None
             with anyio.CancelScope(shield=True):
-                if self._tg is not None:
-                    self._tg.cancel_scope.cancel()
+                if self._tg is not None and self._timer_scope is not None:
+                    self._timer_scope.cancel()
                     await self._timer_done.wait()
                 if stack is not None:
                     await stack.aclose()
@@ -673,23 +677,19 @@ class S3Sink:
     async def _check_bucket(self) -> None:
         try:
             await self._call("head_bucket", Bucket=self.bucket)
-        except errors.ResourceNotFound:
-            raise
-        except errors.AWSError as exc:
-            if exc.code in ("404", "NoSuchBucket"):
-                raise errors.ResourceNotFound(
-                    "NoSuchBucket", f"bucket {self.bucket!r} does not exist", "head_bucket"
-                ) from exc
-            if exc.code in ("403", "AccessDenied") or isinstance(exc, errors.AccessDenied):
-                # HeadBucket needs s3:ListBucket; writing may still be allowed.
-                log.debug("HeadBucket on %s denied; going on", self.bucket)
-                return
-            raise
+        except errors.ResourceNotFound as exc:
+            raise errors.ResourceNotFound(
+                "NoSuchBucket", f"bucket {self.bucket!r} does not exist", "head_bucket"
+            ) from exc
+        except errors.AccessDenied:
+            # HeadBucket needs s3:ListBucket; writing may still be allowed.
+            log.debug("HeadBucket on %s denied; going on", self.bucket)
 
-    async def _run_timer(self) -> None:
+    async def _run_timer(self, scope: anyio.CancelScope) -> None:
         """Cut objects buffered for ``max_interval`` and retry failed ones, until closed."""
         try:
-            await self._timer_loop()
+            with scope:
+                await self._timer_loop()
         finally:
             self._timer_done.set()
 
