@@ -16,6 +16,7 @@ from .collector import StdoutOutput as StdoutOutput
 from .consumer import Checkpoint as Checkpoint
 from .consumer import Checkpointer as Checkpointer
 from .consumer import Consumer as Consumer
+from .consumer import DynamoDBLeases as DynamoDBLeases
 from .consumer import MemoryCheckpointer as MemoryCheckpointer
 from .consumer import ShardReader as ShardReader
 from .consumer import SQLiteCheckpointer as SQLiteCheckpointer
@@ -43,6 +44,7 @@ __all__ = [
     "CognitoCredentials",
     "Collector",
     "Consumer",
+    "DynamoDBLeases",
     "FileOutput",
     "KinesisLimits",
     "KinesisOutput",

@@ -12,6 +12,7 @@ from .checkpoint import MemoryCheckpointer as MemoryCheckpointer
 from .checkpoint import SQLiteCheckpointer as SQLiteCheckpointer
 from .consumer import Consumer as Consumer
 from .consumer import ConsumerStats as ConsumerStats
+from .leases import DynamoDBLeases as DynamoDBLeases
 from .shard_reader import ShardReader as ShardReader
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "Consumer",
     "ConsumerScope",
     "ConsumerStats",
+    "DynamoDBLeases",
     "MemoryCheckpointer",
     "SQLiteCheckpointer",
     "ShardReader",

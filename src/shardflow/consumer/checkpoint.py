@@ -15,7 +15,10 @@ The protocol, in order of use:
   checkpoints) by ``Consumer.aclose``. It yields a :class:`CheckpointSession`. Background
   work (lease renewal, taking and stealing leases) lives inside that context, in the
   implementation's own task group; leaving the context is the graceful hand-over
-  (a lease coordinator releases its leases there). One checkpointer object may be bound
+  (a lease coordinator releases its leases there). The consumer enters and exits the
+  context in its owner task with no cancel scope of its own around the exit (a task
+  group may be held across the ``yield``), so the context must shield and bound its
+  own cleanup (``anyio.CancelScope(shield=True)``). One checkpointer object may be bound
   by several consumers at once and outlives them, so positions survive a consumer.
 - ``scope`` (:class:`ConsumerScope`) names the application and the stream. Stored
   positions are keyed by (``scope.app_name``, ``scope.stream_name``, shard id): two
