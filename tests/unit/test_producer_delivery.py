@@ -336,3 +336,30 @@ async def test_refreshable_credentials_are_refreshed_before_signing() -> None:
     assert [r.access_key for r in puts] == issued[-3:]
     assert all(r.signature_ok for r in puts)
     assert [r.security_token for r in puts] == [f"token-{k}" for k in issued[-3:]]
+
+
+async def test_failures_are_logged_once_per_batch_not_per_unawaited_future(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import gc
+    import logging
+
+    seen: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: seen.append(context))
+    try:
+        with caplog.at_level(logging.WARNING, logger="shardflow.producer"):
+            async with (
+                ScriptedKinesis("s", entry_error=lambda *_: ("KMSDisabledException", "off")) as k,
+                Producer("s", endpoint_url=k.url, linger=0.05) as producer,
+            ):
+                for i in range(20):
+                    await producer.put(b"x", partition_key=f"k{i}")  # futures dropped
+                await producer.flush()
+                assert producer.stats().failed == 20
+            gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert not [c for c in seen if "never retrieved" in str(c.get("message"))]
+    warnings = [r for r in caplog.records if "not delivered" in r.getMessage()]
+    assert 1 <= len(warnings) < 20

@@ -248,29 +248,36 @@ class Sender:
         if not failed:
             return
         now = _monotonic()
+        # Failures are resolved in groups (one log line each), keyed by code and message.
+        expired: dict[tuple[str, str], list[PendingRecord]] = {}
+        rejected: dict[tuple[str, str], list[PendingRecord]] = {}
         for record, entry in failed:
             code = str(entry.get("ErrorCode") or "InvalidResponse")
             message = str(entry.get("ErrorMessage") or "")
-            attempt = Attempt(code, message, started_at, duration)
-            if _retriable(code):
-                self._retry_or_fail(record, attempt, code, message, now)
-            else:
-                self._record_attempt(record, attempt)
-                cause = _aws.error_for_code(code, message, "PutRecords")
-                self._fail([record], f"Kinesis rejected the record: {code}", cause)
+            self._record_attempt(record, Attempt(code, message, started_at, duration))
+            if not _retriable(code):
+                rejected.setdefault((code, message), []).append(record)
+            elif not self._retry(record, now):
+                expired.setdefault((code, message), []).append(record)
+        for (code, message), records in rejected.items():
+            cause = _aws.error_for_code(code, message, "PutRecords")
+            self._fail(records, f"Kinesis rejected the record: {code}", cause)
+        for (code, message), records in expired.items():
+            cause = _aws.error_for_code(code, message, "PutRecords")
+            self._fail(records, "record_ttl ran out before a successful try", cause)
 
     def _request_failed(
         self, batch: list[PendingRecord], attempt: Attempt, exc: errors.AWSError, now: float
     ) -> None:
-        if exc.retriable:
-            log.debug("PutRecords failed (%s); retrying %d records", exc.code, len(batch))
-            for record in batch:
-                self._retry_or_fail(record, attempt, exc.code, exc.message, now, exc)
-        else:
-            log.warning("PutRecords failed (%s); failing %d records", exc.code, len(batch))
-            for record in batch:
-                self._record_attempt(record, attempt)
+        for record in batch:
+            self._record_attempt(record, attempt)
+        if not exc.retriable:
             self._fail(batch, f"PutRecords failed: {exc}", exc)
+            return
+        log.debug("PutRecords failed (%s); retrying %d records", exc.code, len(batch))
+        expired = [record for record in batch if not self._retry(record, now)]
+        if expired:
+            self._fail(expired, "record_ttl ran out before a successful try", exc)
 
     @staticmethod
     def _record_attempt(record: PendingRecord, attempt: Attempt) -> None:
@@ -279,25 +286,16 @@ class Sender:
         else:
             record.attempts.append(attempt)
 
-    def _retry_or_fail(
-        self,
-        record: PendingRecord,
-        attempt: Attempt,
-        code: str,
-        message: str,
-        now: float,
-        cause: errors.AWSError | None = None,
-    ) -> None:
-        self._record_attempt(record, attempt)
-        assert record.attempts is not None
-        ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (len(record.attempts) - 1))
+    def _retry(self, record: PendingRecord, now: float) -> bool:
+        """Schedule another try after a jittered backoff; False if it would miss the TTL."""
+        tries = len(record.attempts or ())
+        ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, tries - 1))
         when = now + random.random() * ceiling
         if when >= record.deadline:
-            err = cause or _aws.error_for_code(code, message, "PutRecords")
-            self._fail([record], f"record_ttl ran out after {len(record.attempts)} tries", err)
-            return
+            return False
         self.retried += 1
         self._acc.retry_at(record, when)
+        return True
 
     # --- resolution ---------------------------------------------------------------------
 
@@ -318,11 +316,9 @@ class Sender:
         taken: bool = True,
     ) -> None:
         for record in records:
-            if not record.done():
-                record.set_exception(
-                    errors.DeliveryFailed(message, tuple(record.attempts or ()), cause)
-                )
+            _set_failed(record, errors.DeliveryFailed(message, tuple(record.attempts or ()), cause))
         self.failed += len(records)
+        log.warning("%d record(s) not delivered: %s", len(records), message)
         self._resolved(records, taken=taken)
 
     def fail_all(self, error: errors.DeliveryFailed) -> None:
@@ -331,18 +327,25 @@ class Sender:
         for batch in self._flying.values():
             pending.extend(batch)
         self._flying.clear()
-        seen: set[int] = set()
-        for record in pending:
-            if id(record) in seen:
-                continue
-            seen.add(id(record))
-            if not record.done():
-                record.set_exception(
-                    errors.DeliveryFailed(str(error), tuple(record.attempts or ()), error.cause)
-                )
-            self.failed += 1
+        unique = list({id(r): r for r in pending}.values())
+        for record in unique:
+            _set_failed(
+                record,
+                errors.DeliveryFailed(str(error), tuple(record.attempts or ()), error.cause),
+            )
+        self.failed += len(unique)
+        if unique:
+            log.warning("%d record(s) not delivered: %s", len(unique), error)
         self.in_flight_records = 0
-        self._ledger.release(list({id(r): r for r in pending}.values()))
+        self._ledger.release(unique)
+
+
+def _set_failed(record: PendingRecord, error: errors.DeliveryFailed) -> None:
+    """Fail ``record``'s delivery. The failure is logged here, once per batch, so asyncio
+    is told it was seen: an unawaited failed delivery does not log again on its own."""
+    if not record.done():
+        record.set_exception(error)
+        record.exception()
 
 
 def _leaf(exc: BaseException) -> BaseException:
