@@ -197,6 +197,7 @@ class Producer:
 
         Raises :class:`errors.StreamNotFound` if the stream does not exist, other
         :class:`errors.AWSError` subclasses if the endpoint cannot be reached or refuses.
+        Cancelled or failed, it closes what it opened; the producer cannot be reused.
         """
         if self._state != "new":
             raise RuntimeError("a Producer can be entered only once")
