@@ -124,14 +124,6 @@ class Ledger:
 
     # --- admission ----------------------------------------------------------------------
 
-    def has_room(self, cost: int) -> bool:
-        """True if a record of ``cost`` bytes fits now without overtaking a waiting put."""
-        return (
-            not self._putters
-            and self.records < self.max_records
-            and self.bytes + cost <= self.max_bytes
-        )
-
     def _fits(self, cost: int) -> bool:
         return self.records < self.max_records and self.bytes + cost <= self.max_bytes
 

@@ -406,7 +406,7 @@ class Producer:
             await ledger.wait_room(record.cost)
             ledger.admit(record)
             ledger.wake_putter()
-        if self._acc.add(record):
+        if self._acc.add(record):  # _queue(), inlined: this is the hot path
             assert self._sender is not None
             self._sender.notify()
         return record
