@@ -354,3 +354,15 @@ async def test_ordered_records_expire_in_queue_without_disturbing_their_key() ->
             result = await producer.put_and_wait(b"a3", partition_key="a")
         assert result.sequence_number
         assert producer.stats().queued == 0
+
+
+async def test_a_record_must_fit_a_request_of_its_own() -> None:
+    limits = KinesisLimits(max_record_bytes=2000, max_batch_bytes=1500)
+    async with (
+        ScriptedKinesis("s") as kinesis,
+        Producer("s", endpoint_url=kinesis.url, limits=limits, linger=0) as producer,
+    ):
+        with pytest.raises(errors.RecordTooLarge, match="max_batch_bytes"):
+            await producer.put(b"x" * 1500, partition_key="k")
+        await producer.put_and_wait(b"x" * 1499, partition_key="k")
+    assert [r.data_bytes for r in kinesis.requests] == [1500]

@@ -176,7 +176,8 @@ class Producer:
         self._client = client
         self._credentials = credentials
         self._max_key_chars = limits.max_partition_key_chars
-        self._max_record_bytes = limits.max_record_bytes
+        # a record must also fit a request on its own
+        self._max_record_bytes = min(limits.max_record_bytes, limits.max_batch_bytes)
         self._keys: dict[str, tuple[bytes, int]] = {}
         self._ledger = Ledger(max_queue_records, max_queue_bytes)
         self._acc = Accumulator(limits, self.linger, ordered, self.record_ttl)
@@ -346,7 +347,8 @@ class Producer:
         if size > self._max_record_bytes:
             raise errors.RecordTooLarge(
                 f"record is {size} bytes (data {len(data)} + partition key {key_bytes}), "
-                f"over limits.max_record_bytes={self._max_record_bytes}"
+                f"over the limit of {self._max_record_bytes} (limits.max_record_bytes, "
+                "and limits.max_batch_bytes if smaller)"
             )
         if explicit_hash_key is None:
             fragment = _join((_DATA_HEAD, _b64(data, newline=False), tail))
