@@ -129,6 +129,7 @@ class GroupWorker:
         checkpoint_every: int = 1,
         app: str = APP,
         shared_table: bool = False,
+        **consumer_options: Any,
     ) -> None:
         self.name = name
         self.leases = DynamoDBLeases(
@@ -145,6 +146,7 @@ class GroupWorker:
             endpoint_url=kinesis_url,
             poll_interval=POLL,
             resync_interval=5.0,
+            **consumer_options,
         )
         self.log = log
         self.checkpoint_every = checkpoint_every
@@ -328,6 +330,8 @@ async def _worker(args: argparse.Namespace) -> None:
                         await consumer.checkpoint(record)
                     except errors.LeaseLost:
                         _emit("checkpoint", result="LeaseLost", shard=record.shard_id)
+                    else:
+                        _emit("checkpointed", shard=record.shard_id, data=record.data.decode())
             tg.cancel_scope.cancel()
     _emit("closed")
 

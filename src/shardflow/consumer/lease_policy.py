@@ -29,6 +29,7 @@ from .lease_table import AT_TIMESTAMP, LATEST, SHARD_END_MARK, TRIM_HORIZON, Lea
 __all__ = [
     "ExpiryClock",
     "TakePlan",
+    "has_started_child",
     "initial_checkpoint",
     "is_parent_done",
     "may_process",
@@ -79,7 +80,17 @@ def is_parent_done(
         return lease.finished
     # No lease although the shard exists: done only if a child already started (the KCL
     # deletes a finished parent's lease once its children are under way).
-    return any(parent_id in other.parents and other.started for other in leases.values())
+    return has_started_child(parent_id, listing, leases)
+
+
+def has_started_child(
+    shard_id: str, listing: Mapping[str, Shard], leases: Mapping[str, Lease]
+) -> bool:
+    """Some lease of a child of ``shard_id`` (per the lease or the listing) has a position."""
+    return any(
+        other.started and shard_id in _parents(other.shard_id, listing, leases)
+        for other in leases.values()
+    )
 
 
 def _parents(shard_id: str, listing: Mapping[str, Shard], leases: Mapping[str, Lease]) -> set[str]:
@@ -137,7 +148,7 @@ def plan_new_leases(
         for shard_id in sorted(listing):
             if shard_id in view:
                 continue
-            if any(shard_id in other.parents and other.started for other in view.values()):
+            if has_started_child(shard_id, listing, view):
                 continue  # finished long ago; its lease was cleaned up
             shard = listing[shard_id]
             if not all(is_parent_done(p, listing, view) for p in shard.parent_ids):

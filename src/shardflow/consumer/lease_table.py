@@ -25,6 +25,7 @@ worker that lost a lease can never write to it again. Only this module talks Dyn
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +68,7 @@ SCOPE = "shardflowScope"
 # What a KCL worker may leave behind; a checkpoint clears it, as the KCL does.
 _PENDING = ("pendingCheckpoint", "pendingCheckpointSubSequenceNumber", "pendingCheckpointState")
 
+_PLACEHOLDER = re.compile(r"#\w+")
 _USABLE = ("ACTIVE", "UPDATING")
 TABLE_ACTIVE_TIMEOUT = 300.0
 """How long binding waits for a table being created to become ACTIVE."""
@@ -350,7 +352,8 @@ class LeaseTable:
         *,
         returns: bool = False,
     ) -> Any:
-        names = {k: v for k, v in _NAMES.items() if k in update or k in condition}
+        used = set(_PLACEHOLDER.findall(f"{update} {condition}"))
+        names = {k: v for k, v in _NAMES.items() if k in used}
         params: dict[str, Any] = {
             "TableName": self.table,
             "Key": self._key(shard_id),
@@ -427,6 +430,16 @@ class LeaseTable:
             values[":children"] = {"SS": sorted(children)}
         update += " REMOVE #p0, #p1, #p2"
         await self._update(shard_id, update, "#o = :me AND #c = :c", values)
+
+    async def set_children(self, shard_id: str, children: frozenset[str]) -> None:
+        """Record a finished lease's children (any worker may: the lease is at SHARD_END
+        and nothing else of it changes). Raises errors.ConditionFailed if not finished."""
+        await self._update(
+            shard_id,
+            "SET #ch = :children",
+            "#cp = :end",
+            {":children": {"SS": sorted(children)}, ":end": _s(SHARD_END_MARK)},
+        )
 
     async def release(self, shard_id: str, counter: int) -> None:
         """Give the lease up (leaseOwner removed, counter + 1) so others take it at once.

@@ -1,0 +1,445 @@
+"""One worker's leases for one application and stream: the CheckpointSession that
+:class:`~shardflow.DynamoDBLeases` binds (renewal, balancing, conditional checkpoints,
+release). See :mod:`shardflow.consumer.leases` for the protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field, replace
+
+import anyio
+import anyio.abc
+
+from .. import errors
+from ..models import Shard
+from .checkpoint import SHARD_END, AssignmentListener, Checkpoint, ConsumerScope
+from .lease_policy import (
+    ExpiryClock,
+    has_started_child,
+    may_process,
+    plan_new_leases,
+    plan_takes,
+    undone_parents,
+)
+from .lease_table import Lease, LeaseTable
+from .shard_reader import backoff_delay
+
+__all__ = ["LeaseSession"]
+
+log = logging.getLogger("shardflow.consumer.leases")
+
+
+@dataclass(slots=True, eq=False)
+class _Held:
+    """A lease this worker holds: the counter it last wrote and until when it is sure."""
+
+    shard_id: str
+    counter: int
+    valid_until: float
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    suspended: bool = False  # not renewed within failover_time: shard stopped for now
+    renewing: bool = False
+
+
+def _position(lease: Lease) -> Checkpoint | None:
+    if lease.finished:
+        return SHARD_END
+    if lease.checkpoint.isdigit():
+        return Checkpoint(lease.checkpoint, lease.sub_sequence_number)
+    return None  # TRIM_HORIZON / LATEST / AT_TIMESTAMP: the consumer's start_at applies
+
+
+class LeaseSession:
+    """One worker's leases for one (application, stream): the CheckpointSession."""
+
+    def __init__(
+        self,
+        table: LeaseTable,
+        scope: ConsumerScope,
+        listener: AssignmentListener,
+        failover_time: float,
+    ) -> None:
+        self._table = table
+        self._scope = scope
+        self._listener = listener
+        self._me = table.owner
+        self._failover = failover_time
+        self._interval = failover_time / 3
+        self._clock = ExpiryClock(failover_time)
+        self._rng = random.Random()
+        self._listing: dict[str, Shard] = {}
+        self._leases: dict[str, Lease] = {}  # the table as last seen or written
+        self._held: dict[str, _Held] = {}
+        self._finished_here: set[str] = set()
+        self._last_granted: frozenset[str] = frozenset()
+        self._listed = anyio.Event()
+        self._wake = anyio.Event()
+        self._cycle_lock = anyio.Lock()
+        self._relisted_at = -math.inf
+
+    # --- CheckpointSession ------------------------------------------------------------
+
+    async def assign(self, shards: Sequence[Shard]) -> Collection[str]:
+        """Create missing leases; the held leases whose parents are all done.
+
+        The first call also scans and takes this worker's share. Raises non-retriable
+        errors.AWSError subclasses (a transient failure leaves the work to the next cycle).
+        """
+        self._listing = {shard.shard_id: shard for shard in shards}
+        try:
+            async with self._cycle_lock:
+                if not self._listed.is_set():
+                    await self._cycle(notify=False)
+                else:
+                    await self._create_missing()
+        except errors.AWSError as exc:
+            if not exc.retriable:
+                raise
+            log.warning("lease table %s: %s (retried at the next cycle)", self._table.table, exc)
+        finally:
+            self._listed.set()
+        granted = await self._granted()
+        self._last_granted = granted
+        return granted | (self._finished_here & self._listing.keys())
+
+    async def get(self, shard_id: str) -> Checkpoint | None:
+        """The position stored in ``shard_id``'s lease (consistent read).
+
+        A KCL sentinel (TRIM_HORIZON, LATEST, AT_TIMESTAMP) is None: the consumer's
+        start_at applies. Raises errors.LeaseLost when this worker holds the lease and the
+        table says someone else owns it, and errors.AWSError subclasses.
+        """
+        lease = await self._table.get(shard_id)
+        if lease is None:
+            self._leases.pop(shard_id, None)
+            # Its children's leases say whether it was finished (and cleaned up, as the
+            # KCL does) or not begun.
+            started = has_started_child(shard_id, self._listing, self._leases)
+            return SHARD_END if started else None
+        self._leases[shard_id] = lease
+        held = self._held.get(shard_id)
+        if held is not None and lease.owner != self._me:
+            raise self._lose(held, f"lease for {shard_id} is owned by {lease.owner}")
+        return _position(lease)
+
+    async def save(self, shard_id: str, checkpoint: Checkpoint) -> None:
+        """Store ``checkpoint`` in the lease, conditional on owner and counter.
+
+        Transient failures are retried while the lease is still certainly held. Raises
+        errors.LeaseLost (and revokes the shard) when this worker does not own the lease,
+        and non-retriable errors.AWSError subclasses. At SHARD_END the children's leases
+        are created and the lease is released. Cancellation leaves the stored position
+        as it was or moved to ``checkpoint``, never otherwise.
+        """
+        held = self._held.get(shard_id)
+        if held is None or held.suspended:
+            self._listener.revoke(shard_id)
+            raise errors.LeaseLost(shard_id)
+        children: frozenset[str] = frozenset()
+        if checkpoint.is_shard_end:
+            children = frozenset(
+                s.shard_id for s in self._listing.values() if shard_id in s.parent_ids
+            )
+        async with held.lock:
+            await self._write_checkpoint(held, checkpoint, children)
+        if checkpoint.is_shard_end:
+            await self._finish(held)
+
+    # --- conditional writes -------------------------------------------------------------
+
+    def _lose(self, held: _Held, why: str) -> errors.LeaseLost:
+        """Forget ``held`` and revoke its shard; the error to raise."""
+        if self._held.get(held.shard_id) is held:
+            del self._held[held.shard_id]
+            log.info("%s lost %s: %s", self._me, held.shard_id, why)
+        self._listener.revoke(held.shard_id)
+        return errors.LeaseLost(held.shard_id, why)
+
+    async def _write_checkpoint(
+        self, held: _Held, checkpoint: Checkpoint, children: frozenset[str]
+    ) -> None:
+        shard_id = held.shard_id
+        seq, sub = checkpoint.sequence_number, checkpoint.sub_sequence_number or 0
+        attempt = 0
+        while True:
+            if self._held.get(shard_id) is not held or held.suspended:
+                raise self._lose(held, "lease given up while checkpointing")
+            sent = anyio.current_time()
+            if sent > held.valid_until:
+                raise self._lose(held, f"not renewed within {self._failover}s")
+            try:
+                await self._table.checkpoint(shard_id, held.counter, seq, sub, children)
+            except errors.ConditionFailed:
+                current = await self._reread(shard_id)
+                if current is None or current.owner != self._me:
+                    raise self._lose(
+                        held, f"owned by {current.owner if current else 'nobody'}"
+                    ) from None
+                held.counter = current.counter  # an earlier write of ours did land
+                if (current.checkpoint, current.sub_sequence_number) == (seq, sub):
+                    self._leases[shard_id] = current
+                    return
+                continue
+            except errors.AWSError as exc:
+                if not exc.retriable:
+                    raise
+                log.debug("checkpoint of %s failed (%s); retrying", shard_id, exc)
+                await anyio.sleep(backoff_delay(attempt))
+                attempt += 1
+                continue
+            held.counter += 1
+            held.valid_until = sent + self._failover
+            previous = self._leases.get(shard_id) or Lease(shard_id)
+            self._leases[shard_id] = replace(
+                previous,
+                owner=self._me,
+                counter=held.counter,
+                checkpoint=seq,
+                sub_sequence_number=sub,
+                owner_switches=0,
+                children=children or previous.children,
+            )
+            return
+
+    async def _reread(self, shard_id: str) -> Lease | None:
+        """The lease as stored now; retried until it can be read (bounded by the caller's
+        lease validity through the checkpoint loop)."""
+        attempt = 0
+        while True:
+            try:
+                return await self._table.get(shard_id)
+            except errors.AWSError as exc:
+                if not exc.retriable:
+                    raise
+                await anyio.sleep(backoff_delay(attempt))
+                attempt += 1
+
+    async def _finish(self, held: _Held) -> None:
+        """After SHARD_END: children's leases, then release the finished lease."""
+        self._finished_here.add(held.shard_id)
+        await self._release(held)
+        try:
+            async with self._cycle_lock:
+                await self._create_missing()
+        except errors.AWSError as exc:
+            log.warning("child leases of %s not created yet (%s)", held.shard_id, exc)
+        self._wake.set()
+
+    async def _release(self, held: _Held) -> None:
+        """Give a lease up (conditional on owner and counter); never raises AWS errors."""
+        async with held.lock:
+            if self._held.get(held.shard_id) is not held:
+                return
+            for _ in range(3):
+                try:
+                    try:
+                        await self._table.release(held.shard_id, held.counter)
+                    except errors.ConditionFailed:
+                        current = await self._table.get(held.shard_id)
+                        if current is not None and current.owner == self._me:
+                            held.counter = current.counter  # an earlier write did land
+                            continue
+                except errors.AWSError as exc:
+                    log.warning("could not release %s (%s); it will expire", held.shard_id, exc)
+                else:
+                    log.info("%s released %s", self._me, held.shard_id)
+                    lease = self._leases.get(held.shard_id)
+                    if lease is not None:
+                        self._leases[held.shard_id] = replace(
+                            lease, owner=None, counter=held.counter + 1
+                        )
+                break
+            self._held.pop(held.shard_id, None)
+
+    async def release_all(self) -> None:
+        """Release every held lease (graceful close)."""
+        async with anyio.create_task_group() as tg:
+            for held in list(self._held.values()):
+                tg.start_soon(self._release, held)
+
+    async def _renew(self, held: _Held) -> None:
+        try:
+            async with held.lock:
+                if self._held.get(held.shard_id) is not held:
+                    return
+                sent = anyio.current_time()
+                try:
+                    await self._table.renew(held.shard_id, held.counter)
+                except errors.ConditionFailed:
+                    try:
+                        current = await self._table.get(held.shard_id)
+                    except errors.AWSError:
+                        return  # unknown: the next renewal tells
+                    if current is None or current.owner != self._me:
+                        self._lose(held, f"owned by {current.owner if current else 'nobody'}")
+                    else:
+                        held.counter = current.counter  # an earlier renewal did land
+                    return
+                except errors.AWSError as exc:
+                    log.debug("renewal of %s failed (%s)", held.shard_id, exc)
+                    return
+                held.counter += 1
+                held.valid_until = sent + self._failover
+                if held.suspended:
+                    held.suspended = False
+                    log.info("%s renewed %s again: resuming it", self._me, held.shard_id)
+                    self._listener.reassign()
+        finally:
+            held.renewing = False
+
+    async def _take(self, lease: Lease) -> bool:
+        sent = anyio.current_time()
+        try:
+            taken = await self._table.take(lease)
+        except errors.ConditionFailed:
+            return False  # renewed or taken meanwhile
+        except errors.AWSError as exc:
+            log.info("could not take %s (%s)", lease.shard_id, exc)
+            return False
+        self._leases[taken.shard_id] = taken
+        self._held[taken.shard_id] = _Held(taken.shard_id, taken.counter, sent + self._failover)
+        log.info("%s took %s from %s", self._me, taken.shard_id, lease.owner or "nobody")
+        return True
+
+    async def _create_missing(self) -> None:
+        planned = plan_new_leases(
+            self._listing, self._leases, self._scope.start_at, self._table.scope
+        )
+        for lease in planned:
+            if await self._table.create(lease):
+                log.info("created lease %s (%s)", lease.shard_id, lease.checkpoint)
+                self._leases[lease.shard_id] = lease
+            else:
+                existing = await self._table.get(lease.shard_id)
+                if existing is not None:
+                    self._leases[lease.shard_id] = existing
+        if planned:
+            self._wake.set()
+        for lease in list(self._leases.values()):
+            if not lease.finished:
+                continue
+            children = frozenset(
+                s.shard_id for s in self._listing.values() if lease.shard_id in s.parent_ids
+            )
+            if children and not children <= lease.children:
+                await self._table.set_children(lease.shard_id, children | lease.children)
+                self._leases[lease.shard_id] = replace(lease, children=children | lease.children)
+
+    # --- assignment ---------------------------------------------------------------------
+
+    def _grantable(self) -> frozenset[str]:
+        return frozenset(
+            shard_id
+            for shard_id, held in self._held.items()
+            if not held.suspended
+            and shard_id in self._listing
+            and may_process(shard_id, self._listing, self._leases)
+        )
+
+    async def _granted(self) -> frozenset[str]:
+        """Like _grantable, re-reading the parents the snapshot says are not done."""
+        for shard_id, held in list(self._held.items()):
+            if held.suspended or shard_id not in self._listing:
+                continue
+            for parent in undone_parents(shard_id, self._listing, self._leases):
+                try:
+                    lease = await self._table.get(parent)
+                except errors.AWSError:
+                    break
+                if lease is None:
+                    self._leases.pop(parent, None)
+                else:
+                    self._leases[parent] = lease
+        return self._grantable()
+
+    # --- background loops ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """First scan; raises errors.LeaseTableConflict for another consumer's table."""
+        leases, foreign = await self._table.scan()
+        if foreign:
+            raise errors.LeaseTableConflict(
+                f"table {self._table.table!r} holds leases of another application or stream "
+                f"(e.g. {foreign[0]!r}); use one table per application and stream, or "
+                f"DynamoDBLeases(..., shared_table=True)"
+            )
+        self._leases = {lease.shard_id: lease for lease in leases}
+        self._clock.observe(leases, anyio.current_time())
+
+    async def _cycle(self, *, notify: bool = True) -> None:
+        """Scan, create missing leases, release finished ones, take and steal."""
+        leases, _ = await self._table.scan()
+        now = anyio.current_time()
+        self._leases = {lease.shard_id: lease for lease in leases}
+        self._clock.observe(leases, now)
+        for held in list(self._held.values()):
+            # Taken by someone else since we last wrote (a write of ours in flight, or
+            # a release after SHARD_END, may be what the scan saw: left to the writer).
+            lease = self._leases.get(held.shard_id)
+            if (
+                lease is not None
+                and lease.owner != self._me
+                and not held.lock.locked()
+                and held.shard_id not in self._finished_here
+            ):
+                self._lose(held, f"owned by {lease.owner or 'nobody'}")
+        await self._create_missing()
+        for held in list(self._held.values()):
+            lease = self._leases.get(held.shard_id)
+            if lease is not None and lease.finished:
+                await self._release(held)
+        active = [lease for lease in self._leases.values() if not lease.finished]
+        plan = plan_takes(
+            active, self._me, self._held.keys(), lambda x: self._clock.expired(x, now), self._rng
+        )
+        took = False
+        for lease in (*plan.take, *(() if plan.steal is None else (plan.steal,))):
+            took = await self._take(lease) or took
+        if not notify:
+            return
+        stale_listing = any(
+            lease.finished
+            and lease.shard_id in self._listing
+            and not any(lease.shard_id in s.parent_ids for s in self._listing.values())
+            for lease in self._leases.values()
+        )
+        if stale_listing and now - self._relisted_at > self._failover:
+            self._relisted_at = now  # a parent ended elsewhere: list its children
+            took = True
+        if took or self._grantable() != self._last_granted:
+            self._listener.reassign()
+
+    async def take_loop(self) -> None:
+        """Every failover_time / 3 (or when woken): a balancing cycle. Never raises AWS
+        errors (they are logged and the next cycle tries again)."""
+        await self._listed.wait()
+        while True:
+            with anyio.move_on_after(self._interval):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            try:
+                async with self._cycle_lock:
+                    await self._cycle()
+            except errors.AWSError as exc:
+                log.warning("lease cycle on %s failed: %s", self._table.table, exc)
+
+    async def renew_loop(self, task_group: anyio.abc.TaskGroup) -> None:
+        """Every failover_time / 3: stop leases not renewed in time, renew each lease."""
+        while True:
+            await anyio.sleep(self._interval)
+            now = anyio.current_time()
+            for held in list(self._held.values()):
+                if not held.suspended and now > held.valid_until:
+                    held.suspended = True
+                    log.warning(
+                        "%s: %s not renewed within %ss; stopping it", self._me, held.shard_id,
+                        self._failover,
+                    )
+                    self._listener.revoke(held.shard_id)
+                if not held.renewing:
+                    held.renewing = True
+                    task_group.start_soon(self._renew, held)
