@@ -236,18 +236,18 @@ class _Run:
                 for worker in self.workers:
                     await tg.start(worker.run)
                 tg.start_soon(self._progress)
-                self.phase = "balancing"
+                self._enter("balancing")
                 if not await self._wait_balanced():
                     self.console.say("the consumer group is not balanced yet; posting anyway")
                 post_seconds = await self._post(os.path.join(spool_dir, "spool.db"))
-                self.phase = "archiving"
+                self._enter("archiving")
                 self.tally.target = len(self.posted)
                 if len(self.tally.archived) >= self.tally.target:
                     self.tally.all_archived.set()
                 with anyio.move_on_after(60 + self.options.events / 500):
                     await self.tally.all_archived.wait()
                 pipeline_seconds = time.time() - self._post_start
-                self.phase = "closing"
+                self._enter("closing")
                 with anyio.CancelScope(shield=True):
                     async with anyio.create_task_group() as closing:
                         for worker in self.workers:
@@ -311,7 +311,7 @@ class _Run:
             collector.filter("app.**", add_fields(app=APP_NAME))
             collector.output("app.**", buffered)
             self._collector, self._buffered = collector, buffered
-            self.phase = "posting"
+            self._enter("posting")
             async with collector:
                 share, extra = divmod(self.options.events, self.options.users)
                 async with anyio.create_task_group() as users:
@@ -322,7 +322,7 @@ class _Run:
                                 _user, collector, user, count, self.options.seed, self.posted
                             )
                 post_seconds = time.time() - self._post_start
-                self.phase = "sending"
+                self._enter("sending")
                 await collector.flush()
             self._sent_final = (collector.stats().posted, buffered.stats().sent)
         return post_seconds
@@ -337,26 +337,35 @@ class _Run:
                 await anyio.sleep(0.1)
         return False
 
+    def _show_progress(self) -> None:
+        for worker in self.workers:
+            self.tally.worker_shards[worker.name] = worker.shards_reading()
+        if self._sent_final is not None:
+            posted, sent = self._sent_final
+        elif self._collector is not None and self._buffered is not None:
+            posted, sent = self._collector.stats().posted, self._buffered.stats().sent
+        else:
+            posted = sent = 0
+        self.console.say(
+            format_progress(
+                time.monotonic() - self._started,
+                self.phase,
+                events=self.options.events,
+                posted=posted,
+                sent=sent,
+                tally=self.tally,
+            )
+        )
+
+    def _enter(self, phase: str) -> None:
+        """Start a phase; the progress line of the one ending is shown (next drain)."""
+        if self.phase != "starting":
+            self._show_progress()
+        self.phase = phase
+
     async def _progress(self) -> None:
         while True:
-            for worker in self.workers:
-                self.tally.worker_shards[worker.name] = worker.shards_reading()
-            if self._sent_final is not None:
-                posted, sent = self._sent_final
-            elif self._collector is not None and self._buffered is not None:
-                posted, sent = self._collector.stats().posted, self._buffered.stats().sent
-            else:
-                posted = sent = 0
-            self.console.say(
-                format_progress(
-                    time.monotonic() - self._started,
-                    self.phase,
-                    events=self.options.events,
-                    posted=posted,
-                    sent=sent,
-                    tally=self.tally,
-                )
-            )
+            self._show_progress()
             await self.console.drain()
             await anyio.sleep(1.0)
 

@@ -1,0 +1,83 @@
+"""Each example in examples/ runs end to end on the embedded endpoint and shows its result.
+
+(collector_quickstart.py and consumer_group.py have their own tests:
+test_collector_quickstart.py and test_leases_example.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from support import ROOT
+
+EXAMPLES = ROOT / "examples"
+
+
+def run_example(name: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_every_example_is_run_by_a_test() -> None:
+    tested_elsewhere = {"collector_quickstart.py", "consumer_group.py"}
+    here = {"producer_quickstart.py", "consumer_quickstart.py", "archive_to_s3.py",
+            "web_service.py"}
+    examples = {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")}
+    assert examples == here | tested_elsewhere
+
+
+def test_producer_quickstart() -> None:
+    out = run_example("producer_quickstart.py")
+    assert re.search(r"put_and_wait: shard shardId-\d+, sequence \d+, 1 attempt", out), out
+    assert "refused at put(): partition_key must have 1 to 256 characters, got 0" in out
+    delivered = re.search(r"delivered (\d+) records: (.+)", out)
+    assert delivered is not None, out
+    assert int(delivered.group(1)) == 100
+    per_shard = [int(n) for n in re.findall(r"shardId-\d+ (\d+)", delivered.group(2))]
+    assert len(per_shard) == 2
+    assert sum(per_shard) == 100
+    assert "101 delivered, 0 failed" in out
+    assert re.search(r"aggregate=True: \d+ of 1000 records went in KPL aggregates", out)
+
+
+def test_consumer_quickstart_resumes_from_checkpoints() -> None:
+    out = run_example("consumer_quickstart.py")
+    assert "first run: processed 30 orders" in out
+    assert "second run: resumed from the checkpoints and processed 20 orders" in out
+    assert "50 distinct orders of 50, 0 processed twice" in out
+
+
+def test_archive_to_s3() -> None:
+    out = run_example("archive_to_s3.py")
+    archived = re.search(r"archived (\d+) records in (\d+) objects", out)
+    assert archived is not None, out
+    assert int(archived.group(1)) == 500
+    keys = re.findall(r"s3://clickstream-archive/(\S+)", out)
+    assert len(keys) == int(archived.group(2)) >= 2  # objects never mix shards: 2 at least
+    layout = r"clicks/\d{4}/\d\d/\d\d/\d\d/clickstream-shardId-\d+-\d+-\d+\.ndjson\.gz"
+    assert all(re.fullmatch(layout, key) for key in keys), keys
+    assert re.search(r'first line of the first object: \{"user_id":"user-\d+"', out)
+
+
+def test_web_service_logs_every_request() -> None:
+    out = run_example("web_service.py")
+    statuses = re.findall(r"^  (GET|POST) (\S+) -> (\d+)$", out, re.MULTILINE)
+    logged = re.findall(r"^  web\.request (GET|POST) (\S+) (\d+) [\d.]+ ms \(service=shop\)$",
+                        out, re.MULTILINE)
+    assert len(statuses) == 5, out
+    assert sorted(logged) == sorted(statuses), out
+    assert ("GET", "/items/seven", "404") in logged
+    assert "5 requests logged" in out
