@@ -151,6 +151,7 @@ class GroupWorker:
         self.log = log
         self.checkpoint_every = checkpoint_every
         self.lost = 0
+        self.last: Record | None = None
         self.closed = anyio.Event()
 
     @property
@@ -165,6 +166,7 @@ class GroupWorker:
                 task_status.started()
                 count = 0
                 async for record in consumer:
+                    self.last = record
                     self.log.append(Delivery(self.name, record.shard_id, record.data))
                     count += 1
                     if count % self.checkpoint_every == 0:

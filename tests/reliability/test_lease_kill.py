@@ -10,10 +10,22 @@ import time
 from collections import Counter
 
 import anyio
+import pytest
+
+from shardflow import errors
+from shardflow.testing import FaultProxy
 
 from support import create_stream, unique_name
 from support_consumer import numbered, put_records
-from support_leases import Delivery, GroupWorker, WorkerProcess, owners, wait_for, wait_loads
+from support_leases import (
+    Delivery,
+    GroupWorker,
+    WorkerProcess,
+    owners,
+    table_loads,
+    wait_for,
+    wait_loads,
+)
 
 
 async def test_killed_worker_shards_are_taken_and_nothing_is_lost(
@@ -86,7 +98,9 @@ async def test_paused_worker_gets_lease_lost_on_checkpoint(
     kinesalite_url: str, moto_url: str
 ) -> None:
     failover = 1.5
-    stream = create_stream(kinesalite_url, shards=2)
+    # One shard: once the other worker holds it, the resumed worker is not below its
+    # share (ceil(1 / 2) = 1 is what the other holds), so it cannot take it back.
+    stream = create_stream(kinesalite_url, shards=1)
     table = unique_name("leases")
     common = dict(kinesis_url=kinesalite_url, dynamodb_url=moto_url, stream=stream, table=table)
     # It never checkpoints on its own: the test asks it to, after the pause.
@@ -94,8 +108,8 @@ async def test_paused_worker_gets_lease_lost_on_checkpoint(
     log: list[Delivery] = []
     other = GroupWorker("other", failover_time=failover, log=log, **common)
     try:
-        await wait_loads(moto_url, table, lambda c: c == Counter(paused=2), within=30)
-        await wait_for(lambda: paused.reading == 2, within=15)
+        await wait_loads(moto_url, table, lambda c: c == Counter(paused=1), within=30)
+        await wait_for(lambda: paused.reading == 1, within=15)
         first = numbered(100, keys=13, prefix="a")
         await anyio.to_thread.run_sync(put_records, kinesalite_url, stream, first)
         await wait_for(lambda: len(paused.records) >= len(first), within=30)
@@ -105,7 +119,7 @@ async def test_paused_worker_gets_lease_lost_on_checkpoint(
             async with anyio.create_task_group() as tg:
                 await tg.start(other.run)
                 await wait_loads(
-                    moto_url, table, lambda c: c == Counter(other=2), within=10 * failover
+                    moto_url, table, lambda c: c == Counter(other=1), within=10 * failover
                 )
                 # Nothing was checkpointed: the other worker reads it all again.
                 await wait_for(
@@ -122,10 +136,55 @@ async def test_paused_worker_gets_lease_lost_on_checkpoint(
                 await wait_for(
                     lambda: {d.data for d in log} >= {data for _, data in second}, within=30
                 )
-                assert not [r for r in paused.records if r["data"].startswith("b")]
+                # Nothing delivered by the paused worker after it lost the shard.
+                events = list(paused.events)
+                lost = min(
+                    events.index({"event": "reading", "shards": 0}),
+                    next(i for i, e in enumerate(events) if e["event"] == "checkpoint"),
+                )
+                assert not [e for e in events[lost:] if e["event"] == "record"]
+                assert paused.reading == 0
                 await other.close()
         finally:
             paused.signal(signal.SIGCONT)
     finally:
         paused.stop()
     assert paused.proc.returncode == 0, paused.diagnostics()
+
+
+async def test_dynamodb_outage_stops_the_shard_until_renewals_succeed_again(
+    kinesalite_url: str, moto_url: str
+) -> None:
+    failover = 1.0
+    stream = create_stream(kinesalite_url, shards=1)
+    table = unique_name("leases")
+    log: list[Delivery] = []
+    async with FaultProxy(moto_url, operations={"*"}) as proxy:
+        worker = GroupWorker("w", kinesis_url=kinesalite_url, dynamodb_url=proxy.url,
+                             stream=stream, table=table, failover_time=failover, log=log)
+        async with anyio.create_task_group() as tg:
+            await tg.start(worker.run)
+            await wait_for(lambda: worker.reading == 1, within=15)
+            before = numbered(20, keys=3, prefix="a")
+            await anyio.to_thread.run_sync(put_records, kinesalite_url, stream, before)
+            await wait_for(lambda: len(log) == len(before), within=15)
+
+            # Every DynamoDB call fails: no renewal for failover_time, the shard stops
+            # (others could take the lease), its records are not delivered.
+            proxy.configure(error_5xx_fraction=1.0, seed=1)
+            await wait_for(lambda: worker.reading == 0, within=10 * failover)
+            assert worker.last is not None
+            with pytest.raises(errors.LeaseLost):
+                await worker.consumer.checkpoint(worker.last)
+            during = numbered(20, keys=3, prefix="b")
+            await anyio.to_thread.run_sync(put_records, kinesalite_url, stream, during)
+
+            # DynamoDB is back and nobody took the lease: renewed, the shard resumes
+            # after its last checkpoint.
+            proxy.configure(error_5xx_fraction=0.0)
+            await wait_for(lambda: {d.data for d in log} >= {d for _, d in during},
+                           within=10 * failover)
+            assert Counter(d.data for d in log) == Counter(d for _, d in before + during)
+            assert proxy.counts["errors_5xx"] > 0
+            await worker.close()
+    assert await table_loads(moto_url, table) == Counter({None: 1})

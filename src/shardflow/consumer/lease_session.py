@@ -49,7 +49,7 @@ def _position(lease: Lease) -> Checkpoint | None:
     if lease.finished:
         return SHARD_END
     if lease.checkpoint.isdigit():
-        return Checkpoint(lease.checkpoint, lease.sub_sequence_number)
+        return Checkpoint(lease.checkpoint, max(lease.sub_sequence_number, 0))
     return None  # TRIM_HORIZON / LATEST / AT_TIMESTAMP: the consumer's start_at applies
 
 
@@ -151,6 +151,14 @@ class LeaseSession:
 
     # --- conditional writes -------------------------------------------------------------
 
+    def _suspend(self, held: _Held) -> None:
+        """Not renewed within failover_time: stop the shard until a renewal succeeds."""
+        held.suspended = True
+        log.warning(
+            "%s: %s not renewed within %ss; stopping it", self._me, held.shard_id, self._failover
+        )
+        self._listener.revoke(held.shard_id)
+
     def _lose(self, held: _Held, why: str) -> errors.LeaseLost:
         """Forget ``held`` and revoke its shard; the error to raise."""
         if self._held.get(held.shard_id) is held:
@@ -166,15 +174,25 @@ class LeaseSession:
         seq, sub = checkpoint.sequence_number, checkpoint.sub_sequence_number or 0
         attempt = 0
         while True:
-            if self._held.get(shard_id) is not held or held.suspended:
-                raise self._lose(held, "lease given up while checkpointing")
+            if self._held.get(shard_id) is not held:
+                raise self._lose(held, "lease lost while checkpointing")
             sent = anyio.current_time()
-            if sent > held.valid_until:
-                raise self._lose(held, f"not renewed within {self._failover}s")
+            if not held.suspended and sent > held.valid_until:
+                self._suspend(held)
+            if held.suspended:
+                # Others may consider it expired: stop; it resumes if renewed in time.
+                raise errors.LeaseLost(shard_id, f"lease not renewed within {self._failover}s")
             try:
                 await self._table.checkpoint(shard_id, held.counter, seq, sub, children)
             except errors.ConditionFailed:
-                current = await self._reread(shard_id)
+                try:
+                    current = await self._table.get(shard_id)
+                except errors.AWSError as exc:
+                    if not exc.retriable:
+                        raise
+                    await anyio.sleep(backoff_delay(attempt))
+                    attempt += 1
+                    continue  # bounded by the lease's validity above
                 if current is None or current.owner != self._me:
                     raise self._lose(
                         held, f"owned by {current.owner if current else 'nobody'}"
@@ -204,19 +222,6 @@ class LeaseSession:
                 children=children or previous.children,
             )
             return
-
-    async def _reread(self, shard_id: str) -> Lease | None:
-        """The lease as stored now; retried until it can be read (bounded by the caller's
-        lease validity through the checkpoint loop)."""
-        attempt = 0
-        while True:
-            try:
-                return await self._table.get(shard_id)
-            except errors.AWSError as exc:
-                if not exc.retriable:
-                    raise
-                await anyio.sleep(backoff_delay(attempt))
-                attempt += 1
 
     async def _finish(self, held: _Held) -> None:
         """After SHARD_END: children's leases, then release the finished lease."""
@@ -374,8 +379,14 @@ class LeaseSession:
         """Scan, create missing leases, release finished ones, take and steal."""
         leases, _ = await self._table.scan()
         now = anyio.current_time()
-        self._leases = {lease.shard_id: lease for lease in leases}
         self._clock.observe(leases, now)
+        # A write of ours may have landed after the scan read that item: keep the newer.
+        scanned = {lease.shard_id: lease for lease in leases}
+        for shard_id, known in self._leases.items():
+            seen = scanned.get(shard_id)
+            if seen is not None and known.counter > seen.counter:
+                scanned[shard_id] = known
+        self._leases = scanned
         for held in list(self._held.values()):
             # Taken by someone else since we last wrote (a write of ours in flight, or
             # a release after SHARD_END, may be what the scan saw: left to the writer).
@@ -434,12 +445,7 @@ class LeaseSession:
             now = anyio.current_time()
             for held in list(self._held.values()):
                 if not held.suspended and now > held.valid_until:
-                    held.suspended = True
-                    log.warning(
-                        "%s: %s not renewed within %ss; stopping it", self._me, held.shard_id,
-                        self._failover,
-                    )
-                    self._listener.revoke(held.shard_id)
+                    self._suspend(held)
                 if not held.renewing:
                     held.renewing = True
                     task_group.start_soon(self._renew, held)
