@@ -88,6 +88,7 @@ class LeaseSession:
 
         The first call also scans and takes this worker's share. Raises non-retriable
         errors.AWSError subclasses (a transient failure leaves the work to the next cycle).
+        On cancellation, leases created or taken so far stay; the next cycle goes on.
         """
         self._listing = {shard.shard_id: shard for shard in shards}
         try:
@@ -111,7 +112,8 @@ class LeaseSession:
 
         A KCL sentinel (TRIM_HORIZON, LATEST, AT_TIMESTAMP) is None: the consumer's
         start_at applies. Raises errors.LeaseLost when this worker holds the lease and the
-        table says someone else owns it, and errors.AWSError subclasses.
+        table says someone else owns it, and errors.AWSError subclasses. Cancellation
+        changes nothing.
         """
         lease = await self._table.get(shard_id)
         if lease is None:
