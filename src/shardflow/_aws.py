@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_LOCAL_REGION",
     "CredentialSource",
     "call",
+    "check_endpoint",
     "client_endpoint",
     "error_for_code",
     "frozen_credentials",
@@ -114,6 +115,37 @@ def stream_name(stream: str) -> str:
 
 
 # --- clients ----------------------------------------------------------------------------
+
+
+_REGION = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
+
+
+def check_endpoint(endpoint_url: object, region_name: object) -> None:
+    """Validate a constructor's ``endpoint_url`` and ``region_name`` options (None is fine).
+
+    Raises TypeError for a value that is not a str, ValueError for an endpoint that is not
+    an http(s) URL with a host, or a region that is not a region name.
+    """
+    if endpoint_url is not None:
+        if not isinstance(endpoint_url, str):
+            raise TypeError(f"endpoint_url must be a URL string or None, got {endpoint_url!r}")
+        try:
+            parts = urlsplit(endpoint_url)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"endpoint_url must be an http:// or https:// URL with a host, got {endpoint_url!r}"
+            )
+    if region_name is not None:
+        if not isinstance(region_name, str):
+            raise TypeError(f"region_name must be a str or None, got {region_name!r}")
+        if not _REGION.fullmatch(region_name):
+            raise ValueError(
+                f"region_name must be a region such as 'us-east-1', got {region_name!r}"
+            )
 
 
 def is_loopback(endpoint_url: str | None) -> bool:

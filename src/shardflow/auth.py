@@ -79,6 +79,7 @@ class CognitoCredentials:
             raise ValueError(
                 f"region_name must be a region such as 'us-east-1', got {region_name!r}"
             )
+        _aws.check_endpoint(endpoint_url, region_name)
         if logins is not None and not (isinstance(logins, Mapping) or callable(logins)):
             raise TypeError("logins must be a mapping of provider to token, a callable, or None")
         if isinstance(refresh_margin, bool) or not isinstance(refresh_margin, int | float) or (

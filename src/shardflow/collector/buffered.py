@@ -165,6 +165,10 @@ class BufferedOutput:
             raise ValueError(f"close_timeout must be >= 0 seconds, got {close_timeout!r}")
         if on_drop is not None and not callable(on_drop):
             raise TypeError("on_drop must be callable(events, reason) or None")
+        if not isinstance(fsync, bool):
+            raise TypeError(f"fsync must be True or False, got {fsync!r}")
+        if not callable(clock):
+            raise TypeError(f"clock must be callable() -> epoch seconds, got {clock!r}")
         self.output = output
         self.spool_path = None if spool is None else os.fspath(spool)
         self.flush_interval = float(flush_interval)

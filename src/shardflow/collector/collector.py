@@ -75,6 +75,8 @@ class Collector:
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        if not callable(clock):
+            raise TypeError(f"clock must be callable() -> epoch seconds, got {clock!r}")
         self._clock = clock
         self._filters: list[tuple[TagPattern, Filter]] = []
         self._outputs: list[tuple[TagPattern, Output]] = []
@@ -119,7 +121,7 @@ class Collector:
     def _route(
         self, tag: str
     ) -> tuple[tuple[tuple[TagPattern, Filter], ...], tuple[Output, ...]]:
-        route = self._routes.get(tag)
+        route = self._routes.get(tag) if isinstance(tag, str) else None
         if route is None:
             validate_tag(tag)
             filters = tuple(f for f in self._filters if f[0].matches(tag))

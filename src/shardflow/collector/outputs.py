@@ -113,6 +113,12 @@ class FileOutput:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False) -> None:
+        if not isinstance(path, str | os.PathLike):
+            raise TypeError(f"path must be a str or os.PathLike, got {path!r}")
+        if not os.fspath(path):
+            raise ValueError("path must not be empty")
+        if not isinstance(fsync, bool):
+            raise TypeError(f"fsync must be True or False, got {fsync!r}")
         self.path = Path(path)
         self.fsync = fsync
         self._file: IO[bytes] | None = None

@@ -313,8 +313,12 @@ class SQLiteCheckpointer(_Store):
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
         if not isinstance(path, str | os.PathLike) or not os.fspath(path):
             raise ValueError(f"SQLiteCheckpointer path must be a non-empty path, got {path!r}")
-        if not isinstance(busy_timeout, int | float) or busy_timeout < 0:
-            raise ValueError(f"busy_timeout must be >= 0 seconds, got {busy_timeout!r}")
+        if (
+            not isinstance(busy_timeout, int | float)
+            or isinstance(busy_timeout, bool)
+            or not 0 <= busy_timeout < float("inf")
+        ):
+            raise ValueError(f"busy_timeout must be finite and >= 0 seconds, got {busy_timeout!r}")
         self._path = Path(os.fspath(path))
         self._busy_timeout = float(busy_timeout)
         self._conn: sqlite3.Connection | None = None

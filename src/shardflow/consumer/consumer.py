@@ -124,6 +124,7 @@ class Consumer:
     ) -> None:
         self._stream_params = _aws.stream_params(stream)
         self._stream = stream
+        _aws.check_endpoint(endpoint_url, region_name)
         if app_name is not None and (not isinstance(app_name, str) or not app_name):
             raise ValueError(f"app_name must be a non-empty string, got {app_name!r}")
         if checkpointer is not None:

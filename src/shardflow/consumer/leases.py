@@ -109,6 +109,7 @@ class DynamoDBLeases:
             raise TypeError(f"shared_table must be a bool, got {shared_table!r}")
         if credentials is not None and not isinstance(credentials, _aws.CredentialSource):
             raise TypeError("credentials must provide botocore_credentials()")
+        _aws.check_endpoint(endpoint_url, region_name)
         self._table = table
         self._worker_id = worker_id
         self._failover = float(failover_time)

@@ -252,6 +252,7 @@ class S3Sink:
             raise ValueError(
                 f"close_timeout must be a positive number of seconds, got {close_timeout!r}"
             )
+        _aws.check_endpoint(endpoint_url, region_name)
         if stream is not None:
             _aws.stream_params(stream)  # validates a name or ARN
             stream = _aws.stream_name(stream)
