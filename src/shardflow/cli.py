@@ -39,9 +39,22 @@ command. Exit status: 0 ok, 1 failure, 2 usage error, 130 interrupted.
 """
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
+class _Formatter(argparse.HelpFormatter):
+    """Wraps prose paragraphs to the terminal; keeps example blocks (indented lines) as
+    they are."""
+
     def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=32)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for block in text.split("\n\n"):
+            lines = block.splitlines()
+            if any(line.startswith("  ") for line in lines):
+                paragraphs.append("\n".join(indent + line for line in lines))
+            else:
+                paragraphs.append(super()._fill_text(block, width, indent))
+        return "\n\n".join(paragraphs)
 
 
 # --- shared options ------------------------------------------------------------------------
@@ -550,6 +563,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except KeyboardInterrupt:
+        if args.command in ("demo", "put"):
+            print(f"shardflow {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
         error = _expected(exc)
