@@ -12,7 +12,7 @@ several shards, long enough for every kind of fault to happen a few times.
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import pytest
 
@@ -37,6 +37,8 @@ MAX_ROUNDS = 12
 KEYS = 97
 # Small requests: many of them, so request-level faults (2 %, 1 %) happen often enough.
 LIMITS = KinesisLimits(max_batch_records=25)
+# Aggregated, ~30 records fill a 512-byte aggregate: one aggregate per request.
+AGGREGATE_LIMITS = KinesisLimits(max_batch_records=1, max_record_bytes=512)
 
 
 def payload(key: int, n: int) -> bytes:
@@ -48,7 +50,7 @@ def payload(key: int, n: int) -> bytes:
     [
         pytest.param("kinesalite", False, False, 3, id="kinesalite"),
         pytest.param("kinesalite", True, False, 3, id="kinesalite-ordered"),
-        pytest.param("kinesalite", False, True, 3, id="kinesalite-aggregate"),
+        pytest.param("kinesalite", False, True, 2, id="kinesalite-aggregate"),
         pytest.param("moto", True, False, 1, id="moto-ordered"),
     ],
 )
@@ -66,7 +68,7 @@ async def test_every_accepted_record_survives_the_fault_mix(
     ) as proxy:
         async with Producer(
             name, endpoint_url=proxy.url, linger=0.01, ordered=ordered, aggregate=aggregate,
-            limits=LIMITS, record_ttl=120,
+            limits=AGGREGATE_LIMITS if aggregate else LIMITS, record_ttl=120,
         ) as producer:
             for rounds in range(1, MAX_ROUNDS + 1):
                 for i in range(ROUND):
@@ -90,6 +92,7 @@ async def test_every_accepted_record_survives_the_fault_mix(
         if any(a.error_code == RESET for a in result.attempts)
     }
     attempts = sum(len(r.attempts) for r in results)
+    per_record = max(Counter((r.shard_id, r.sequence_number) for r in records).values())
     report(
         f"producer under faults ({server}, ordered={ordered}, aggregate={aggregate})",
         records=len(sent), rounds=rounds, requests=stats.requests, attempts=attempts,
@@ -97,7 +100,7 @@ async def test_every_accepted_record_survives_the_fault_mix(
         duplicates=got.duplicates, lost=len(got.missing),
     )
     # The mix really happened.
-    assert counts["throttled_entries"] >= 0.05 * len(sent)
+    assert counts["throttled_entries"] >= max(5, 0.03 * counts["put_entries"])  # 10 % asked
     assert counts["errors_5xx"] >= minimum
     assert counts["resets_after"] >= minimum
     assert counts["resets_before"] == counts["internal_failure_entries"] == 0
@@ -105,8 +108,9 @@ async def test_every_accepted_record_survives_the_fault_mix(
     assert not got.missing
     assert not got.unexpected
     # Copies come only from resets after apply: no more than the records those resets
-    # wrote, and only records whose sender saw a reset.
-    assert got.duplicates <= counts["reset_after_entries"]
+    # wrote (Kinesis records; each holds up to `per_record` user records), and only
+    # records whose sender saw a reset.
+    assert got.duplicates <= counts["reset_after_entries"] * per_record
     assert got.repeated <= reset_records
     # Each result names a record that is in the stream.
     landed = {(r.shard_id, r.sequence_number) for r in records}

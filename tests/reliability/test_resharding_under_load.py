@@ -19,9 +19,10 @@ from shardflow import Consumer, MemoryCheckpointer, Producer, PutResult, Record
 from shardflow.testing import FaultProxy
 
 from support import create_stream, list_shards
-from support_consumer import POLL, no_more, wait_until
+from support_consumer import POLL, collect, no_more, wait_until
 from support_reliability import (
     faults,
+    first_occurrences,
     merge,
     open_shards,
     out_of_order,
@@ -33,6 +34,7 @@ from support_reliability import (
 
 pytestmark = pytest.mark.slow
 
+THROTTLED = "ProvisionedThroughputExceededException"
 KEYS = 40
 STEP = 700  # records delivered between reshards
 
@@ -94,15 +96,22 @@ async def test_split_and_merge_while_producing_and_consuming(
         counts = dict(proxy.counts)
         shards_done = consumer.stats().shards_done
 
-    await asyncio.gather(*futures)  # every delivery succeeded
+    results = await asyncio.gather(*futures)  # every delivery succeeded
     stored, aggregates = await read_user_records(url, name)
     in_stream = tally(sent, [r.data for r in stored])
     end_to_end = tally(sent, [r.data for r in got])
-    disorder = out_of_order([r.data for r in got])
+    disorder = out_of_order(first_occurrences([r.data for r in got]))
+    # Records the producer sent again after a failed try other than a throttle (e.g. an
+    # aggregate that landed on another shard than predicted): the only ones that may
+    # have been written twice, since no fault here drops an answer.
+    resent = {
+        data for data, result in zip(sent, results, strict=True)
+        if any(a.error_code not in (None, THROTTLED) for a in result.attempts)
+    }
     report(
         f"split+merge while producing and consuming (kinesalite, aggregate={aggregate})",
         records=len(sent), shards=len(list_shards(url, name)), shards_done=shards_done,
-        faults=f"[{faults(counts)}]", aggregates=aggregates,
+        faults=f"[{faults(counts)}]", aggregates=aggregates, resent_after_misroute=len(resent),
         stream_duplicates=in_stream.duplicates, consumer_repeats=end_to_end.duplicates,
         lost=len(end_to_end.missing), out_of_order=len(disorder),
     )
@@ -110,10 +119,54 @@ async def test_split_and_merge_while_producing_and_consuming(
     assert shards_done == 3
     assert not in_stream.missing
     assert not in_stream.unexpected
-    assert in_stream.duplicates == 0  # no resets here: nothing is written twice
     assert not end_to_end.missing
     assert not end_to_end.unexpected
-    assert end_to_end.duplicates == 0
-    assert disorder == []
-    # Records landed on parents and on children.
-    assert {r.shard_id for r in got} == {s["ShardId"] for s in list_shards(url, name)}
+    assert disorder == []  # each key's first copies in put order, across the reshards
+    # Copies only of re-sent records (none at all without aggregation; with it, see
+    # test_a_split_while_aggregates_linger_writes_each_record_once), and the consumer
+    # adds no repeats of its own.
+    assert in_stream.repeated <= resent
+    assert end_to_end.duplicates == in_stream.duplicates
+    if not aggregate:
+        assert in_stream.duplicates == 0
+    # Records landed on the parents and on the open children (shard 3, the split's
+    # upper child, is merged soon after it opens: it may hold none).
+    assert {f"shardId-00000000000{i}" for i in (0, 1, 2, 4)} <= {r.shard_id for r in got}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="producer bug (reported; aggregation is work in progress): an aggregate packed "
+    "for a shard that split meanwhile lands on a child, is reported WrongShard, and every "
+    "sub-record is sent again although the aggregate was written: all 200 records are "
+    "in the stream twice. Sub-records whose hash key the landing shard covers are "
+    "delivered; only the others need another try (and a KCL-like consumer then drops "
+    "the misplaced copies, which shardflow's Consumer does not do).",
+)
+async def test_a_split_while_aggregates_linger_writes_each_record_once(
+    kinesalite_url: str,
+) -> None:
+    url = kinesalite_url
+    name = create_stream(url, shards=1)
+    sent = [b"key-%d:%d" % (i % 20, i) for i in range(200)]
+    async with Producer(name, endpoint_url=url, aggregate=True, linger=5.0) as producer:
+        warm = await producer.put(b"warm", partition_key="warm")
+        await producer.flush()
+        await warm  # the shard map is known: one shard
+        futures = [await producer.put(d, partition_key=d.split(b":")[0].decode())
+                   for d in sent]
+        # The records wait in their aggregate (linger) while the shard splits.
+        await anyio.to_thread.run_sync(split_in_half, url, name, "shardId-000000000000")
+        await producer.flush()
+        await asyncio.gather(*futures)
+    async with Consumer(name, endpoint_url=url, poll_interval=POLL) as consumer:
+        got = await collect(consumer, len(sent) + 1, within=30)
+        extra = await no_more(consumer)
+    stored, _ = await read_user_records(url, name)
+    in_stream = tally([*sent, b"warm"], [r.data for r in stored])
+    delivered = tally([*sent, b"warm"], [r.data for r in got + extra])
+    report("split while aggregates linger (kinesalite)", records=len(sent),
+           stream_duplicates=in_stream.duplicates, consumer_repeats=delivered.duplicates,
+           lost=len(delivered.missing))
+    assert not delivered.missing
+    assert delivered.duplicates == 0
