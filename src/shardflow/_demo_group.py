@@ -34,7 +34,7 @@ log = logging.getLogger("shardflow.demo")
 
 APP_NAME = "shardflow-demo"
 PREFIX = "events/"
-FAILOVER_TIME = 5.0
+FAILOVER_TIME = 3.0
 """Lease failover of the demo's group: short, so that the two workers balance quickly."""
 POLL_INTERVAL = 0.25
 OBJECT_INTERVAL = 1.0

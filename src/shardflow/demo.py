@@ -305,7 +305,7 @@ class _Run:
                 KinesisOutput(producer, partition_key="user_id"),
                 spool=spool,
                 flush_interval=0.2,
-                max_batch=500,
+                max_batch=5_000,
             )
             collector = Collector()
             collector.filter("app.**", add_fields(app=APP_NAME))
