@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from types import TracebackType
 from typing import Any
 
@@ -106,6 +107,7 @@ class ArchiveTap:
                 await self._inner.__aexit__(exc_type, exc, tb)
 
     async def write(self, records: Sequence[Record]) -> Durable:
+        """Note the records, then ``S3Sink.write`` them; raises and cancels as it does."""
         now = time.time()
         tally = self._tally
         for record in records:
@@ -131,6 +133,7 @@ class ArchiveTap:
         return self._report(await self._inner.flush())
 
     async def aclose(self) -> Durable:
+        """Stop the tick (it finishes its write), then ``S3Sink.aclose()``."""
         self._stop.set()
         if self._tg is not None:
             await self._tick_done.wait()
@@ -178,7 +181,8 @@ class ArchiveTap:
                 done = [item for item in pending if item[0] <= limit]
                 pending = deque(item for item in pending if item[0] > limit)
                 self._pending[shard_id] = pending
-                self._unsorted.discard(shard_id)
+                if all(a[0] <= b[0] for a, b in pairwise(pending)):
+                    self._unsorted.discard(shard_id)
             else:
                 done = []
                 while pending and pending[0][0] <= limit:
