@@ -55,7 +55,7 @@ from .compare import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENDERS = ("shardflow", "shardflow_results", "aiobotocore_naive")
+CONTENDERS = ("shardflow", "shardflow_results", "shardflow_aggregated", "aiobotocore_naive")
 SHARDS = 4
 STALLED_QUEUE_BYTES = 64 * 1024 * 1024
 

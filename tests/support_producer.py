@@ -1,6 +1,8 @@
 """A scripted Kinesis endpoint for producer tests, served by aiohttp in the test's loop.
 
-It answers DescribeStreamSummary and PutRecords over real HTTP, keeps what it accepted
+It answers DescribeStreamSummary, ListShards and PutRecords over real HTTP (``shards``
+shards splitting the hash-key space evenly; an entry goes where its ExplicitHashKey, else
+the MD5 of its partition key, falls), keeps what it accepted
 in order (its "stream"), checks every request's SigV4 signature with botocore's own
 signer pieces, and lets a test decide the fate of each entry (``entry_error``) or of each
 request (``request_error``), or stall PutRecords entirely (``stall``).
@@ -99,6 +101,9 @@ class ScriptedKinesis:
         self.requests: list[Request] = []
         self.accepted: list[Entry] = []
         self.connections = 0
+        self.list_shards_calls = 0
+        self._generation = 0
+        self._closed: list[dict[str, Any]] = []
         self._seq = 0
         self._release = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -119,6 +124,45 @@ class ScriptedKinesis:
         self._release.set()
         assert self._runner is not None
         await self._runner.cleanup()
+
+    def shard_id(self, index: int) -> str:
+        """The id of open shard ``index`` (ids change with each :meth:`reshard`)."""
+        return f"shardId-{self._generation * 1000 + index:012d}"
+
+    def shard_range(self, index: int) -> tuple[int, int]:
+        """The hash-key range of open shard ``index``."""
+        return -(-index * 2**128 // self.shards), -(-(index + 1) * 2**128 // self.shards) - 1
+
+    def shard_item(self, index: int) -> dict[str, Any]:
+        """Open shard ``index`` as ListShards describes it."""
+        start, end = self.shard_range(index)
+        return {
+            "ShardId": self.shard_id(index),
+            "HashKeyRange": {"StartingHashKey": str(start), "EndingHashKey": str(end)},
+            "SequenceNumberRange": {"StartingSequenceNumber": "0"},
+        }
+
+    def ranges(self) -> dict[str, tuple[int, int]]:
+        """Every shard's hash-key range, closed ones included."""
+        out = {
+            item["ShardId"]: (
+                int(item["HashKeyRange"]["StartingHashKey"]),
+                int(item["HashKeyRange"]["EndingHashKey"]),
+            )
+            for item in self._closed
+        }
+        out.update((self.shard_id(i), self.shard_range(i)) for i in range(self.shards))
+        return out
+
+    def reshard(self, shards: int) -> None:
+        """Close every open shard and open ``shards`` new ones (with new ids) that split
+        the hash-key space evenly, as a split or merge does on Kinesis."""
+        for index in range(self.shards):
+            item = self.shard_item(index)
+            item["SequenceNumberRange"]["EndingSequenceNumber"] = f"{self._seq:056d}"
+            self._closed.append(item)
+        self._generation += 1
+        self.shards = shards
 
     def release(self) -> None:
         """Let stalled requests go on."""
@@ -148,6 +192,12 @@ class ScriptedKinesis:
                         "OpenShardCount": self.shards,
                     }
                 },
+                content_type="application/x-amz-json-1.1",
+            )
+        if target.endswith("ListShards"):
+            self.list_shards_calls += 1
+            return web.json_response(
+                {"Shards": self._closed + [self.shard_item(i) for i in range(self.shards)]},
                 content_type="application/x-amz-json-1.1",
             )
         if not target.endswith("PutRecords"):
@@ -181,13 +231,15 @@ class ScriptedKinesis:
                 results.append({"ErrorCode": error[0], "ErrorMessage": error[1]})
                 continue
             key = entry["PartitionKey"]
-            shard = int(hashlib.md5(key.encode()).hexdigest(), 16) * self.shards >> 128
+            ehk = entry.get("ExplicitHashKey")
+            hashed = int(ehk) if ehk else int(hashlib.md5(key.encode()).hexdigest(), 16)
+            shard = hashed * self.shards >> 128
             self._seq += 1
             item = Entry(
                 data,
                 key,
                 entry.get("ExplicitHashKey"),
-                f"shardId-{shard:012d}",
+                self.shard_id(shard),
                 f"{self._seq:056d}",
             )
             self.accepted.append(item)

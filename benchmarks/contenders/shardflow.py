@@ -20,10 +20,14 @@ AGGREGATES = False
 READ_RESULTS = False
 
 
-async def produce(ctx: RunContext, *, read_results: bool) -> None:
-    """Put every event, flush, then check every delivery (timed); raise if one failed."""
+async def produce(ctx: RunContext, *, read_results: bool, aggregate: bool = False) -> None:
+    """Put every event, flush, then check every delivery (timed); raise if one failed.
+
+    Client-side pacing is off (``rate_limit=None``), as for every contender.
+    """
     async with Producer(
-        ctx.stream, endpoint_url=ctx.url, region_name=ctx.region, rate_limit=None
+        ctx.stream, endpoint_url=ctx.url, region_name=ctx.region, rate_limit=None,
+        aggregate=aggregate,
     ) as producer:
         await producer.put_and_wait({"warm": "up"}, partition_key="warm-up")
         ctx.extra_records += 1

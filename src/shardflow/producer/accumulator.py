@@ -1,274 +1,64 @@
-"""Accepted records on their way to a PutRecords request.
+"""Records waiting to be sent, in one lane per predicted shard, cut into PutRecords batches.
 
-:class:`Ledger` counts every record accepted and not yet resolved (queued, in flight or
-waiting to retry): it is the producer's bounded queue (records AND bytes), the place
-``put`` waits for room, and what ``flush`` waits on.
+Without a shard map (no aggregation, no rate limit) every record waits in one lane. With
+a map, a record's lane is the shard its partition key (or explicit hash key) hashes to;
+:meth:`Accumulator.set_map` replaces the map after a reshard and moves every waiting
+record to its new lane.
 
-:class:`Accumulator` holds the records that wait to be sent and cuts batches that respect
-the request limits. With ``ordered=True`` it keeps one FIFO per partition key and offers
-only the head of each key, so at most one record per key is in flight or backing off at a
-time: a partial failure can then never let a later record of the key overtake an earlier
-one.
+A batch is cut when the oldest record of a lane that may send has lingered ``linger``
+seconds, when those lanes hold a full request (or ``pressure_records``: a quarter of the
+queue bound, so a producer whose queue fills never waits for linger), or at once while
+flushing. It takes from every lane that may send, in turns, up to the request limits
+(:mod:`.packing` builds the entries, and the aggregates). With a rate limiter, a lane
+may send only what its shard's token buckets allow, and a lane short of tokens waits
+until it may send :data:`GRANULE` seconds' worth (or all it holds): a throttled shard
+goes in chunks, not record by record, and never holds up the other shards.
 
-Seams for later work (shard-aware batching, KPL aggregation, per-shard rate limits):
-each :class:`PendingRecord` has a ``shard`` slot for its predicted shard, and batches are
-cut by :meth:`Accumulator.next_batch`, which is where per-shard buckets and their rate
-tokens will decide what may go.
+With ``ordered=True`` each partition key has a FIFO, and only keys with nothing on its way
+are offered ("ready"); all the records of a key that are on their way sit in one entry (a
+record, or an aggregate, which succeeds or fails as a whole), so a later record of the
+key never overtakes an earlier one, across retries too.
 """
 
 from __future__ import annotations
 
-import asyncio
 import heapq
+import math
 from collections import deque
-from collections.abc import Generator, Iterable
+from collections.abc import Iterator
 from itertools import count
-from typing import TYPE_CHECKING, Any
 
-from .. import errors
+from .. import aggregation
+from ..errors import UnmappedHashKey
 from ..limits import KinesisLimits
-from ..models import PutResult as _put_result
+from ..shardmap import ShardMap
+from .packing import Lane, Packer, Run
+from .ratelimit import ShardRateLimiter
+from .records import Entry, PendingRecord
 
-if TYPE_CHECKING:
-    from ..models import Attempt, PutResult
+__all__ = ["GRANULE", "Accumulator"]
 
-__all__ = ["Accumulator", "Ledger", "PendingRecord"]
+GRANULE = 0.1
+"""Seconds' worth of a shard's rate that a lane short of tokens waits for before it sends."""
 
-
-class PendingRecord(asyncio.Future["PutResult"]):
-    """One accepted record, and the future of its delivery, in one object.
-
-    ``put()`` hands this future to the caller. It carries the encoded PutRecords entry
-    and the bookkeeping of the record, so each record costs one tracked object (which
-    keeps the garbage collector's work per record low). Its :class:`PutResult` is built
-    when first asked for.
-    """
-
-    __slots__ = (
-        "_sequence_number",
-        "_shard_id",
-        "attempts",
-        "cost",
-        "deadline",
-        "epoch",
-        "fragment",
-        "key",
-        "shard",
-        "size",
-        "tries",
-    )
-
-    fragment: bytes
-    """The entry's JSON object, as it goes into the request body."""
-    key: str
-    size: int
-    """Data plus partition key bytes: what AWS counts against request limits."""
-    cost: int
-    """Bytes held in memory (entry plus bookkeeping), counted against ``max_queue_bytes``."""
-    deadline: float
-    """When ``record_ttl`` runs out (``time.monotonic()`` seconds)."""
-    attempts: list[Attempt] | None
-    """Failed tries so far (None until the first failure)."""
-    tries: tuple[Attempt, ...]
-    epoch: int
-    shard: str | None
-    """Predicted shard (None until a shard map is used)."""
-    _shard_id: str
-    _sequence_number: str
-
-    def deliver(self, shard_id: str, sequence_number: str, tries: tuple[Attempt, ...]) -> None:
-        """Resolve as delivered (no-op if the caller cancelled the future)."""
-        if not self.done():
-            self._shard_id = shard_id
-            self._sequence_number = sequence_number
-            self.tries = tries
-            self.set_result(None)  # type: ignore[arg-type]  # built by result()
-
-    def result(self) -> PutResult:
-        """The :class:`PutResult`; raises like :meth:`asyncio.Future.result`.
-
-        Built on demand (a new, equal value each call), so records whose results are
-        never read cost no result object.
-        """
-        try:
-            shard_id = self._shard_id
-        except AttributeError:  # failed, cancelled or pending: the base class raises
-            super().result()
-            raise AssertionError("unreachable") from None
-        return _put_result(shard_id, self._sequence_number, None, self.tries)
-
-    def __await__(self) -> Generator[Any, None, PutResult]:
-        if not self.done():
-            self._asyncio_future_blocking = True
-            yield self
-        if not self.done():
-            raise RuntimeError("await wasn't used with future")
-        return self.result()
-
-    __iter__ = __await__
-
-
-class Ledger:
-    """Records accepted and not yet resolved; the queue bound; put and flush waiters."""
-
-    def __init__(self, max_records: int, max_bytes: int) -> None:
-        self.max_records = max_records
-        self.max_bytes = max_bytes
-        self.records = 0
-        self.bytes = 0
-        self.closed = False
-        self._epoch = 0
-        self._open: dict[int, int] = {0: 0}  # epoch -> unresolved records, oldest first
-        self._putters: deque[list[object]] = deque()  # [cost, future] in arrival order
-        self._flushers: list[tuple[int, asyncio.Future[None]]] = []
-
-    # --- admission ----------------------------------------------------------------------
-
-    def _fits(self, cost: int) -> bool:
-        return self.records < self.max_records and self.bytes + cost <= self.max_bytes
-
-    def admit(self, record: PendingRecord) -> None:
-        self.records += 1
-        self.bytes += record.cost
-        record.epoch = epoch = self._epoch
-        self._open[epoch] += 1
-
-    def try_admit(self, record: PendingRecord) -> bool:
-        """Admit ``record`` if it fits now without overtaking a waiting put."""
-        if (
-            self._putters
-            or self.records >= self.max_records
-            or self.bytes + record.cost > self.max_bytes
-        ):
-            return False
-        self.records += 1
-        self.bytes += record.cost
-        record.epoch = epoch = self._epoch
-        self._open[epoch] += 1
-        return True
-
-    async def wait_room(self, cost: int) -> None:
-        """Wait, in arrival order, until ``cost`` bytes and one record fit.
-
-        Cancel-safe: a cancelled wait leaves nothing behind and passes its turn on.
-        Raises :class:`errors.ProducerClosed` if the producer closes meanwhile.
-        """
-        loop = asyncio.get_running_loop()
-        entry: list[object] = [cost, loop.create_future()]
-        self._putters.append(entry)
-        if len(self._putters) == 1:
-            self._wake_putter()
-        try:
-            while True:
-                fut = entry[1]
-                assert isinstance(fut, asyncio.Future)
-                await fut
-                if self.closed:
-                    raise errors.ProducerClosed("the producer was closed while put() waited")
-                if self._fits(cost):
-                    return
-                entry[1] = loop.create_future()
-        finally:
-            was_head = bool(self._putters) and self._putters[0] is entry
-            try:
-                self._putters.remove(entry)
-            except ValueError:  # pragma: no cover - removed by close()
-                pass
-            if was_head:
-                self._wake_putter()
-
-    def _wake_putter(self) -> None:
-        if self._putters:
-            cost, fut = self._putters[0]
-            assert isinstance(fut, asyncio.Future)
-            assert isinstance(cost, int)
-            if not fut.done() and (self.closed or self._fits(cost)):
-                fut.set_result(None)
-
-    def wake_putter(self) -> None:
-        """Let the first waiting put try again (after one was admitted)."""
-        self._wake_putter()
-
-    # --- resolution ---------------------------------------------------------------------
-
-    def release(self, records: Iterable[PendingRecord]) -> None:
-        """Forget resolved records: free their room and payload, wake puts and flushes."""
-        opened = self._open
-        n = 0
-        freed = 0
-        if len(opened) == 1:  # no flush pending: every record is of the current epoch
-            for record in records:
-                n += 1
-                freed += record.cost
-                record.fragment = b""  # the payload is no longer needed: let it go
-            opened[self._epoch] -= n
-        else:
-            for record in records:
-                n += 1
-                freed += record.cost
-                opened[record.epoch] -= 1
-                record.fragment = b""
-        self.records -= n
-        self.bytes -= freed
-        self._wake_putter()
-        if self._flushers or len(opened) > 1:
-            self._retire_epochs()
-
-    def _retire_epochs(self) -> None:
-        opened = self._open
-        for epoch in list(opened):
-            if epoch == self._epoch or opened[epoch]:
-                break
-            del opened[epoch]
-        oldest = next(iter(opened))
-        if self._flushers:
-            waiting = []
-            for target, fut in self._flushers:
-                if target < oldest:
-                    if not fut.done():
-                        fut.set_result(None)
-                else:
-                    waiting.append((target, fut))
-            self._flushers = waiting
-
-    @property
-    def flushing(self) -> bool:
-        """True while a flush() waits: batches go at once, without lingering."""
-        return bool(self._flushers)
-
-    def flush_waiter(self) -> asyncio.Future[None] | None:
-        """A future resolved once every record admitted so far is resolved (None: already).
-
-        While it waits, :attr:`flushing` is True. Pass it to :meth:`forget_flush_waiter`
-        when done with it (also after cancellation).
-        """
-        target = self._epoch
-        self._epoch += 1
-        self._open[self._epoch] = 0
-        self._retire_epochs()
-        if next(iter(self._open)) > target:
-            return None
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._flushers.append((target, fut))
-        return fut
-
-    def forget_flush_waiter(self, fut: asyncio.Future[None]) -> None:
-        self._flushers = [(t, f) for t, f in self._flushers if f is not fut]
-
-    def close(self) -> None:
-        """Refuse new records; every waiting put raises ProducerClosed."""
-        self.closed = True
-        for _, fut in self._putters:
-            assert isinstance(fut, asyncio.Future)
-            if not fut.done():
-                fut.set_result(None)
+_LANE_CACHE_LIMIT = 1 << 16
+_INF = math.inf
 
 
 class Accumulator:
-    """Records waiting to be sent, cut into batches within the request limits."""
+    """Records waiting to be sent (queued or backing off), cut into batches."""
 
     def __init__(
-        self, limits: KinesisLimits, linger: float, ordered: bool, record_ttl: float
+        self,
+        limits: KinesisLimits,
+        linger: float,
+        ordered: bool,
+        record_ttl: float,
+        *,
+        aggregate: bool = False,
+        max_aggregate_bytes: int = aggregation.DEFAULT_MAX_BYTES,
+        limiter: ShardRateLimiter | None = None,
+        pressure_records: int | None = None,
     ) -> None:
         self.max_records = limits.max_batch_records
         self.max_bytes = limits.max_batch_bytes
@@ -276,189 +66,424 @@ class Accumulator:
         # a record was accepted record_ttl before its deadline; it may go linger after that
         self._linger_offset = linger - record_ttl
         self.ordered = ordered
-        # unordered: one FIFO of records
-        self._fifo: deque[PendingRecord] = deque()
-        self._fifo_bytes = 0
-        # ordered: one FIFO per key; a key is "ready" when its head may be sent
+        self.aggregate = aggregate
+        self.limiter = limiter
+        pressure = pressure_records or self.max_records
+        # a request's worth of records: aggregates carry many records per entry
+        self._full_records = pressure if aggregate else min(pressure, self.max_records)
+        self._granule_records = self._granule_bytes = 0.0
+        if limiter is not None:
+            self._granule_records = max(1.0, limiter.records_per_s * GRANULE)
+            self._granule_bytes = limiter.bytes_per_s * GRANULE
+        self._packer = Packer(limits, max_aggregate_bytes if aggregate else 0)
+        self._map: ShardMap | None = None
+        self._default = Lane(None)
+        self._lanes: dict[str | None, Lane] = {None: self._default}
+        self._lane_of: dict[str, Lane] | None = None  # partition key -> lane, with a map
+        self._queued = 0  # records offered by the lanes (ordered: ready keys)
+        self._queued_bytes = 0
+        # ordered: a FIFO per key, and how many of its first records are on their way
         self._queues: dict[str, deque[PendingRecord]] = {}
-        self._ready: dict[str, None] = {}
-        self._ready_bytes = 0
-        # records (unordered) or keys (ordered) backing off: (ready_at, tiebreak, record)
-        self._retries: list[tuple[float, int, PendingRecord]] = []
+        self._held: dict[str, int] = {}
+        # groups of records backing off: (ready_at, tiebreak, records)
+        self._retries: list[tuple[float, int, list[PendingRecord]]] = []
         self._tiebreak = count()
+        self._turn = 0
         self.waiting = 0
-        """Records held here (queued or backing off), not in flight."""
+        """Records held here (queued or backing off), not on their way."""
+        self.expired: list[PendingRecord] = []
+        """Records found expired while cutting, already out of their queues: the caller
+        fails them and empties the list."""
+        self.unmapped = False
+        """Set when a key fell outside every open shard of the map (the caller refreshes
+        the map and clears the flag); such records go unaggregated and unpaced."""
+
+    # --- shard map ----------------------------------------------------------------------
+
+    @property
+    def shard_map(self) -> ShardMap | None:
+        return self._map
+
+    def set_map(self, shard_map: ShardMap) -> None:
+        """Predict shards with ``shard_map`` from now on; every waiting record moves to its
+        new lane (keeping its order within its old lane, and per key)."""
+        old = self._lanes
+        self._map = shard_map
+        self._default = Lane(None)
+        self._lanes = {None: self._default}
+        for shard in shard_map:
+            self._lanes[shard.shard_id] = Lane(shard.shard_id, shard.starting_hash_key)
+        self._lane_of = {}
+        if self.limiter is not None:
+            self.limiter.retain(s.shard_id for s in shard_map)
+        if not self.ordered:
+            for lane in old.values():
+                for record in lane.records:
+                    target = self._lane_for(record)
+                    target.records.append(record)
+                    target.nbytes += record.size
+            return
+        for queue in self._queues.values():
+            for record in queue:
+                self._lane_for(record)
+        for lane in old.values():
+            for key in lane.ready:
+                head = self._queues[key][0]
+                target = self._lanes.get(head.shard, self._default)
+                target.ready[key] = None
+                target.nbytes += head.size
+
+    def _lane_for(self, record: PendingRecord) -> Lane:
+        """The lane of ``record``'s predicted shard; sets ``record.shard``."""
+        shard_map = self._map
+        lane = self._default
+        if shard_map is not None:
+            try:
+                shard = shard_map.shard_for_key(record.key, record.ehk)
+            except UnmappedHashKey:
+                self.unmapped = True
+            else:
+                lane = self._lanes[shard.shard_id]
+                lane_of = self._lane_of
+                if record.ehk is None and lane_of is not None:
+                    if len(lane_of) >= _LANE_CACHE_LIMIT:
+                        lane_of.clear()
+                    lane_of[record.key] = lane
+        record.shard = lane.shard_id
+        return lane
 
     # --- input --------------------------------------------------------------------------
 
     def add(self, record: PendingRecord) -> bool:
         """Queue a new record; True if the sender should look now (first or full batch)."""
         self.waiting += 1
+        lane_of = self._lane_of
+        if lane_of is None:  # (record.shard is then read only when ordered)
+            if not self.ordered:  # one lane, whose bytes are _queued_bytes: the fast path
+                self._default.records.append(record)
+                n = self._queued = self._queued + 1
+                before = self._queued_bytes
+                after = self._queued_bytes = before + record.size
+                return n == 1 or n == self._full_records or before < self.max_bytes <= after
+            lane = self._default
+        else:
+            found = lane_of.get(record.key) if record.ehk is None else None
+            if found is None:
+                lane = self._lane_for(record)
+            else:
+                lane = found
+                record.shard = lane.shard_id
         if not self.ordered:
-            fifo = self._fifo
-            fifo.append(record)
-            self._fifo_bytes += record.size
-            n = len(fifo)
-            return n == 1 or n == self.max_records or self._fifo_bytes >= self.max_bytes
+            lane.records.append(record)
+            size = record.size
+            lane.nbytes += size
+            n = self._queued = self._queued + 1
+            before = self._queued_bytes
+            self._queued_bytes = before + size
+            return n == 1 or n == self._full_records or before < self.max_bytes <= before + size
+        if lane_of is None:
+            record.shard = None
         queue = self._queues.get(record.key)
         if queue is not None:
             queue.append(record)
             return False
         self._queues[record.key] = deque((record,))
-        self._ready[record.key] = None
-        self._ready_bytes += record.size
-        n = len(self._ready)
-        return n == 1 or n == self.max_records or self._ready_bytes >= self.max_bytes
+        return self._offer(record.key, record)
 
-    def retry_at(self, record: PendingRecord, when: float) -> None:
-        """Send ``record`` again, first in line, once the monotonic clock reaches ``when``."""
-        self.waiting += 1
-        heapq.heappush(self._retries, (when, next(self._tiebreak), record))
+    def _offer(self, key: str, head: PendingRecord) -> bool:
+        """Make ``key`` ready in its head's lane (ordered); True at a first or full batch."""
+        lane = self._lanes.get(head.shard, self._default)
+        lane.ready[key] = None
+        lane.nbytes += head.size
+        n = self._queued = self._queued + 1
+        before = self._queued_bytes
+        self._queued_bytes = before + head.size
+        return n == 1 or n == self._full_records or before < self.max_bytes <= before + head.size
+
+    def _withdraw(self, key: str, head: PendingRecord) -> None:
+        """Take ``key`` (whose next record is ``head``) out of its lane's ready keys."""
+        lane = self._lanes.get(head.shard, self._default)
+        del lane.ready[key]
+        lane.nbytes -= head.size
+        self._queued -= 1
+        self._queued_bytes -= head.size
+
+    def retry_at(self, records: list[PendingRecord], when: float) -> None:
+        """Send ``records`` again, first in line, once the monotonic clock reaches ``when``."""
+        self.waiting += len(records)
+        heapq.heappush(self._retries, (when, next(self._tiebreak), records))
 
     def done(self, record: PendingRecord) -> None:
-        """``record`` (taken by :meth:`next_batch`) is resolved: its key's next may go."""
+        """``record``, taken in a batch, is resolved: its key's next may go (ordered)."""
         if not self.ordered:
             return
-        queue = self._queues[record.key]
-        queue.popleft()
-        if queue:
-            self._ready[record.key] = None
-            self._ready_bytes += queue[0].size
+        key = record.key
+        queue = self._queues.get(key)
+        if queue is None:
+            return
+        if queue and queue[0] is record:
+            queue.popleft()
         else:
-            del self._queues[record.key]
+            try:
+                queue.remove(record)
+            except ValueError:
+                return
+        held = self._held.get(key, 0) - 1
+        if held > 0:
+            self._held[key] = held
+            return
+        self._held.pop(key, None)
+        if queue:
+            self._offer(key, queue[0])
+        else:
+            del self._queues[key]
 
     # --- output -------------------------------------------------------------------------
 
     def _promote(self, now: float) -> None:
         retries = self._retries
+        if not retries or retries[0][0] > now:
+            return
         due: list[PendingRecord] = []
         while retries and retries[0][0] <= now:
-            due.append(heapq.heappop(retries)[2])
-        if not due:
-            return
+            due.extend(heapq.heappop(retries)[2])
         if self.ordered:
             for record in due:
-                self._ready[record.key] = None
-                self._ready_bytes += record.size
-        else:
-            due.sort(key=_deadline)
-            self._fifo.extendleft(reversed(due))
-            self._fifo_bytes += sum(r.size for r in due)
+                key = record.key
+                if self._held.pop(key, None) is not None:
+                    self._offer(key, self._queues[key][0])
+            return
+        groups: dict[str | None, list[PendingRecord]] = {}
+        for record in due:
+            groups.setdefault(self._lane_for(record).shard_id, []).append(record)
+        for shard_id, records in groups.items():
+            lane = self._lanes[shard_id]
+            records.sort(key=_deadline)
+            lane.records.extendleft(reversed(records))
+            size = sum(r.size for r in records)
+            lane.nbytes += size
+            self._queued += len(records)
+            self._queued_bytes += size
 
-    def _linger_until(self) -> float | None:
-        """When the oldest waiting record has lingered long enough (None: none waits)."""
-        if not self.ordered:
-            return self._fifo[0].deadline + self._linger_offset if self._fifo else None
-        if not self._ready:
-            return None
-        return self._queues[next(iter(self._ready))][0].deadline + self._linger_offset
-
-    def _full(self) -> bool:
+    def _head(self, lane: Lane) -> tuple[PendingRecord | None, int]:
+        """The oldest record a lane offers (None: none), and how many it offers."""
         if self.ordered:
-            return len(self._ready) >= self.max_records or self._ready_bytes >= self.max_bytes
-        return len(self._fifo) >= self.max_records or self._fifo_bytes >= self.max_bytes
+            ready = lane.ready
+            return (self._queues[next(iter(ready))][0], len(ready)) if ready else (None, 0)
+        records = lane.records
+        return (records[0], len(records)) if records else (None, 0)
+
+    def _scan(self, now: float, flushing: bool) -> tuple[list[Lane] | None, float]:
+        """(lanes that may send, if a batch is due now, else None; when to look again)."""
+        limiter = self.limiter
+        sendable: list[Lane] = []
+        n = nbytes = 0
+        oldest = blocked = _INF
+        if self._map is None and not self.ordered:  # one lane, no pacing
+            records = self._default.records
+            if not records:
+                return None, _INF
+            oldest = records[0].deadline + self._linger_offset
+            if (
+                flushing
+                or oldest <= now
+                or self._queued >= self._full_records
+                or self._queued_bytes >= self.max_bytes
+            ):
+                return [self._default], now
+            return None, oldest
+        for lane in self._lanes.values():
+            head, offered = self._head(lane)
+            if head is None:
+                continue
+            if limiter is not None and lane.shard_id is not None:
+                need_n = 1.0 if self.aggregate else min(offered, self._granule_records)
+                need_b = max(head.size, min(lane.nbytes, self._granule_bytes))
+                wait = limiter.delay(lane.shard_id, need_n, need_b)
+                if wait > 0:
+                    blocked = min(blocked, now + wait)
+                    continue
+            sendable.append(lane)
+            n += offered
+            nbytes += lane.nbytes
+            oldest = min(oldest, head.deadline + self._linger_offset)
+        if sendable and (
+            flushing or oldest <= now or n >= self._full_records or nbytes >= self.max_bytes
+        ):
+            return sendable, now
+        return None, min(oldest, blocked)
 
     def wake_time(self, now: float, flushing: bool) -> float | None:
         """When a batch will be ready without new input (monotonic), None if never."""
         self._promote(now)
-        times = []
-        until = self._linger_until()
-        if until is not None:
-            times.append(now if flushing or self._full() else until)
+        _, when = self._scan(now, flushing)
         if self._retries:
-            times.append(self._retries[0][0])
-        return min(times) if times else None
+            when = min(when, self._retries[0][0])
+        return None if when == _INF else when
 
-    def next_batch(self, now: float, flushing: bool) -> list[PendingRecord] | None:
-        """Take the next batch if one is ready (full, lingered long enough, or flushing).
+    def next_batch(self, now: float, flushing: bool) -> tuple[list[Entry], int] | None:
+        """Take the next batch if one is ready: (its entries, the user records in them).
 
-        Records are taken in order up to the request limits. The caller fails the
-        expired ones and sends the rest; every record taken is later passed to
-        :meth:`done` (directly or after :meth:`retry_at`).
+        Records found expired on the way go to :attr:`expired`. Every record taken is
+        later passed to :meth:`done` (directly, or after :meth:`retry_at`).
         """
         self._promote(now)
-        until = self._linger_until()
-        if until is None or not (flushing or until <= now or self._full()):
+        if not self._queued:
             return None
-        max_records = self.max_records
-        budget = self.max_bytes
-        batch: list[PendingRecord] = []
-        if not self.ordered:
-            fifo = self._fifo
-            while fifo and len(batch) < max_records:
-                record = fifo[0]
-                if record.size > budget and batch:
+        lanes, _ = self._scan(now, flushing)
+        if lanes is None:
+            return None
+        if len(lanes) > 1:
+            turn = self._turn % len(lanes)
+            self._turn += 1
+            lanes = lanes[turn:] + lanes[:turn]
+        limiter = self.limiter
+        packer = self._packer
+        expired = self.expired
+        gone = len(expired)
+        entries: list[Entry] = []
+        room_n = self.max_records
+        room_b = self.max_bytes
+        taken = 0
+        for lane in lanes:
+            if room_n <= 0 or room_b <= 0:
+                break
+            tokens_n = tokens_b = _INF
+            paced = limiter is not None and lane.shard_id is not None
+            if paced:
+                tokens_n, tokens_b = limiter.available(lane.shard_id)  # type: ignore[union-attr, arg-type]
+            first = len(entries)
+            if self.ordered:
+                taken += self._take_runs(lane, entries, room_n, room_b, tokens_n, tokens_b, now)
+                used = sum(e.size for e in entries[first:])
+            else:
+                cut = packer.pack if self.aggregate else packer.take_plain
+                n, nbytes, used = cut(
+                    lane, entries, room_n, room_b, tokens_n, tokens_b, now, expired
+                )
+                taken += n
+                self._queued -= n
+                self._queued_bytes -= nbytes
+            added = len(entries) - first
+            if added:
+                if paced:
+                    limiter.take(lane.shard_id, added, used)  # type: ignore[union-attr, arg-type]
+                room_n -= added
+                room_b -= used
+        if len(expired) > gone and not self.ordered:
+            self._queued -= len(expired) - gone
+            self._queued_bytes -= sum(r.size for r in expired[gone:])
+        self.waiting -= taken + len(expired) - gone
+        return (entries, taken) if entries else None
+
+    def _take_runs(
+        self,
+        lane: Lane,
+        entries: list[Entry],
+        room_n: int,
+        room_b: int,
+        tokens_n: float,
+        tokens_b: float,
+        now: float,
+    ) -> int:
+        """Ordered: pack the ready keys' next records; mark what was taken as held."""
+        taken = self._packer.pack_runs(
+            lane, self._runs(lane, now), entries, room_n, room_b, tokens_n, tokens_b
+        )
+        n = 0
+        for key, count_ in taken:
+            self._withdraw(key, self._queues[key][0])
+            self._held[key] = count_
+            n += count_
+        return n
+
+    def _runs(self, lane: Lane, now: float) -> Iterator[Run]:
+        """The ready keys of ``lane`` in turn, each with its next records for the lane
+        (only the next one without aggregation); expired ones are dropped first."""
+        shard_id = lane.shard_id
+        aggregate = self.aggregate and shard_id is not None
+        for key in list(lane.ready):
+            queue = self._queues[key]
+            head = queue[0]
+            if head.deadline <= now:
+                self._withdraw(key, head)
+                while queue and queue[0].deadline <= now:
+                    self.expired.append(queue.popleft())
+                if not queue:
+                    del self._queues[key]
+                    continue
+                self._offer(key, queue[0])
+                if queue[0].shard != shard_id:
+                    continue  # its next record is for another lane now
+                head = queue[0]
+            if not aggregate:
+                yield key, (head,)
+                continue
+            run = []
+            for record in queue:
+                if record.shard != shard_id or record.deadline <= now:
                     break
-                fifo.popleft()
-                budget -= record.size
-                batch.append(record)
-            self._fifo_bytes -= self.max_bytes - budget
-        else:
-            ready = self._ready
-            queues = self._queues
-            while ready and len(batch) < max_records:
-                key = next(iter(ready))
-                record = queues[key][0]
-                if record.size > budget and batch:
-                    break
-                del ready[key]
-                budget -= record.size
-                batch.append(record)
-            self._ready_bytes -= self.max_bytes - budget
-        self.waiting -= len(batch)
-        return batch
+                run.append(record)
+            yield key, run
 
     def expire(self, now: float) -> list[PendingRecord]:
-        """Remove and return queued records whose deadline passed (not in flight)."""
-        expired: list[PendingRecord] = []
+        """Remove and return queued records whose deadline passed (not on their way)."""
+        out: list[PendingRecord] = []
         if not self.ordered:
-            if self._fifo and min(r.deadline for r in self._fifo) < now:
+            for lane in self._lanes.values():
+                records = lane.records
+                if not records or min(r.deadline for r in records) >= now:
+                    continue
                 keep: deque[PendingRecord] = deque()
-                for record in self._fifo:
-                    (expired if record.deadline < now else keep).append(record)
-                self._fifo = keep
-                self._fifo_bytes = sum(r.size for r in keep)
+                for record in records:
+                    (out if record.deadline < now else keep).append(record)
+                lane.records = keep
+                lane.nbytes = sum(r.size for r in keep)
+            self._queued -= len(out)
+            self._queued_bytes -= sum(r.size for r in out)
         else:
             for key in list(self._queues):
                 queue = self._queues[key]
-                held = key not in self._ready  # head in flight or backing off
-                fresh = [r for i, r in enumerate(queue) if (i == 0 and held) or r.deadline >= now]
-                if len(fresh) == len(queue):
+                held = self._held.get(key, 0)
+                if all(r.deadline >= now for i, r in enumerate(queue) if i >= held):
                     continue
-                expired.extend(
-                    r for i, r in enumerate(queue) if not (i == 0 and held) and r.deadline < now
-                )
-                if key in self._ready:
-                    self._ready_bytes -= queue[0].size
-                    del self._ready[key]
-                if fresh:
-                    self._queues[key] = deque(fresh)
-                    if not held:
-                        self._ready[key] = None
-                        self._ready_bytes += fresh[0].size
-                else:
+                if not held:
+                    self._withdraw(key, queue[0])
+                fresh = deque(r for i, r in enumerate(queue) if i < held or r.deadline >= now)
+                out.extend(r for i, r in enumerate(queue) if i >= held and r.deadline < now)
+                if not fresh:
                     del self._queues[key]
-        self.waiting -= len(expired)
-        return expired
+                    continue
+                self._queues[key] = fresh
+                if not held:
+                    self._offer(key, fresh[0])
+        self.waiting -= len(out)
+        return out
 
     def drain(self) -> list[PendingRecord]:
         """Remove and return every record held here (queued or backing off)."""
-        out = [entry[2] for entry in self._retries]
+        out = [r for entry in self._retries for r in entry[2]]
         self._retries.clear()
+        retrying = {id(r) for r in out}
         if not self.ordered:
-            out.extend(self._fifo)
-            self._fifo.clear()
-            self._fifo_bytes = 0
+            for lane in self._lanes.values():
+                out.extend(lane.records)
+                lane.records.clear()
+                lane.nbytes = 0
         else:
             for key, queue in self._queues.items():
-                held = key not in self._ready
-                out.extend(r for i, r in enumerate(queue) if not (i == 0 and held))
-            # heads in flight stay until their request ends; drop everything else
+                held = self._held.get(key, 0)
+                out.extend(r for i, r in enumerate(queue) if i >= held)
+            # records on their way stay until their request ends; the rest is gone
             self._queues = {
-                k: deque((q[0],)) for k, q in self._queues.items() if k not in self._ready
+                k: deque(r for r in list(q)[: self._held[k]] if id(r) not in retrying)
+                for k, q in self._queues.items()
+                if k in self._held
             }
-            self._ready.clear()
-            self._ready_bytes = 0
+            for lane in self._lanes.values():
+                lane.ready.clear()
+                lane.nbytes = 0
+        self._queued = self._queued_bytes = 0
         self.waiting = 0
         return out
 

@@ -15,13 +15,17 @@ from typing import Any
 import anyio
 import orjson
 
-from .. import _aws, errors
+from .. import _aws, aggregation, errors
 from .._putrecords import PutRecordsTransport, encode_entry
 from ..limits import KinesisLimits
 from ..models import PutResult
 from ..shardmap import parse_explicit_hash_key
-from .accumulator import Accumulator, Ledger, PendingRecord
+from .accumulator import Accumulator
+from .ledger import Ledger
+from .ratelimit import ShardRateLimiter
+from .records import PendingRecord
 from .sender import Sender
+from .shards import ShardTracker
 
 __all__ = ["Producer", "ProducerStats"]
 
@@ -33,6 +37,9 @@ _ENTRY_OVERHEAD = 64  # JSON punctuation of one entry, beyond data and key
 RECORD_OVERHEAD = 320
 """Bytes of bookkeeping per queued record (its future and the entry's bytes object),
 counted with the encoded entry against ``max_queue_bytes`` (measured on CPython 3.11)."""
+RATE_BURST = 0.5
+"""Seconds' worth of a shard's write limits its token buckets hold: sends stay within
+AWS's one-second budget even when a network hiccup bunches two bursts together."""
 _STOP_TIMEOUT = 5.0  # longest wait for the cancelled sender to unwind
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 _DATA_HEAD = b'{"Data":"'
@@ -40,6 +47,11 @@ _KEY_HEAD = b'","PartitionKey":'
 _TAIL_KEY = len(_KEY_HEAD)  # where the key's JSON starts in a cached entry tail
 _b64 = binascii.b2a_base64
 _dumps = orjson.dumps
+_sleep0 = asyncio.sleep
+_AGGREGATED_OVERHEAD = _ENTRY_OVERHEAD + RECORD_OVERHEAD
+
+
+_EMPTY_PAIR = (b"", b"")  # data.join(_EMPTY_PAIR): a compact copy of data
 _join = b"".join
 _monotonic = time.monotonic
 
@@ -53,7 +65,7 @@ class ProducerStats:
     queued_bytes: int
     """Bytes those records hold (their encoded entries), bounded by ``max_queue_bytes``."""
     waiting: int
-    """Waiting to be sent or to be retried."""
+    """Waiting to be sent or to be retried (or for a shard map refresh)."""
     in_flight: int
     """In a PutRecords request that has not answered yet."""
     in_flight_requests: int
@@ -64,6 +76,12 @@ class ProducerStats:
     requests: int
     failed_requests: int
     """Requests that failed as a whole (5xx, reset, timeout, rejected request)."""
+    kinesis_records: int = 0
+    """Kinesis records written: plain records, and aggregates (each counts once)."""
+    misrouted: int = 0
+    """Kinesis records that landed on a shard other than the predicted one."""
+    shard_map_refreshes: int = 0
+    """Shard maps loaded after the first (after a reshard, or a stale prediction)."""
 
 
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
@@ -81,6 +99,21 @@ def _check_seconds(name: str, value: object, *, positive: bool) -> float:
     if math.isnan(value) or math.isinf(value) or value < 0 or (positive and value == 0):
         raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} seconds, got {value}")
     return float(value)
+
+
+def _cost(size: int, aggregate: bool) -> int:
+    """Bytes a record of ``size`` holds in memory, counted against ``max_queue_bytes``:
+    its base64 entry, plus its raw data when it waits to be packed (aggregate)."""
+    return 4 * math.ceil(size / 3) + RECORD_OVERHEAD + (size + _ENTRY_OVERHEAD if aggregate else 0)
+
+
+def _serialise(obj: Any) -> bytes:
+    try:
+        return _dumps(obj)
+    except TypeError as exc:
+        raise errors.SerializationError(
+            f"cannot serialise {type(obj).__name__} as JSON: {exc}"
+        ) from exc
 
 
 def _hash_key(value: object) -> str:
@@ -113,9 +146,28 @@ class Producer:
       At most one record per partition key is in flight at a time, so a single hot key
       is limited to one record per round trip.
     - ``record_ttl``: seconds after ``put`` within which a record must be delivered.
-    - ``limits``: the :class:`KinesisLimits` requests are packed against.
-    - ``aggregate`` and ``rate_limit`` are validated but not active yet: records are sent
-      unaggregated and without per-shard pacing.
+    - ``limits``: the :class:`KinesisLimits` requests are packed against and shards are
+      paced by.
+    - ``aggregate``: pack records into KPL aggregates (which the KCL, AWS Lambda and
+      :class:`~shardflow.Consumer` deaggregate), per predicted shard only, each at most
+      ``max_aggregate_bytes`` (default 51,200, the KPL's). An aggregate carries its first
+      record's partition key and an explicit hash key that lands it on its shard; a record
+      too large for an aggregate, or alone, goes on its own. Each record's
+      :class:`PutResult` has the aggregate's sequence number and the record's index in it
+      as ``sub_sequence_number``. A failed aggregate is retried as a whole. With
+      ``ordered=True``, same-key records may share an aggregate, in order.
+    - ``rate_limit``: the fraction of each shard's write limits
+      (``limits.shard_write_records_per_s`` and ``shard_write_bytes_per_s``; an aggregate
+      counts as one record) to use, paced with token buckets per shard, so that the
+      producer rarely meets throttling; a shard out of tokens never holds up the others.
+      None: no pacing.
+
+    With ``aggregate`` or ``rate_limit``, the producer loads the stream's shard map
+    (ListShards) when it starts, and refreshes it (in the background, at most once a
+    second) when a record lands on a shard other than the predicted one, e.g. after a
+    reshard. An aggregate that landed on a shard whose hash-key range does not hold all
+    its records (a KCL consumer would drop it) is sent again with the new map; one that
+    landed within range is delivered.
     """
 
     def __init__(
@@ -131,6 +183,7 @@ class Producer:
         linger: float = 0.1,
         max_in_flight: int = 8,
         aggregate: bool = False,
+        max_aggregate_bytes: int = aggregation.DEFAULT_MAX_BYTES,
         ordered: bool = False,
         rate_limit: float | None = 1.0,
         record_ttl: float = 30.0,
@@ -139,9 +192,7 @@ class Producer:
         self._stream_params = _aws.stream_params(stream)
         self.stream = stream
         if client is not None and (endpoint_url or region_name or credentials):
-            raise ValueError(
-                "pass either client or endpoint_url/region_name/credentials, not both"
-            )
+            raise ValueError("pass either client or endpoint_url/region_name/credentials, not both")
         if credentials is not None and not isinstance(credentials, _aws.CredentialSource):
             raise TypeError(f"credentials must be a CredentialSource, got {credentials!r}")
         if limits is None:
@@ -151,7 +202,9 @@ class Producer:
         self.limits = limits
         self.max_queue_records = _check_int("max_queue_records", max_queue_records, 1)
         self.max_queue_bytes = _check_int("max_queue_bytes", max_queue_bytes, 1)
-        largest = 4 * math.ceil(limits.max_record_bytes / 3) + _ENTRY_OVERHEAD + RECORD_OVERHEAD
+        if not isinstance(aggregate, bool):
+            raise TypeError(f"aggregate must be True or False, got {aggregate!r}")
+        largest = _cost(limits.max_record_bytes, aggregate) + _ENTRY_OVERHEAD
         if max_queue_bytes < largest:
             raise ValueError(
                 f"max_queue_bytes ({max_queue_bytes}) must hold one record of "
@@ -160,10 +213,13 @@ class Producer:
         self.linger = _check_seconds("linger", linger, positive=False)
         self.max_in_flight = _check_int("max_in_flight", max_in_flight, 1, 1000)
         self.record_ttl = _check_seconds("record_ttl", record_ttl, positive=True)
-        for name, flag in (("aggregate", aggregate), ("ordered", ordered)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be True or False, got {flag!r}")
+        if not isinstance(ordered, bool):
+            raise TypeError(f"ordered must be True or False, got {ordered!r}")
         self.aggregate = aggregate
+        # (an aggregate is also kept within limits.max_record_bytes, partition key included)
+        self.max_aggregate_bytes = _check_int(
+            "max_aggregate_bytes", max_aggregate_bytes, aggregation.OVERHEAD + 16
+        )
         self.ordered = ordered
         if rate_limit is not None:
             if not isinstance(rate_limit, int | float) or isinstance(rate_limit, bool):
@@ -179,9 +235,28 @@ class Producer:
         # a record must also fit a request on its own
         self._max_record_bytes = min(limits.max_record_bytes, limits.max_batch_bytes)
         self._keys: dict[str, tuple[bytes, int]] = {}
-        self._ledger = Ledger(max_queue_records, max_queue_bytes)
-        self._acc = Accumulator(limits, self.linger, ordered, self.record_ttl)
+        self._ledger = Ledger(max_queue_records, max_queue_bytes, holds_data=aggregate)
+        limiter = None
+        if rate_limit is not None:
+            limiter = ShardRateLimiter(
+                limits.shard_write_records_per_s * rate_limit,
+                limits.shard_write_bytes_per_s * rate_limit,
+                burst=RATE_BURST,
+            )
+        self._acc = Accumulator(
+            limits,
+            self.linger,
+            ordered,
+            self.record_ttl,
+            aggregate=aggregate,
+            max_aggregate_bytes=self.max_aggregate_bytes,
+            limiter=limiter,
+            pressure_records=max(1, max_queue_records // 4),
+        )
+        self._tracker: ShardTracker | None = None
         self._sender: Sender | None = None
+        self._yield = False
+        self._prepare = self._prepare_aggregated if aggregate else self._prepare_plain
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -194,10 +269,13 @@ class Producer:
     # --- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> Producer:
-        """Connect, check that the stream exists, start the sender.
+        """Connect, check that the stream exists, load its shard map, start the sender.
 
+        The shard map (ListShards) is loaded only with ``aggregate`` or ``rate_limit``.
         Raises :class:`errors.StreamNotFound` if the stream does not exist, other
-        :class:`errors.AWSError` subclasses if the endpoint cannot be reached or refuses.
+        :class:`errors.AWSError` subclasses if the endpoint cannot be reached or refuses
+        (:class:`errors.AccessDenied` also when ListShards is not allowed: pass
+        ``rate_limit=None`` to run without a shard map).
         Cancelled or failed, it closes what it opened; the producer cannot be reused.
         """
         if self._state != "new":
@@ -228,14 +306,16 @@ class Producer:
             )
             await transport.start()
             stack.push_async_callback(transport.aclose)
-            if self.aggregate:
-                log.warning("aggregate=True is not active yet: records are sent one by one")
+            if self.aggregate or self.rate_limit is not None:
+                self._tracker = ShardTracker(client, self.stream)
+                self._acc.set_map(await self._tracker.load())
             self._sender = Sender(
                 self._acc,
                 self._ledger,
                 transport,
                 max_in_flight=self.max_in_flight,
                 record_ttl=self.record_ttl,
+                tracker=self._tracker,
             )
             self._tg = anyio.create_task_group()
             await self._tg.__aenter__()
@@ -323,11 +403,22 @@ class Producer:
 
     # --- input --------------------------------------------------------------------------
 
-    def _prepare(self, obj: Any, partition_key: str, explicit_hash_key: Any) -> PendingRecord:
+    def _check_open(self) -> None:
+        if self._state in ("new", "starting"):
+            raise errors.ProducerClosed("the producer is not started (use `async with`)")
+        raise errors.ProducerClosed("the producer is closed")
+
+    def _too_large(self, data: bytes, key_bytes: int) -> errors.RecordTooLarge:
+        return errors.RecordTooLarge(
+            f"record is {len(data) + key_bytes} bytes (data {len(data)} + partition key "
+            f"{key_bytes}), over the limit of {self._max_record_bytes} "
+            "(limits.max_record_bytes, and limits.max_batch_bytes if smaller)"
+        )
+
+    def _prepare_plain(self, obj: Any, partition_key: str, explicit_hash_key: Any) -> PendingRecord:
+        """A new record with its PutRecords entry (unaggregated producers)."""
         if self._state != "open":
-            if self._state in ("new", "starting"):
-                raise errors.ProducerClosed("the producer is not started (use `async with`)")
-            raise errors.ProducerClosed("the producer is closed")
+            self._check_open()
         if type(obj) is bytes:
             data = obj
         elif isinstance(obj, _BYTES_LIKE):
@@ -335,30 +426,56 @@ class Producer:
         else:
             try:
                 data = _dumps(obj)
-            except TypeError as exc:
-                raise errors.SerializationError(
-                    f"cannot serialise {type(obj).__name__} as JSON: {exc}"
-                ) from exc
+            except TypeError:
+                data = _serialise(obj)  # raises SerializationError
         cached = self._keys.get(partition_key)
         if cached is None:
             cached = self._key_entry(partition_key)
         tail, key_bytes = cached
         size = len(data) + key_bytes
         if size > self._max_record_bytes:
-            raise errors.RecordTooLarge(
-                f"record is {size} bytes (data {len(data)} + partition key {key_bytes}), "
-                f"over the limit of {self._max_record_bytes} (limits.max_record_bytes, "
-                "and limits.max_batch_bytes if smaller)"
-            )
+            raise self._too_large(data, key_bytes)
+        record = PendingRecord(loop=self._loop)
         if explicit_hash_key is None:
             fragment = _join((_DATA_HEAD, _b64(data, newline=False), tail))
+            record.ehk = None
         else:
-            fragment = encode_entry(data, tail[_TAIL_KEY:-1], _hash_key(explicit_hash_key))
-        record = PendingRecord(loop=self._loop)
+            ehk = record.ehk = _hash_key(explicit_hash_key)
+            fragment = encode_entry(data, tail[_TAIL_KEY:-1], ehk)
         record.fragment = fragment
         record.key = partition_key
         record.size = size
         record.cost = len(fragment) + RECORD_OVERHEAD
+        record.deadline = _monotonic() + self.record_ttl
+        record.attempts = None
+        return record
+
+    def _prepare_aggregated(
+        self, obj: Any, partition_key: str, explicit_hash_key: Any
+    ) -> PendingRecord:
+        """A new record keeping its data, to be packed when sent (aggregating producers)."""
+        if self._state != "open":
+            self._check_open()
+        if type(obj) is bytes:
+            data = obj
+        elif isinstance(obj, _BYTES_LIKE):
+            data = bytes(obj)
+        else:
+            # orjson's result keeps a 4 KiB allocation alive: a record that waits to be
+            # packed holds a compact copy instead (cheaper than the memory it saves)
+            data = _serialise(obj).join(_EMPTY_PAIR)
+        cached = self._keys.get(partition_key)
+        if cached is None:
+            cached = self._key_entry(partition_key)
+        size = len(data) + cached[1]
+        if size > self._max_record_bytes:
+            raise self._too_large(data, cached[1])
+        record = PendingRecord(loop=self._loop)
+        record.ehk = None if explicit_hash_key is None else _hash_key(explicit_hash_key)
+        record.data = data
+        record.key = partition_key
+        record.size = size
+        record.cost = size + 4 * ((size + 2) // 3) + _AGGREGATED_OVERHEAD
         record.deadline = _monotonic() + self.record_ttl
         record.attempts = None
         return record
@@ -368,8 +485,7 @@ class Producer:
             raise errors.InvalidPartitionKey(f"partition_key must be a str, got {key!r}")
         if not key or len(key) > self._max_key_chars:
             raise errors.InvalidPartitionKey(
-                f"partition_key must have 1 to {self._max_key_chars} characters, "
-                f"got {len(key)}"
+                f"partition_key must have 1 to {self._max_key_chars} characters, got {len(key)}"
             )
         try:
             encoded = key.encode()
@@ -402,6 +518,12 @@ class Producer:
         producer closes while this waits). Cancelled while waiting for room, nothing was
         accepted.
         """
+        if self._yield:
+            # (aggregating) a batch became ready at the last put: let the sender pack it
+            # now, while its records are fresh in the CPU caches, rather than when the
+            # queue is full (a loop of puts with room never waits otherwise)
+            self._yield = False
+            await _sleep0(0)
         record = self._prepare(obj, partition_key, explicit_hash_key)
         ledger = self._ledger
         if not ledger.try_admit(record):
@@ -411,6 +533,7 @@ class Producer:
         if self._acc.add(record):  # _queue(), inlined: this is the hot path
             assert self._sender is not None
             self._sender.notify()
+            self._yield = self.aggregate and self._acc.waiting > 1
         return record
 
     def put_nowait(
@@ -459,7 +582,7 @@ class Producer:
         return ProducerStats(
             queued=self._ledger.records,
             queued_bytes=self._ledger.bytes,
-            waiting=self._acc.waiting,
+            waiting=self._acc.waiting + (sender.parked_records if sender else 0),
             in_flight=sender.in_flight_records if sender else 0,
             in_flight_requests=sender.in_flight_requests if sender else 0,
             delivered=sender.delivered if sender else 0,
@@ -467,4 +590,7 @@ class Producer:
             retried=sender.retried if sender else 0,
             requests=sender.requests if sender else 0,
             failed_requests=sender.failed_requests if sender else 0,
+            kinesis_records=sender.kinesis_records if sender else 0,
+            misrouted=sender.misrouted if sender else 0,
+            shard_map_refreshes=self._tracker.refreshes if self._tracker else 0,
         )

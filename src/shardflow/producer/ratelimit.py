@@ -142,7 +142,7 @@ class ShardRateLimiter:
             )
         return pair
 
-    def delay(self, shard_id: str, records: int, nbytes: int) -> float:
+    def delay(self, shard_id: str, records: float, nbytes: float) -> float:
         """Seconds until ``reserve`` of the same amounts would be granted; takes nothing."""
         record_bucket, byte_bucket = self._pair(shard_id)
         return max(
@@ -150,7 +150,7 @@ class ShardRateLimiter:
             byte_bucket.delay_until_available(nbytes),
         )
 
-    def reserve(self, shard_id: str, records: int, nbytes: int) -> float:
+    def reserve(self, shard_id: str, records: float, nbytes: float) -> float:
         """Reserve ``records`` records and ``nbytes`` bytes of ``shard_id``'s budget.
 
         Returns 0.0 when granted (the tokens are taken), else the seconds to wait before
@@ -163,6 +163,19 @@ class ShardRateLimiter:
         record_bucket.take(records)
         byte_bucket.take(nbytes)
         return 0.0
+
+    def available(self, shard_id: str) -> tuple[float, float]:
+        """The records and bytes ``shard_id`` may send now (negative while in debt)."""
+        record_bucket, byte_bucket = self._pair(shard_id)
+        return record_bucket.tokens, byte_bucket.tokens
+
+    def take(self, shard_id: str, records: float, nbytes: float) -> None:
+        """Take ``records`` and ``nbytes`` from ``shard_id``'s budget unconditionally (into
+        debt if need be), e.g. for a batch cut to what :meth:`available` allowed. Raises
+        ValueError for negative amounts."""
+        record_bucket, byte_bucket = self._pair(shard_id)
+        record_bucket.take(records)
+        byte_bucket.take(nbytes)
 
     def forget(self, shard_id: str) -> None:
         """Drop a shard's buckets (no error if unknown)."""

@@ -1,11 +1,22 @@
 """The sender: one loop that cuts batches and keeps up to ``max_in_flight`` requests going.
 
-Each PutRecords answer is read entry by entry. Delivered entries resolve their futures;
-failed entries with a retriable code (throughput exceeded, internal failure) go back to
-the accumulator, first in line, after an exponential backoff with full jitter; other codes
-fail their records at once. A request-level failure (5xx, reset, timeout) is handled the
-same way for every record of the request. Nothing is retried past a record's deadline
-(``record_ttl`` after ``put``). Every try is recorded as an :class:`Attempt`.
+Each PutRecords answer is read entry by entry. A delivered entry resolves its record, or
+every record of its aggregate (with its index as sub-sequence number). Failed entries
+with a retriable code (throughput exceeded, internal failure) go back to the
+accumulator, first in line, after an exponential backoff with full jitter: a failed
+aggregate's records all go back together (they are re-packed when cut again, with the
+shard map of that moment). Other codes fail their records at once. A request-level
+failure (5xx, reset, timeout) is handled the same way for every record of the request.
+Nothing is retried past a record's deadline (``record_ttl`` after ``put``). Every try is
+recorded as an :class:`Attempt`.
+
+An entry that lands on a shard other than the predicted one means the shard map is stale:
+the tracker refreshes it. A plain record is delivered wherever it landed. An aggregate
+was written too, but a KCL consumer drops an aggregate holding any record outside its
+shard's hash-key range: once the landed shard's range is known (after the refresh, if
+need be), the records are delivered if the range holds them all, and otherwise sent
+again (re-packed with the new map), after a ``WrongShard`` attempt — at least once, as
+every retry.
 
 If the loop crashes, every record not yet resolved fails with
 :class:`errors.DeliveryFailed` before the error propagates, so no delivery is left
@@ -26,7 +37,11 @@ from anyio.abc import TaskStatus
 from .. import _aws, errors
 from .._putrecords import PutRecordsTransport
 from ..models import Attempt
-from .accumulator import Accumulator, Ledger, PendingRecord
+from ..shardmap import ShardMap, hash_key
+from .accumulator import Accumulator
+from .ledger import Ledger
+from .records import Aggregate, Entry, PendingRecord
+from .shards import ShardTracker
 
 __all__ = ["Sender"]
 
@@ -39,6 +54,8 @@ BACKOFF_CAP = 5.0
 REQUEST_TIMEOUT = 30.0
 """Longest a request may wait for its answer (it is also cut at its records' deadline)."""
 MIN_REQUEST_TIMEOUT = 0.2
+WRONG_SHARD = "WrongShard"
+"""Error code of the attempt of an aggregate that landed where a KCL consumer drops it."""
 
 _monotonic = time.monotonic  # the producer's clock for deadlines and linger
 
@@ -52,6 +69,10 @@ def _retriable(code: str) -> bool:
     return known
 
 
+def _records(entry: Entry) -> list[PendingRecord]:
+    return entry.records if type(entry) is Aggregate else [entry]  # type: ignore[list-item]
+
+
 class Sender:
     """Drains the accumulator into PutRecords requests and resolves every record."""
 
@@ -63,14 +84,22 @@ class Sender:
         *,
         max_in_flight: int,
         record_ttl: float,
+        tracker: ShardTracker | None = None,
     ) -> None:
         self._acc = accumulator
         self._ledger = ledger
         self._transport = transport
         self._max_in_flight = max_in_flight
         self._sweep_interval = min(1.0, max(0.05, record_ttl / 20))
+        self._tracker = tracker
+        if tracker is not None:
+            tracker.on_refresh = self._map_refreshed
+        self._tracker_scope = anyio.CancelScope()
         self._wake: asyncio.Future[None] | None = None
-        self._flying: dict[int, list[PendingRecord]] = {}
+        self._flying: dict[int, tuple[list[Entry], int]] = {}
+        # aggregates that landed on a shard whose range is unknown until the next refresh:
+        # (aggregate, landed shard, sequence number, successful attempt)
+        self._parked: list[tuple[Aggregate, str, str, Attempt]] = []
         self._next_id = 0
         self._closing = False
         self._scope = anyio.CancelScope()
@@ -83,6 +112,8 @@ class Sender:
         self.retried = 0
         self.requests = 0
         self.failed_requests = 0
+        self.kinesis_records = 0
+        self.misrouted = 0
 
     # --- control ------------------------------------------------------------------------
 
@@ -105,6 +136,11 @@ class Sender:
     def in_flight_requests(self) -> int:
         return len(self._flying)
 
+    @property
+    def parked_records(self) -> int:
+        """Records of aggregates waiting for a shard map refresh to be judged."""
+        return sum(len(agg.records) for agg, *_ in self._parked)
+
     # --- the loop -----------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -112,8 +148,11 @@ class Sender:
         try:
             with self._scope:
                 async with anyio.create_task_group() as tg:
+                    if self._tracker is not None:
+                        tg.start_soon(self._track, self._tracker)
                     task_status.started()
                     await self._loop(tg)
+                    self._tracker_scope.cancel()
         except Exception as exc:
             self.crashed = cause = _leaf(exc)
             log.exception("shardflow producer: sender crashed; failing every pending record")
@@ -124,14 +163,19 @@ class Sender:
         finally:
             self.finished.set()
 
+    async def _track(self, tracker: ShardTracker) -> None:
+        with self._tracker_scope:
+            await tracker.run()
+
     async def _loop(self, tg: anyio.abc.TaskGroup) -> None:
         loop = asyncio.get_running_loop()
         acc = self._acc
         ledger = self._ledger
+        tracker = self._tracker
         next_sweep = _monotonic() + self._sweep_interval
         while True:
             now = _monotonic()
-            if self._closing and acc.waiting == 0 and not self._flying:
+            if self._closing and acc.waiting == 0 and not self._flying and not self._parked:
                 return
             flushing = self._closing or ledger.flushing
             if now >= next_sweep:
@@ -142,18 +186,28 @@ class Sender:
                     self._fail(
                         expired, "record_ttl ran out while the record was queued", None, taken=False
                     )
+                if self._parked:
+                    self._expire_parked(now)
             while len(self._flying) < self._max_in_flight:
-                batch = acc.next_batch(now, flushing)
-                if batch is None:
+                cut = acc.next_batch(now, flushing)
+                if acc.expired:
+                    expired, acc.expired = acc.expired, []
+                    self._fail(
+                        expired,
+                        "record_ttl ran out before the record could be sent",
+                        None,
+                        taken=False,
+                    )
+                if cut is None:
                     break
-                # Seam: per-shard rate tokens will be taken here before the batch goes.
-                live = self._drop_expired(batch, now)
-                if live:
-                    self._dispatch(tg, live)
+                self._dispatch(tg, *cut)
+            if acc.unmapped and tracker is not None:
+                acc.unmapped = False
+                tracker.mark_stale()
             wake_at: float | None = None
             if len(self._flying) < self._max_in_flight:
                 wake_at = acc.wake_time(now, flushing)
-            if acc.waiting:
+            if acc.waiting or self._parked:
                 wake_at = next_sweep if wake_at is None else min(wake_at, next_sweep)
             await self._sleep(loop, wake_at)
 
@@ -172,35 +226,25 @@ class Sender:
             if timer is not None:
                 timer.cancel()
 
-    def _drop_expired(self, batch: list[PendingRecord], now: float) -> list[PendingRecord]:
-        for record in batch:
-            if record.deadline <= now:
-                break
-        else:
-            return batch
-        expired = [r for r in batch if r.deadline <= now]
-        self._fail(expired, "record_ttl ran out before the record could be sent", None)
-        return [r for r in batch if r.deadline > now]
-
-    def _dispatch(self, tg: anyio.abc.TaskGroup, batch: list[PendingRecord]) -> None:
+    def _dispatch(self, tg: anyio.abc.TaskGroup, batch: list[Entry], records: int) -> None:
         request_id = self._next_id
         self._next_id += 1
-        self._flying[request_id] = batch
-        self.in_flight_records += len(batch)
+        self._flying[request_id] = (batch, records)
+        self.in_flight_records += records
         self.requests += 1
         tg.start_soon(self._send, request_id, batch)
 
     # --- one request --------------------------------------------------------------------
 
-    async def _send(self, request_id: int, batch: list[PendingRecord]) -> None:
+    async def _send(self, request_id: int, batch: list[Entry]) -> None:
         started_at = time.time()
         t0 = _monotonic()
-        latest = max(r.deadline for r in batch)
+        latest = max(e.deadline for e in batch)
         timeout = min(REQUEST_TIMEOUT, max(latest - t0, MIN_REQUEST_TIMEOUT))
         completed = False
         try:
             try:
-                results = await self._transport.put_records([r.fragment for r in batch], timeout)
+                results = await self._transport.put_records([e.fragment for e in batch], timeout)
             except errors.AWSError as exc:
                 self.failed_requests += 1
                 attempt = Attempt(exc.code, exc.message or str(exc), started_at, _monotonic() - t0)
@@ -211,13 +255,12 @@ class Sender:
         finally:
             # A cancelled or crashed request stays in _flying: fail_all() resolves it.
             if completed:
-                del self._flying[request_id]
-                self.in_flight_records -= len(batch)
+                self.in_flight_records -= self._flying.pop(request_id)[1]
                 self.notify()
 
     def _read_results(
         self,
-        batch: list[PendingRecord],
+        batch: list[Entry],
         results: list[dict[str, Any]],
         started_at: float,
         duration: float,
@@ -225,23 +268,47 @@ class Sender:
         ok = Attempt(None, None, started_at, duration)
         first_try = (ok,)
         done: list[PendingRecord] = []
-        failed: list[tuple[PendingRecord, dict[str, Any]]] = []
+        failed: list[tuple[Entry, dict[str, Any]]] = []
         append = done.append
-        for record, entry in zip(batch, results, strict=True):
-            shard_id = entry.get("ShardId")
-            sequence_number = entry.get("SequenceNumber")
-            if shard_id and sequence_number and "ErrorCode" not in entry:
-                if not record.done():  # (the caller may have cancelled its future)
-                    record._shard_id = shard_id
-                    record._sequence_number = sequence_number
-                    record.tries = first_try if record.attempts is None else (*record.attempts, ok)
-                    record.set_result(None)  # type: ignore[arg-type]  # see PendingRecord
-                append(record)
-            elif entry.get("ErrorCode") is None and shard_id and sequence_number:
-                record.deliver(shard_id, sequence_number, (*(record.attempts or ()), ok))
-                append(record)
-            else:
-                failed.append((record, entry))
+        if self._tracker is None:  # the plain records of a producer without a shard map
+            plain: list[PendingRecord] = batch  # type: ignore[assignment]
+            for record, result in zip(plain, results, strict=True):
+                shard_id = result.get("ShardId")
+                sequence_number = result.get("SequenceNumber")
+                if shard_id and sequence_number and result.get("ErrorCode") is None:
+                    if not record.done():  # (the caller may have cancelled its future)
+                        record._shard_id = shard_id
+                        record._sequence_number = sequence_number
+                        record.tries = (
+                            first_try if record.attempts is None else (*record.attempts, ok)
+                        )
+                        record.set_result(None)  # type: ignore[arg-type]  # see PendingRecord
+                    append(record)
+                else:
+                    failed.append((record, result))
+        else:
+            misrouted = False
+            for entry, result in zip(batch, results, strict=True):
+                shard_id = result.get("ShardId")
+                sequence_number = result.get("SequenceNumber")
+                if shard_id and sequence_number and result.get("ErrorCode") is None:
+                    if type(entry) is Aggregate:
+                        self._landed(entry, shard_id, sequence_number, first_try, done)
+                        continue
+                    one: PendingRecord = entry  # type: ignore[assignment]
+                    if not one.done():
+                        one._shard_id = shard_id
+                        one._sequence_number = sequence_number
+                        one.tries = first_try if one.attempts is None else (*one.attempts, ok)
+                        one.set_result(None)  # type: ignore[arg-type]
+                    if one.shard != shard_id:
+                        misrouted = True
+                    append(one)
+                else:
+                    failed.append((entry, result))
+            if misrouted:
+                self._misrouted()
+        self.kinesis_records += len(batch) - len(failed)
         if done:
             self.delivered += len(done)
             self._resolved(done)
@@ -251,14 +318,19 @@ class Sender:
         # Failures are resolved in groups (one log line each), keyed by code and message.
         expired: dict[tuple[str, str], list[PendingRecord]] = {}
         rejected: dict[tuple[str, str], list[PendingRecord]] = {}
-        for record, entry in failed:
-            code = str(entry.get("ErrorCode") or "InvalidResponse")
-            message = str(entry.get("ErrorMessage") or "")
-            self._record_attempt(record, Attempt(code, message, started_at, duration))
+        for entry, result in failed:
+            code = str(result.get("ErrorCode") or "InvalidResponse")
+            message = str(result.get("ErrorMessage") or "")
+            attempt = Attempt(code, message, started_at, duration)
+            records = _records(entry)
+            for record in records:
+                self._record_attempt(record, attempt)
             if not _retriable(code):
-                rejected.setdefault((code, message), []).append(record)
-            elif not self._retry(record, now):
-                expired.setdefault((code, message), []).append(record)
+                rejected.setdefault((code, message), []).extend(records)
+            else:
+                late = self._retry(records, now)
+                if late:
+                    expired.setdefault((code, message), []).extend(late)
         for (code, message), records in rejected.items():
             cause = _aws.error_for_code(code, message, "PutRecords")
             self._fail(records, f"Kinesis rejected the record: {code}", cause)
@@ -267,15 +339,16 @@ class Sender:
             self._fail(records, "record_ttl ran out before a successful try", cause)
 
     def _request_failed(
-        self, batch: list[PendingRecord], attempt: Attempt, exc: errors.AWSError, now: float
+        self, batch: list[Entry], attempt: Attempt, exc: errors.AWSError, now: float
     ) -> None:
-        for record in batch:
+        records = [r for entry in batch for r in _records(entry)]
+        for record in records:
             self._record_attempt(record, attempt)
         if not exc.retriable:
-            self._fail(batch, f"PutRecords failed: {exc}", exc)
+            self._fail(records, f"PutRecords failed: {exc}", exc)
             return
-        log.debug("PutRecords failed (%s); retrying %d records", exc.code, len(batch))
-        expired = [record for record in batch if not self._retry(record, now)]
+        log.debug("PutRecords failed (%s); retrying %d records", exc.code, len(records))
+        expired = [r for entry in batch for r in self._retry(_records(entry), now)]
         if expired:
             self._fail(expired, "record_ttl ran out before a successful try", exc)
 
@@ -286,16 +359,135 @@ class Sender:
         else:
             record.attempts.append(attempt)
 
-    def _retry(self, record: PendingRecord, now: float) -> bool:
-        """Schedule another try after a jittered backoff; False if it would miss the TTL."""
-        tries = len(record.attempts or ())
-        ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, tries - 1))
-        when = now + random.random() * ceiling
-        if when >= record.deadline:
-            return False
-        self.retried += 1
-        self._acc.retry_at(record, when)
+    def _retry(
+        self, records: list[PendingRecord], now: float, *, backoff: bool = True
+    ) -> list[PendingRecord]:
+        """Schedule another try of ``records`` (one entry's) together, after a jittered
+        backoff; return those whose deadline that would miss (not scheduled)."""
+        when = now
+        if backoff:
+            tries = max(len(r.attempts or ()) for r in records)
+            when += random.random() * min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, tries - 1))
+        live = [r for r in records if when < r.deadline]
+        if live:
+            self.retried += len(live)
+            self._acc.retry_at(live, when)
+        if len(live) == len(records):
+            return []
+        return [r for r in records if when >= r.deadline]
+
+    # --- aggregates off their predicted shard -------------------------------------------
+
+    def _landed(
+        self,
+        agg: Aggregate,
+        shard_id: str,
+        sequence_number: str,
+        first_try: tuple[Attempt],
+        done: list[PendingRecord],
+    ) -> None:
+        """An aggregate was written on ``shard_id``: deliver its records, or judge them."""
+        if shard_id != agg.shard:
+            self._misrouted()
+            holds = self._holds_all(agg, shard_id)
+            if holds is None:
+                self._parked.append((agg, shard_id, sequence_number, first_try[0]))
+                return
+            if not holds:
+                self._wrong_shard(agg, shard_id, first_try[0])
+                return
+        _deliver_all(agg.records, shard_id, sequence_number, first_try)
+        done.extend(agg.records)
+
+    def _misrouted(self) -> None:
+        self.misrouted += 1
+        if self._tracker is not None:
+            self._tracker.mark_stale()
+
+    def _holds_all(self, agg: Aggregate, shard_id: str) -> bool | None:
+        """Whether ``shard_id``'s hash-key range holds every record of ``agg`` (None: the
+        range is unknown until the shard map is refreshed)."""
+        assert self._tracker is not None
+        found = self._tracker.ranges.get(shard_id)
+        if found is None:
+            return None
+        low, high = found
+        hashes: dict[str, int] = {}
+        for record in agg.records:
+            if record.ehk is not None:
+                value = int(record.ehk)
+            else:
+                value = hashes.get(record.key, -1)
+                if value < 0:
+                    value = hashes[record.key] = hash_key(record.key)
+            if not low <= value <= high:
+                return False
         return True
+
+    def _wrong_shard(self, agg: Aggregate, shard_id: str, ok: Attempt) -> None:
+        """Send ``agg``'s records again: a KCL consumer drops the copy on ``shard_id``."""
+        log.info(
+            "an aggregate of %d records predicted for %s landed on %s, which does not hold "
+            "them all: sending them again",
+            len(agg.records),
+            agg.shard,
+            shard_id,
+        )
+        attempt = Attempt(
+            WRONG_SHARD,
+            f"the aggregate landed on {shard_id}, whose hash-key range does not hold all its "
+            "records (a KCL consumer drops it); sent again",
+            ok.started_at,
+            ok.duration,
+        )
+        for record in agg.records:
+            self._record_attempt(record, attempt)
+        late = self._retry(agg.records, _monotonic(), backoff=False)
+        if late:
+            self._fail(late, "record_ttl ran out before a successful try", None)
+
+    def _map_refreshed(self, shard_map: ShardMap) -> None:
+        """A new shard map: pack with it from now on, judge the parked aggregates."""
+        self._acc.set_map(shard_map)
+        parked, self._parked = self._parked, []
+        done: list[PendingRecord] = []
+        for agg, shard_id, sequence_number, ok in parked:
+            if self._holds_all(agg, shard_id):
+                _deliver_all(agg.records, shard_id, sequence_number, (ok,))
+                done.extend(agg.records)
+            else:
+                self._wrong_shard(agg, shard_id, ok)
+        if done:
+            self.delivered += len(done)
+            self._resolved(done)
+        self.notify()
+
+    def _expire_parked(self, now: float) -> None:
+        """Fail the parked records whose deadline passed before the map could be refreshed."""
+        keep: list[tuple[Aggregate, str, str, Attempt]] = []
+        late: list[PendingRecord] = []
+        for item in self._parked:
+            agg = item[0]
+            if min(r.deadline for r in agg.records) > now:
+                keep.append(item)
+                continue
+            attempt = Attempt(
+                WRONG_SHARD,
+                f"the aggregate landed on {item[1]}, whose hash-key range is not known yet",
+                item[3].started_at,
+                item[3].duration,
+            )
+            for record in agg.records:
+                self._record_attempt(record, attempt)
+            late.extend(agg.records)
+        self._parked = keep
+        if late:
+            self._fail(
+                late,
+                "record_ttl ran out: the aggregate landed on an unexpected shard, and the shard "
+                "map could not be refreshed to check that a KCL consumer keeps it",
+                None,
+            )
 
     # --- resolution ---------------------------------------------------------------------
 
@@ -322,11 +514,15 @@ class Sender:
         self._resolved(records, taken=taken)
 
     def fail_all(self, error: errors.DeliveryFailed) -> None:
-        """Fail every record not yet resolved (queued, backing off or in flight)."""
+        """Fail every record not yet resolved (queued, backing off, in flight or parked)."""
         pending = self._acc.drain()
-        for batch in self._flying.values():
-            pending.extend(batch)
+        for batch, _ in self._flying.values():
+            for entry in batch:
+                pending.extend(_records(entry))
+        for agg, *_ in self._parked:
+            pending.extend(agg.records)
         self._flying.clear()
+        self._parked.clear()
         unique = list({id(r): r for r in pending}.values())
         for record in unique:
             _set_failed(
@@ -338,6 +534,20 @@ class Sender:
             log.warning("%d record(s) not delivered: %s", len(unique), error)
         self.in_flight_records = 0
         self._ledger.release(unique)
+
+
+def _deliver_all(
+    records: list[PendingRecord], shard_id: str, sequence_number: str, first_try: tuple[Attempt]
+) -> None:
+    """Resolve an aggregate's records as delivered, each with its index in it."""
+    ok = first_try[0]
+    for index, record in enumerate(records):
+        if not record.done():  # (the caller may have cancelled its future)
+            record._shard_id = shard_id
+            record._sequence_number = sequence_number
+            record._sub = index
+            record.tries = first_try if record.attempts is None else (*record.attempts, ok)
+            record.set_result(None)  # type: ignore[arg-type]  # see PendingRecord
 
 
 def _set_failed(record: PendingRecord, error: errors.DeliveryFailed) -> None:
