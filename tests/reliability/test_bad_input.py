@@ -184,8 +184,7 @@ async def test_fuzzed_put_arguments_get_the_documented_error_and_poison_nothing(
 
         @settings(
             max_examples=400, deadline=None, derandomize=True,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                   HealthCheck.filter_too_much],
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         )
         @given(obj=objects, key=keys, hash_key=hash_keys)
         def fuzz(obj: Any, key: Any, hash_key: Any) -> None:

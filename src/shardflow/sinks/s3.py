@@ -741,6 +741,6 @@ def _positive(value: object) -> bool:
     return (
         isinstance(value, int | float)
         and not isinstance(value, bool)
-        and math.isfinite(value)
+        and math.isfinite(value * 1e6)  # also in microseconds (max_interval)
         and value > 0
     )

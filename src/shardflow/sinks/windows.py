@@ -113,7 +113,7 @@ def _to_us(value: object) -> int:
         when = value.replace(tzinfo=_UTC) if value.tzinfo is None else value
         return (when - _EPOCH) // _US
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value * 1_000_000):
             raise ValueError(f"event time must be finite, got {value!r}")
         return round(value * 1_000_000)
     raise TypeError(
@@ -369,9 +369,7 @@ async def _call(fn: Callable[[Any], object], arg: object) -> None:
 
 
 def _nonneg(value: object) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value >= 0
-    )
+    """A number of seconds >= 0 whose microseconds are finite (ints of any size)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return value >= 0 and (isinstance(value, int) or math.isfinite(value * 1_000_000))
