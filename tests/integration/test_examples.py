@@ -6,12 +6,10 @@ test_collector_quickstart.py and test_leases_example.py.)
 
 from __future__ import annotations
 
-import ast
 import os
 import re
 import subprocess
 import sys
-import textwrap
 
 from support import ROOT
 
@@ -84,37 +82,3 @@ def test_web_service_logs_every_request() -> None:
     assert ("GET", "/items/seven", "404") in logged
     assert "5 requests logged" in out
 
-
-def readme_python_blocks() -> list[tuple[str | None, str]]:
-    """(example it is taken from, or None; code) for every ```python block of README.md."""
-    text = (ROOT / "README.md").read_text()
-    blocks = re.finditer(
-        r"(?:<!-- from (examples/\S+) -->\n)?( *)```python\n(.*?)\n\2```", text, re.DOTALL
-    )
-    return [
-        (m.group(1), textwrap.dedent("\n".join(line[len(m.group(2)):]
-                                               for line in m.group(3).splitlines())))
-        for m in blocks
-    ]
-
-
-def test_readme_quick_starts_are_the_tested_examples() -> None:
-    blocks = readme_python_blocks()
-    excerpts = [(source, code) for source, code in blocks if source is not None]
-    assert len(excerpts) >= 4, "README quick starts lost their <!-- from ... --> markers"
-    for source, code in excerpts:
-        assert source is not None
-        example = textwrap.dedent((ROOT / source).read_text())
-        lines = code.splitlines()
-        found = False
-        for indent in range(0, 17, 4):
-            shifted = "\n".join((" " * indent + line) if line else "" for line in lines)
-            if shifted in example:
-                found = True
-        assert found, f"README block is not a verbatim excerpt of {source}:\n{code}"
-
-
-def test_readme_python_blocks_parse() -> None:
-    for _, code in readme_python_blocks():
-        compile(code, "README.md", "exec",
-                flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT | ast.PyCF_ONLY_AST)
