@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import logging
 import tempfile
 from pathlib import Path
 
@@ -75,6 +74,5 @@ async def main(endpoint_url: str, checkpoints: Path) -> None:
 
 
 if __name__ == "__main__":
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the local server's access log
     with local_endpoint() as url, tempfile.TemporaryDirectory() as tmp:
         asyncio.run(asyncio.wait_for(main(url, Path(tmp) / "checkpoints.db"), timeout=60))

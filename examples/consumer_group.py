@@ -15,7 +15,6 @@ lease table (KCL layout) is created on first use.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import Counter
 from typing import Any
@@ -157,6 +156,5 @@ async def main(endpoint_url: str) -> None:
 
 
 if __name__ == "__main__":
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the local server's access log
     with local_endpoint() as url:
         asyncio.run(asyncio.wait_for(main(url), timeout=90))

@@ -12,7 +12,6 @@ the second run gets exactly the 20 orders not processed yet. Against AWS, drop
 from __future__ import annotations
 
 import asyncio
-import logging
 import tempfile
 from pathlib import Path
 
@@ -69,6 +68,5 @@ async def main(endpoint_url: str, checkpoints: Path) -> None:
 
 
 if __name__ == "__main__":
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the local server's access log
     with local_endpoint() as url, tempfile.TemporaryDirectory() as tmp:
         asyncio.run(asyncio.wait_for(main(url, Path(tmp) / "checkpoints.db"), timeout=60))

@@ -10,7 +10,6 @@ usual AWS configuration) and create the stream beforehand.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import Counter
 
 from _resources import create_stream
@@ -66,6 +65,5 @@ async def main(endpoint_url: str) -> None:
 
 
 if __name__ == "__main__":
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the local server's access log
     with local_endpoint() as url:
         asyncio.run(asyncio.wait_for(main(url), timeout=60))

@@ -16,7 +16,6 @@ from the stream. In production, start it with ``web.run_app(make_app(...))`` and
 from __future__ import annotations
 
 import asyncio
-import logging
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -140,6 +139,5 @@ async def main(endpoint_url: str, spool: Path) -> None:
 
 
 if __name__ == "__main__":
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the local server's access log
     with local_endpoint() as url, tempfile.TemporaryDirectory() as tmp:
         asyncio.run(asyncio.wait_for(main(url, Path(tmp) / "requests.db"), timeout=60))

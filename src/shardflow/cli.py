@@ -322,7 +322,6 @@ def _configure_logging(debug: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.INFO)
     else:
         logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the local server's access log
 
 
 def _message(exc: BaseException, args: argparse.Namespace) -> str | None:

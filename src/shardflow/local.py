@@ -36,8 +36,14 @@ def make_server(port: int = 0, host: str = LOOPBACK) -> Any:
         raise ImportError(
             "the local endpoint needs moto's server: pip install 'moto[server]'"
         ) from exc
+    class QuietHandler(MotoRequestHandler):
+        """Per-request lines go to shardflow.local at DEBUG, not werkzeug's stderr log."""
+
+        def log_request(self, code: Any = "-", size: Any = "-") -> None:
+            log.debug("%s %s %s", self.command, self.path, code)
+
     app = DomainDispatcherApplication(create_backend_app)
-    return werkzeug_make_server(host, port, app, threaded=False, request_handler=MotoRequestHandler)
+    return werkzeug_make_server(host, port, app, threaded=False, request_handler=QuietHandler)
 
 
 def _url(server: Any) -> str:

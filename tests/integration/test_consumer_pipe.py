@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import anyio
+import anyio.abc
 import orjson
 
-from shardflow import Consumer, MemoryCheckpointer, S3Sink
+from shardflow import Consumer, DynamoDBLeases, MemoryCheckpointer, S3Sink
 
-from support import create_stream
+from support import create_stream, unique_name
 from support_consumer import POLL, no_more, put_records
+from support_leases import wait_loads
 from support_sinks import all_lines, new_bucket
 
 
@@ -44,3 +46,64 @@ async def test_pipe_archives_everything_and_resumes_after_it(moto_url: str) -> N
         poll_interval=POLL,
     ) as again:
         assert await no_more(again) == []
+
+
+async def test_pipe_keeps_going_when_a_lease_moves_to_a_joining_worker(
+    kinesalite_url: str, moto_url: str
+) -> None:
+    stream = create_stream(kinesalite_url, shards=4)
+    bucket = new_bucket(moto_url)
+    table = unique_name("leases")
+    sent: list[int] = []
+
+    def archived() -> set[int]:
+        return {line["i"] for _, line in all_lines(moto_url, bucket)}
+
+    async def worker(name: str, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        leases = DynamoDBLeases(table, worker_id=name, failover_time=1.5, endpoint_url=moto_url)
+        async with Consumer(
+            stream, app_name="archive", checkpointer=leases, endpoint_url=kinesalite_url,
+            poll_interval=POLL,
+        ) as consumer:
+            task_status.started()
+            await consumer.pipe(S3Sink(bucket, max_interval=0.3, stream=stream,
+                                       endpoint_url=moto_url))
+
+    async def produce(stop: anyio.Event) -> None:
+        # Records keep flowing, so the first worker holds unsaved positions when a
+        # lease is taken from it.
+        while not stop.is_set():
+            batch = [(f"user-{i % 37}", orjson.dumps({"i": i}))
+                     for i in range(len(sent), len(sent) + 40)]
+            await anyio.to_thread.run_sync(put_records, kinesalite_url, stream, batch)
+            sent.extend(orjson.loads(data)["i"] for _, data in batch)
+            await anyio.sleep(0.05)
+
+    stop = anyio.Event()
+    async with anyio.create_task_group() as group:
+        group.start_soon(produce, stop)
+        first = anyio.CancelScope()
+
+        async def run_first(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            with first:
+                await worker("first", task_status=task_status)
+
+        await group.start(run_first)
+        await wait_loads(moto_url, table, lambda c: c.get("first") == 4, within=30)
+        second = anyio.CancelScope()
+
+        async def run_second(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            with second:
+                await worker("second", task_status=task_status)
+
+        await group.start(run_second)
+        counts = await wait_loads(
+            moto_url, table, lambda c: c.get("first") == 2 and c.get("second") == 2, within=30
+        )
+        stop.set()
+        with anyio.fail_after(30):
+            while not set(sent) <= await anyio.to_thread.run_sync(archived):  # noqa: ASYNC110
+                await anyio.sleep(0.2)  # polling S3 from outside, no event to wait on
+        first.cancel()
+        second.cancel()
+    print(f"{len(sent)} records archived by a group that rebalanced to {dict(counts)}")

@@ -405,14 +405,21 @@ class Consumer:
 
         Runs until the consumer closes (or the sink or checkpointer fails, which is
         raised). On close, cancellation or error the sink is closed, which writes what it
-        holds, and the positions it then reports are checkpointed; nothing else is.
+        holds, and the positions it then reports are checkpointed; nothing else is. A shard
+        whose lease was lost meanwhile is skipped (its new owner reads it again).
         ``aclose()`` waits (up to ``close_timeout``) for this before its final checkpoints.
         """
         coord = self._running()
 
         async def checkpoint(record: Record) -> None:
             # Allowed while closing: close waits for this pipe's last checkpoints.
-            await self._store(coord, record)
+            try:
+                await self._store(coord, record)
+            except errors.LeaseLost:
+                # Another worker owns the shard now and reads it again from its last
+                # checkpoint; the sink's objects for it are rewritten under the same keys.
+                log.info("%s was lost; its archived records are not checkpointed here",
+                         record.shard_id)
 
         drained = anyio.Event()
         self._pipes.append(drained)

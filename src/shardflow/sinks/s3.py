@@ -335,10 +335,15 @@ class S3Sink:
             await self.aclose()
         finally:
             # The task group exits here, where its cancel scope is the current one
-            # (aclose() may run inside other scopes, e.g. shielded by a caller).
+            # (aclose() may run inside other scopes, e.g. shielded by a caller). Only a
+            # cancellation concerns it; any other error of the block propagates as is,
+            # not wrapped in an ExceptionGroup.
             tg, self._tg = self._tg, None
             if tg is not None:
-                await tg.__aexit__(exc_type, exc, tb)
+                if isinstance(exc, anyio.get_cancelled_exc_class()):
+                    await tg.__aexit__(exc_type, exc, tb)
+                else:
+                    await tg.__aexit__(None, None, None)
 
     async def aclose(self) -> Durable:
         """Refuse new records, write everything buffered, stop the timer, close the client.
