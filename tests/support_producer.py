@@ -102,6 +102,8 @@ class ScriptedKinesis:
         self.accepted: list[Entry] = []
         self.connections = 0
         self.list_shards_calls = 0
+        self.list_shards_error: str | None = None
+        """An error code every ListShards call fails with (None: answer)."""
         self._generation = 0
         self._closed: list[dict[str, Any]] = []
         self._seq = 0
@@ -196,6 +198,8 @@ class ScriptedKinesis:
             )
         if target.endswith("ListShards"):
             self.list_shards_calls += 1
+            if self.list_shards_error is not None:
+                return self._error(500, self.list_shards_error, "scripted ListShards failure")
             return web.json_response(
                 {"Shards": self._closed + [self.shard_item(i) for i in range(self.shards)]},
                 content_type="application/x-amz-json-1.1",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from shardflow import Producer, PutResult
+from shardflow import KinesisLimits, Producer, PutResult
 
 from . import RunContext
 
@@ -20,14 +20,21 @@ AGGREGATES = False
 READ_RESULTS = False
 
 
-async def produce(ctx: RunContext, *, read_results: bool, aggregate: bool = False) -> None:
+async def produce(
+    ctx: RunContext,
+    *,
+    read_results: bool,
+    aggregate: bool = False,
+    rate_limit: float | None = None,
+    limits: KinesisLimits | None = None,
+) -> None:
     """Put every event, flush, then check every delivery (timed); raise if one failed.
 
-    Client-side pacing is off (``rate_limit=None``), as for every contender.
+    Client-side pacing is off (``rate_limit=None``) unless asked, as for every contender.
     """
     async with Producer(
-        ctx.stream, endpoint_url=ctx.url, region_name=ctx.region, rate_limit=None,
-        aggregate=aggregate,
+        ctx.stream, endpoint_url=ctx.url, region_name=ctx.region, rate_limit=rate_limit,
+        aggregate=aggregate, limits=limits,
     ) as producer:
         await producer.put_and_wait({"warm": "up"}, partition_key="warm-up")
         ctx.extra_records += 1

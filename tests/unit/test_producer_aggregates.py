@@ -321,3 +321,33 @@ async def test_close_with_a_stalled_endpoint_fails_aggregated_records() -> None:
         assert all(isinstance(o, errors.DeliveryFailed) for o in outcomes)
         assert producer.stats().queued == 0
         kinesis.release()
+
+
+async def test_without_a_fresh_map_misrouted_aggregates_wait_then_fail_at_their_ttl(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with (
+        ScriptedKinesis("s", shards=2) as kinesis,
+        Producer(
+            "s", endpoint_url=kinesis.url, aggregate=True, linger=0.01, record_ttl=1.5
+        ) as producer,
+    ):
+        kinesis.list_shards_error = "InternalFailure"  # no refresh will succeed
+        kinesis.reshard(4)
+        futures = [await producer.put(b"%d" % i, partition_key=f"u{i}") for i in range(100)]
+        with anyio.fail_after(20):
+            outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        assert producer.stats().waiting == 0
+        kinesis.list_shards_error = None
+        with anyio.fail_after(20):  # the producer recovers once ListShards answers again
+            result = await producer.put_and_wait(b"after", partition_key="u1")
+    failed = [o for o in outcomes if isinstance(o, errors.DeliveryFailed)]
+    delivered = [o for o in outcomes if isinstance(o, PutResult)]
+    assert failed  # landed outside their new shard: never reported as delivered
+    for failure in failed:
+        assert [a.error_code for a in failure.attempts] == [WRONG_SHARD]
+    # what landed on a shard that holds all its records was delivered at once
+    for outcome in delivered:
+        assert [a.error_code for a in outcome.attempts] == [None]
+    assert result.shard_id in {kinesis.shard_id(i) for i in range(4)}
+    assert "could not refresh the shard map" in caplog.text

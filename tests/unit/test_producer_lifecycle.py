@@ -41,6 +41,10 @@ async def wait_until(condition: Any, within: float = 10.0) -> None:
         ({"partition_key": "k" * 257}, errors.InvalidPartitionKey),
         ({"partition_key": 42}, errors.InvalidPartitionKey),
         ({"partition_key": "\ud800"}, errors.InvalidPartitionKey),
+        ({"partition_key": ["k"]}, errors.InvalidPartitionKey),  # unhashable
+        ({"partition_key": {"k": 1}}, errors.InvalidPartitionKey),
+        # AWS counts UTF-16 code units: 129 astral characters are 258
+        ({"partition_key": "\U0001f600" * 129}, errors.InvalidPartitionKey),
         ({"partition_key": "k", "explicit_hash_key": "-1"}, errors.InvalidHashKey),
         ({"partition_key": "k", "explicit_hash_key": str(2**128)}, errors.InvalidHashKey),
         ({"partition_key": "k", "explicit_hash_key": "12a"}, errors.InvalidHashKey),
@@ -63,6 +67,17 @@ async def test_bad_keys_fail_at_put(kwargs: dict[str, Any], error: type[Exceptio
         assert producer.stats().queued == 0
     assert isinstance(good, PutResult)
     assert [e.data for e in kinesis.accepted] == [b"ok"]
+
+
+async def test_a_key_of_256_utf16_units_is_accepted() -> None:
+    async with (
+        ScriptedKinesis("s") as kinesis,
+        Producer("s", endpoint_url=kinesis.url, linger=0) as producer,
+    ):
+        key = "\U0001f600" * 128
+        result = await producer.put_and_wait(b"x", partition_key=key)
+    assert result.sequence_number
+    assert [e.partition_key for e in kinesis.accepted] == [key]
 
 
 async def test_bad_records_fail_at_put_and_never_affect_others() -> None:
@@ -123,6 +138,10 @@ async def test_bytes_like_are_sent_as_is_and_values_as_json() -> None:
         ({"ordered": 1}, TypeError),
         ({"limits": {"max_batch_records": 5}}, TypeError),
         ({"client": object(), "endpoint_url": "http://127.0.0.1:1"}, ValueError),
+        ({"endpoint_url": 5}, TypeError),
+        ({"endpoint_url": "localhost:4567"}, ValueError),
+        ({"region_name": 1.5}, TypeError),
+        ({"aggregate": True, "max_aggregate_bytes": 10}, ValueError),
         ({"credentials": "secret"}, TypeError),
     ],
 )
@@ -135,7 +154,7 @@ def test_stream_must_be_a_name_or_kinesis_arn() -> None:
     with pytest.raises(ValueError, match="ARN"):
         Producer("arn:aws:s3:::bucket")
     Producer("arn:aws:kinesis:us-east-1:123456789012:stream/logs")
-    Producer("logs", rate_limit=None, aggregate=True)  # accepted (not active yet)
+    Producer("logs", rate_limit=None, aggregate=True, max_aggregate_bytes=1000)
 
 
 async def test_put_before_start_and_after_close_is_refused() -> None:

@@ -119,9 +119,7 @@ class Accumulator:
         if not self.ordered:
             for lane in old.values():
                 for record in lane.records:
-                    target = self._lane_for(record)
-                    target.records.append(record)
-                    target.nbytes += record.size
+                    self._lane_for(record).records.append(record)
             return
         for queue in self._queues.values():
             for record in queue:
@@ -152,6 +150,12 @@ class Accumulator:
         record.shard = lane.shard_id
         return lane
 
+    def suspend(self, shard_id: str | None) -> None:
+        """Hold the records predicted for ``shard_id`` until the next :meth:`set_map`."""
+        lane = self._lanes.get(shard_id)
+        if lane is not None and lane.shard_id is not None:
+            lane.suspended = True
+
     # --- input --------------------------------------------------------------------------
 
     def add(self, record: PendingRecord) -> bool:
@@ -175,12 +179,10 @@ class Accumulator:
                 record.shard = lane.shard_id
         if not self.ordered:
             lane.records.append(record)
-            size = record.size
-            lane.nbytes += size
             n = self._queued = self._queued + 1
             before = self._queued_bytes
-            self._queued_bytes = before + size
-            return n == 1 or n == self._full_records or before < self.max_bytes <= before + size
+            after = self._queued_bytes = before + record.size
+            return n == 1 or n == self._full_records or before < self.max_bytes <= after
         if lane_of is None:
             record.shard = None
         queue = self._queues.get(record.key)
@@ -260,10 +262,8 @@ class Accumulator:
             lane = self._lanes[shard_id]
             records.sort(key=_deadline)
             lane.records.extendleft(reversed(records))
-            size = sum(r.size for r in records)
-            lane.nbytes += size
             self._queued += len(records)
-            self._queued_bytes += size
+            self._queued_bytes += sum(r.size for r in records)
 
     def _head(self, lane: Lane) -> tuple[PendingRecord | None, int]:
         """The oldest record a lane offers (None: none), and how many it offers."""
@@ -276,6 +276,7 @@ class Accumulator:
     def _scan(self, now: float, flushing: bool) -> tuple[list[Lane] | None, float]:
         """(lanes that may send, if a batch is due now, else None; when to look again)."""
         limiter = self.limiter
+        ordered = self.ordered
         sendable: list[Lane] = []
         n = nbytes = 0
         oldest = blocked = _INF
@@ -294,19 +295,24 @@ class Accumulator:
             return None, oldest
         for lane in self._lanes.values():
             head, offered = self._head(lane)
-            if head is None:
+            if head is None or lane.suspended:
                 continue
+            # (unordered lanes do not keep their bytes: the head's size times the count
+            # estimates them, for decisions that need no more than an estimate)
+            lane_bytes = lane.nbytes if ordered else offered * head.size
             if limiter is not None and lane.shard_id is not None:
                 need_n = 1.0 if self.aggregate else min(offered, self._granule_records)
-                need_b = max(head.size, min(lane.nbytes, self._granule_bytes))
+                need_b = max(head.size, min(lane_bytes, self._granule_bytes))
                 wait = limiter.delay(lane.shard_id, need_n, need_b)
                 if wait > 0:
                     blocked = min(blocked, now + wait)
                     continue
             sendable.append(lane)
             n += offered
-            nbytes += lane.nbytes
+            nbytes += lane_bytes
             oldest = min(oldest, head.deadline + self._linger_offset)
+        if not ordered and blocked == _INF:
+            nbytes = self._queued_bytes  # every lane may send: the exact total
         if sendable and (
             flushing or oldest <= now or n >= self._full_records or nbytes >= self.max_bytes
         ):
@@ -345,31 +351,44 @@ class Accumulator:
         room_n = self.max_records
         room_b = self.max_bytes
         taken = 0
-        for lane in lanes:
-            if room_n <= 0 or room_b <= 0:
-                break
-            tokens_n = tokens_b = _INF
-            paced = limiter is not None and lane.shard_id is not None
-            if paced:
-                tokens_n, tokens_b = limiter.available(lane.shard_id)  # type: ignore[union-attr, arg-type]
-            first = len(entries)
-            if self.ordered:
-                taken += self._take_runs(lane, entries, room_n, room_b, tokens_n, tokens_b, now)
-                used = sum(e.size for e in entries[first:])
-            else:
-                cut = packer.pack if self.aggregate else packer.take_plain
-                n, nbytes, used = cut(
-                    lane, entries, room_n, room_b, tokens_n, tokens_b, now, expired
-                )
-                taken += n
-                self._queued -= n
-                self._queued_bytes -= nbytes
-            added = len(entries) - first
-            if added:
+        # First each lane gets an equal share of the request (fair between shards, and a
+        # batch then spans the oldest records of every lane), then what is left over.
+        share_n = -(-room_n // len(lanes))
+        share_b = -(-room_b // len(lanes))
+        sent: set[int] = set()  # lanes with an entry in the request (their first went)
+        for rest in (False, True) if len(lanes) > 1 else (True,):
+            for lane in lanes:
+                if room_n <= 0 or room_b <= 0:
+                    break
+                tokens_n = tokens_b = _INF
+                paced = limiter is not None and lane.shard_id is not None
                 if paced:
-                    limiter.take(lane.shard_id, added, used)  # type: ignore[union-attr, arg-type]
-                room_n -= added
-                room_b -= used
+                    tokens_n, tokens_b = limiter.available(lane.shard_id)  # type: ignore[union-attr, arg-type]
+                    if id(lane) in sent and (tokens_n < 1 or tokens_b <= 0):
+                        continue
+                room_n_lane = room_n if rest else min(room_n, share_n)
+                room_b_lane = room_b if rest else min(room_b, share_b)
+                first = len(entries)
+                if self.ordered:
+                    taken += self._take_runs(
+                        lane, entries, room_n_lane, room_b_lane, tokens_n, tokens_b, now
+                    )
+                    used = sum(e.size for e in entries[first:])
+                else:
+                    cut = packer.pack if self.aggregate else packer.take_plain
+                    n, nbytes, used = cut(
+                        lane, entries, room_n_lane, room_b_lane, tokens_n, tokens_b, now, expired
+                    )
+                    taken += n
+                    self._queued -= n
+                    self._queued_bytes -= nbytes
+                added = len(entries) - first
+                if added:
+                    sent.add(id(lane))
+                    if paced:
+                        limiter.take(lane.shard_id, added, used)  # type: ignore[union-attr, arg-type]
+                    room_n -= added
+                    room_b -= used
         if len(expired) > gone and not self.ordered:
             self._queued -= len(expired) - gone
             self._queued_bytes -= sum(r.size for r in expired[gone:])
@@ -438,7 +457,6 @@ class Accumulator:
                 for record in records:
                     (out if record.deadline < now else keep).append(record)
                 lane.records = keep
-                lane.nbytes = sum(r.size for r in keep)
             self._queued -= len(out)
             self._queued_bytes -= sum(r.size for r in out)
         else:
@@ -469,7 +487,6 @@ class Accumulator:
             for lane in self._lanes.values():
                 out.extend(lane.records)
                 lane.records.clear()
-                lane.nbytes = 0
         else:
             for key, queue in self._queues.items():
                 held = self._held.get(key, 0)

@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Sequence
+from operator import attrgetter
 
 from .. import errors
 from .records import PendingRecord
 
 __all__ = ["Ledger"]
+
+_cost = attrgetter("cost")
 
 
 class Ledger:
@@ -105,25 +108,20 @@ class Ledger:
     def release(self, records: Sequence[PendingRecord]) -> None:
         """Forget resolved records: free their room and payload, wake puts and flushes."""
         opened = self._open
-        n = 0
-        freed = 0
         if len(opened) == 1:  # no flush pending: every record is of the current epoch
-            for record in records:
-                n += 1
-                freed += record.cost
-                record.fragment = b""  # the payload is no longer needed: let it go
-            opened[self._epoch] -= n
+            opened[self._epoch] -= len(records)
         else:
             for record in records:
-                n += 1
-                freed += record.cost
                 opened[record.epoch] -= 1
-                record.fragment = b""
+        # the payload is no longer needed: let it go
         if self.holds_data:
             for record in records:
-                record.data = b""
-        self.records -= n
-        self.bytes -= freed
+                record.data = record.fragment = b""
+        else:
+            for record in records:
+                record.fragment = b""
+        self.records -= len(records)
+        self.bytes -= sum(map(_cost, records))
         self._wake_putter()
         if self._flushers or len(opened) > 1:
             self._retire_epochs()

@@ -41,7 +41,7 @@ _size = attrgetter("size")
 class Lane:
     """The records waiting for one predicted shard (``shard_id`` None: no prediction)."""
 
-    __slots__ = ("landing", "nbytes", "ready", "records", "shard_id")
+    __slots__ = ("landing", "nbytes", "ready", "records", "shard_id", "suspended")
 
     def __init__(self, shard_id: str | None, starting_hash_key: int | None = None) -> None:
         self.shard_id = shard_id
@@ -54,7 +54,10 @@ class Lane:
         self.ready: dict[str, None] = {}
         """Ordered producers: keys whose next records may go, in turn."""
         self.nbytes = 0
-        """Sizes of ``records`` (unordered), or of the ready keys' next records (ordered)."""
+        """Ordered producers: the sizes of the ready keys' next records."""
+        self.suspended = False
+        """True once an aggregate packed for the shard landed elsewhere: the lane waits
+        for the next shard map rather than send more aggregates to the wrong shard."""
 
     def __repr__(self) -> str:
         return f"<Lane {self.shard_id}: {len(self.records) or len(self.ready)} waiting>"
@@ -120,7 +123,7 @@ class Packer:
         records = lane.records
         cap_n = room_n if tokens_n >= room_n else max(1, int(tokens_n))
         cap_b = room_b if tokens_b >= room_b else tokens_b
-        n = used = gone = 0
+        n = used = 0
         append = out.append
         popleft = records.popleft
         while records and n < cap_n:
@@ -131,12 +134,10 @@ class Packer:
             popleft()
             if record.deadline <= now:
                 expired.append(record)
-                gone += size
                 continue
             used += size
             n += 1
             append(record)
-        lane.nbytes -= used + gone
         return n, used, used
 
     def pack(
@@ -157,7 +158,7 @@ class Packer:
         """
         records = lane.records
         aggregating = lane.shard_id is not None
-        taken = taken_bytes = gone = 0
+        taken = taken_bytes = 0
         entries = used = 0
         while records and entries < room_n and used < room_b:
             if entries and (entries >= tokens_n or used >= tokens_b):
@@ -165,7 +166,6 @@ class Packer:
             head = records[0]
             if head.deadline <= now:
                 expired.append(records.popleft())
-                gone += head.size
                 continue
             entry: Entry | None = None
             members: list[PendingRecord] = []
@@ -181,7 +181,6 @@ class Packer:
                             break
                         if record.deadline <= now:
                             expired.append(records.popleft())
-                            gone += record.size
                             continue
                         room -= len(record.data) + 6
                         if room < 0:
@@ -197,7 +196,6 @@ class Packer:
                         record = records[0]
                         if record.deadline <= now:
                             expired.append(records.popleft())
-                            gone += record.size
                             continue
                         if add(record.key, record.ehk, record.data) < 0:
                             break
@@ -216,7 +214,6 @@ class Packer:
             entries += 1
             used += entry.size
             taken += len(members)
-        lane.nbytes -= taken_bytes + gone
         return taken, taken_bytes, used
 
     # --- ordered ------------------------------------------------------------------------

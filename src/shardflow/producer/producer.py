@@ -166,8 +166,10 @@ class Producer:
     (ListShards) when it starts, and refreshes it (in the background, at most once a
     second) when a record lands on a shard other than the predicted one, e.g. after a
     reshard. An aggregate that landed on a shard whose hash-key range does not hold all
-    its records (a KCL consumer would drop it) is sent again with the new map; one that
-    landed within range is delivered.
+    its records (a KCL consumer drops it whole) is sent again with the new map, and the
+    records predicted for its shard wait for that map; one that landed within range is
+    delivered. Readers that keep misplaced aggregates (shardflow's Consumer,
+    aws-kinesis-agg) may then see those records twice: delivery is at least once.
     """
 
     def __init__(
@@ -191,6 +193,7 @@ class Producer:
     ) -> None:
         self._stream_params = _aws.stream_params(stream)
         self.stream = stream
+        _aws.check_endpoint(endpoint_url, region_name)
         if client is not None and (endpoint_url or region_name or credentials):
             raise ValueError("pass either client or endpoint_url/region_name/credentials, not both")
         if credentials is not None and not isinstance(credentials, _aws.CredentialSource):
@@ -428,7 +431,10 @@ class Producer:
                 data = _dumps(obj)
             except TypeError:
                 data = _serialise(obj)  # raises SerializationError
-        cached = self._keys.get(partition_key)
+        try:
+            cached = self._keys.get(partition_key)
+        except TypeError:  # unhashable: not a str
+            cached = None
         if cached is None:
             cached = self._key_entry(partition_key)
         tail, key_bytes = cached
@@ -461,10 +467,17 @@ class Producer:
         elif isinstance(obj, _BYTES_LIKE):
             data = bytes(obj)
         else:
+            try:
+                data = _dumps(obj)
+            except TypeError:
+                data = _serialise(obj)  # raises SerializationError
             # orjson's result keeps a 4 KiB allocation alive: a record that waits to be
             # packed holds a compact copy instead (cheaper than the memory it saves)
-            data = _serialise(obj).join(_EMPTY_PAIR)
-        cached = self._keys.get(partition_key)
+            data = data.join(_EMPTY_PAIR)
+        try:
+            cached = self._keys.get(partition_key)
+        except TypeError:  # unhashable: not a str
+            cached = None
         if cached is None:
             cached = self._key_entry(partition_key)
         size = len(data) + cached[1]
@@ -483,15 +496,21 @@ class Producer:
     def _key_entry(self, key: object) -> tuple[bytes, int]:
         if not isinstance(key, str):
             raise errors.InvalidPartitionKey(f"partition_key must be a str, got {key!r}")
-        if not key or len(key) > self._max_key_chars:
-            raise errors.InvalidPartitionKey(
-                f"partition_key must have 1 to {self._max_key_chars} characters, got {len(key)}"
-            )
         try:
             encoded = key.encode()
             key_json = orjson.dumps(key)
         except (UnicodeEncodeError, TypeError) as exc:
             raise errors.InvalidPartitionKey(f"partition_key is not valid Unicode: {exc}") from exc
+        # AWS counts a key's length in UTF-16 code units: a character outside the Basic
+        # Multilingual Plane (4 bytes in UTF-8) counts twice
+        units = (
+            len(key) + sum(1 for c in key if c > "\uffff") if len(encoded) > len(key) else len(key)
+        )
+        if not key or units > self._max_key_chars:
+            raise errors.InvalidPartitionKey(
+                f"partition_key must have 1 to {self._max_key_chars} characters (UTF-16 code "
+                f"units, as AWS counts them), got {units}"
+            )
         if len(self._keys) >= _KEY_CACHE_SIZE:
             self._keys.clear()
         entry = self._keys[key] = (_KEY_HEAD + key_json + b"}", len(encoded))

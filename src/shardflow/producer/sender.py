@@ -13,10 +13,11 @@ recorded as an :class:`Attempt`.
 An entry that lands on a shard other than the predicted one means the shard map is stale:
 the tracker refreshes it. A plain record is delivered wherever it landed. An aggregate
 was written too, but a KCL consumer drops an aggregate holding any record outside its
-shard's hash-key range: once the landed shard's range is known (after the refresh, if
-need be), the records are delivered if the range holds them all, and otherwise sent
-again (re-packed with the new map), after a ``WrongShard`` attempt — at least once, as
-every retry.
+shard's hash-key range: its records are delivered if the landed shard's range holds them
+all, and otherwise wait for the refreshed map and are sent again (re-packed with it),
+after a ``WrongShard`` attempt: at least once, as every retry (a reader that does not
+drop such aggregates, as shardflow's Consumer, sees those records twice). Meanwhile the
+records predicted for that shard wait too, so that no more aggregates go astray.
 
 If the loop crashes, every record not yet resolved fails with
 :class:`errors.DeliveryFailed` before the error propagates, so no delivery is left
@@ -97,8 +98,8 @@ class Sender:
         self._tracker_scope = anyio.CancelScope()
         self._wake: asyncio.Future[None] | None = None
         self._flying: dict[int, tuple[list[Entry], int]] = {}
-        # aggregates that landed on a shard whose range is unknown until the next refresh:
-        # (aggregate, landed shard, sequence number, successful attempt)
+        # aggregates that landed where a KCL consumer may drop them, waiting for the next
+        # shard map: (aggregate, landed shard, sequence number, the attempt that wrote it)
         self._parked: list[tuple[Aggregate, str, str, Attempt]] = []
         self._next_id = 0
         self._closing = False
@@ -286,6 +287,27 @@ class Sender:
                     append(record)
                 else:
                     failed.append((record, result))
+        elif not self._acc.aggregate:  # plain records, each with its predicted shard
+            misrouted = False
+            plain = batch  # type: ignore[assignment]
+            for record, result in zip(plain, results, strict=True):
+                shard_id = result.get("ShardId")
+                sequence_number = result.get("SequenceNumber")
+                if shard_id and sequence_number and result.get("ErrorCode") is None:
+                    if not record.done():
+                        record._shard_id = shard_id
+                        record._sequence_number = sequence_number
+                        record.tries = (
+                            first_try if record.attempts is None else (*record.attempts, ok)
+                        )
+                        record.set_result(None)  # type: ignore[arg-type]
+                    if record.shard != shard_id:
+                        misrouted = True
+                    append(record)
+                else:
+                    failed.append((record, result))
+            if misrouted:
+                self._misrouted()
         else:
             misrouted = False
             for entry, result in zip(batch, results, strict=True):
@@ -386,15 +408,14 @@ class Sender:
         first_try: tuple[Attempt],
         done: list[PendingRecord],
     ) -> None:
-        """An aggregate was written on ``shard_id``: deliver its records, or judge them."""
+        """An aggregate was written on ``shard_id``: deliver its records, or park them
+        until the refreshed shard map tells where to send them again (sending them with
+        the stale map would only land them on the wrong shard once more)."""
         if shard_id != agg.shard:
             self._misrouted()
-            holds = self._holds_all(agg, shard_id)
-            if holds is None:
+            if not self._holds_all(agg, shard_id):
                 self._parked.append((agg, shard_id, sequence_number, first_try[0]))
-                return
-            if not holds:
-                self._wrong_shard(agg, shard_id, first_try[0])
+                self._acc.suspend(agg.shard)  # no more aggregates to where it went wrong
                 return
         _deliver_all(agg.records, shard_id, sequence_number, first_try)
         done.extend(agg.records)
@@ -404,13 +425,13 @@ class Sender:
         if self._tracker is not None:
             self._tracker.mark_stale()
 
-    def _holds_all(self, agg: Aggregate, shard_id: str) -> bool | None:
-        """Whether ``shard_id``'s hash-key range holds every record of ``agg`` (None: the
-        range is unknown until the shard map is refreshed)."""
+    def _holds_all(self, agg: Aggregate, shard_id: str) -> bool:
+        """Whether ``shard_id``'s hash-key range holds every record of ``agg`` (False
+        while the range is unknown)."""
         assert self._tracker is not None
         found = self._tracker.ranges.get(shard_id)
         if found is None:
-            return None
+            return False
         low, high = found
         hashes: dict[str, int] = {}
         for record in agg.records:
@@ -473,7 +494,7 @@ class Sender:
                 continue
             attempt = Attempt(
                 WRONG_SHARD,
-                f"the aggregate landed on {item[1]}, whose hash-key range is not known yet",
+                f"the aggregate landed on {item[1]}, which may not hold all its records",
                 item[3].started_at,
                 item[3].duration,
             )
@@ -485,7 +506,8 @@ class Sender:
             self._fail(
                 late,
                 "record_ttl ran out: the aggregate landed on an unexpected shard, and the shard "
-                "map could not be refreshed to check that a KCL consumer keeps it",
+                "map could not be refreshed in time to send it again where a KCL consumer "
+                "keeps it",
                 None,
             )
 
