@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shardflow import Consumer, KinesisLimits, Producer, PutResult, errors
@@ -80,18 +80,6 @@ def expected_errors(obj: Any, key: Any, hash_key: Any) -> set[type[Exception]]:
     return found
 
 
-def known_producer_gap(key: Any) -> bool:
-    """Inputs the producer mishandles today (xfail tests below): keys of at most 256 code
-    points but more than 256 UTF-16 units, and unhashable keys."""
-    if isinstance(key, str):
-        return len(key) <= LIMITS.max_partition_key_chars < utf16_units(key)
-    try:
-        hash(key)
-    except TypeError:
-        return True
-    return False
-
-
 # --- strategies ----------------------------------------------------------------------------
 
 _CHARS = ["a", "é", "€", "\U0001f600", "\U00010000", "\ud800", "\udfff", "\x00", "\n"]
@@ -103,7 +91,7 @@ keys = st.one_of(
         lambda a, b: "k" * a + "\U0001f600" * b, st.integers(0, 256), st.integers(0, 140)
     ),
     st.sampled_from(["", "k", "k" * 256, "k" * 257]),
-    st.sampled_from([None, 5, 1.5, b"key", ("t",), True]),
+    st.sampled_from([None, 5, 1.5, b"key", ("t",), True, ["k"], {"k": 1}, {"k"}]),
 )
 def nested(depth: int) -> list[Any]:
     value: list[Any] = []
@@ -188,7 +176,6 @@ async def test_fuzzed_put_arguments_get_the_documented_error_and_poison_nothing(
         )
         @given(obj=objects, key=keys, hash_key=hash_keys)
         def fuzz(obj: Any, key: Any, hash_key: Any) -> None:
-            assume(not known_producer_gap(key))
             expected = expected_errors(obj, key, hash_key)
             put_good()
             try:
@@ -230,16 +217,9 @@ async def test_fuzzed_put_arguments_get_the_documented_error_and_poison_nothing(
                             "SerializationError"}
 
 
-# --- known producer bugs (reported): strict xfail, so the fix is noticed -------------------
+# --- keys AWS counts in UTF-16 units; unhashable keys -------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="producer bug (reported): partition key length is counted in code points, AWS "
-    "and kinesalite count UTF-16 units; 129..256 astral characters are accepted at put() "
-    "and the whole PutRecords request is then refused (ValidationException), failing "
-    "every good record sent with it.",
-)
 async def test_a_key_over_256_utf16_units_is_refused_at_put_and_poisons_nothing(
     kinesalite_url: str,
 ) -> None:
@@ -257,11 +237,6 @@ async def test_a_key_over_256_utf16_units_is_refused_at_put_and_poisons_nothing(
     assert bad is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="producer bug (reported): an unhashable partition_key raises a bare TypeError "
-    "('unhashable type') from the key cache instead of InvalidPartitionKey",
-)
 @pytest.mark.parametrize("key", [["k"], {"k": 1}, {"k"}], ids=["list", "dict", "set"])
 async def test_an_unhashable_key_is_an_invalid_partition_key(
     kinesalite_url: str, key: Any
