@@ -8,11 +8,13 @@ record to its new lane.
 A batch is cut when the oldest record of a lane that may send has lingered ``linger``
 seconds, when those lanes hold a full request (or ``pressure_records``: a quarter of the
 queue bound, so a producer whose queue fills never waits for linger), or at once while
-flushing. It takes from every lane that may send, in turns, up to the request limits
-(:mod:`.packing` builds the entries, and the aggregates). With a rate limiter, a lane
-may send only what its shard's token buckets allow, and a lane short of tokens waits
-until it may send :data:`GRANULE` seconds' worth (or all it holds): a throttled shard
-goes in chunks, not record by record, and never holds up the other shards.
+flushing. It takes from every lane that may send, an equal share of the request each,
+then what is left, up to the request limits (:mod:`.packing` builds the entries, and the
+aggregates). With a rate limiter, a lane may send only what its shard's token buckets
+allow, and a lane short of tokens waits until it may send :data:`GRANULE` seconds' worth
+(or all it holds): a throttled shard goes in chunks, not record by record, and never
+holds up the other shards. A lane whose aggregate went astray (a stale map) is suspended
+until the next map.
 
 With ``ordered=True`` each partition key has a FIFO, and only keys with nothing on its way
 are offered ("ready"); all the records of a key that are on their way sit in one entry (a

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import binascii
 import logging
 import math
-import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import anyio
-import orjson
 
 from .. import _aws, aggregation, errors
-from .._putrecords import PutRecordsTransport, encode_entry
+from .._putrecords import PutRecordsTransport
 from ..limits import KinesisLimits
 from ..models import PutResult
-from ..shardmap import parse_explicit_hash_key
 from .accumulator import Accumulator
+from .encoding import RECORD_OVERHEAD as RECORD_OVERHEAD
+from .encoding import RecordMaker, record_cost
 from .ledger import Ledger
 from .ratelimit import ShardRateLimiter
 from .records import PendingRecord
@@ -32,28 +30,11 @@ __all__ = ["Producer", "ProducerStats"]
 log = logging.getLogger("shardflow.producer")
 
 MiB = 1024 * 1024
-_KEY_CACHE_SIZE = 4096
-_ENTRY_OVERHEAD = 64  # JSON punctuation of one entry, beyond data and key
-RECORD_OVERHEAD = 320
-"""Bytes of bookkeeping per queued record (its future and the entry's bytes object),
-counted with the encoded entry against ``max_queue_bytes`` (measured on CPython 3.11)."""
 RATE_BURST = 0.5
 """Seconds' worth of a shard's write limits its token buckets hold: sends stay within
 AWS's one-second budget even when a network hiccup bunches two bursts together."""
 _STOP_TIMEOUT = 5.0  # longest wait for the cancelled sender to unwind
-_BYTES_LIKE = (bytes, bytearray, memoryview)
-_DATA_HEAD = b'{"Data":"'
-_KEY_HEAD = b'","PartitionKey":'
-_TAIL_KEY = len(_KEY_HEAD)  # where the key's JSON starts in a cached entry tail
-_b64 = binascii.b2a_base64
-_dumps = orjson.dumps
 _sleep0 = asyncio.sleep
-_AGGREGATED_OVERHEAD = _ENTRY_OVERHEAD + RECORD_OVERHEAD
-
-
-_EMPTY_PAIR = (b"", b"")  # data.join(_EMPTY_PAIR): a compact copy of data
-_join = b"".join
-_monotonic = time.monotonic
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,28 +80,6 @@ def _check_seconds(name: str, value: object, *, positive: bool) -> float:
     if math.isnan(value) or math.isinf(value) or value < 0 or (positive and value == 0):
         raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} seconds, got {value}")
     return float(value)
-
-
-def _cost(size: int, aggregate: bool) -> int:
-    """Bytes a record of ``size`` holds in memory, counted against ``max_queue_bytes``:
-    its base64 entry, plus its raw data when it waits to be packed (aggregate)."""
-    return 4 * math.ceil(size / 3) + RECORD_OVERHEAD + (size + _ENTRY_OVERHEAD if aggregate else 0)
-
-
-def _serialise(obj: Any) -> bytes:
-    try:
-        return _dumps(obj)
-    except TypeError as exc:
-        raise errors.SerializationError(
-            f"cannot serialise {type(obj).__name__} as JSON: {exc}"
-        ) from exc
-
-
-def _hash_key(value: object) -> str:
-    """The explicit hash key as AWS wants it: a decimal string in [0, 2**128)."""
-    text = str(value) if type(value) is int else value
-    parse_explicit_hash_key(text)  # type: ignore[arg-type]  # raises InvalidHashKey
-    return text  # type: ignore[return-value]
 
 
 class Producer:
@@ -207,7 +166,7 @@ class Producer:
         self.max_queue_bytes = _check_int("max_queue_bytes", max_queue_bytes, 1)
         if not isinstance(aggregate, bool):
             raise TypeError(f"aggregate must be True or False, got {aggregate!r}")
-        largest = _cost(limits.max_record_bytes, aggregate) + _ENTRY_OVERHEAD
+        largest = record_cost(limits.max_record_bytes, aggregate)
         if max_queue_bytes < largest:
             raise ValueError(
                 f"max_queue_bytes ({max_queue_bytes}) must hold one record of "
@@ -234,10 +193,8 @@ class Producer:
         self._region_name = region_name
         self._client = client
         self._credentials = credentials
-        self._max_key_chars = limits.max_partition_key_chars
-        # a record must also fit a request on its own
-        self._max_record_bytes = min(limits.max_record_bytes, limits.max_batch_bytes)
-        self._keys: dict[str, tuple[bytes, int]] = {}
+        self._maker = RecordMaker(limits, aggregate=aggregate, record_ttl=self.record_ttl)
+        self._prepare = self._maker.make
         self._ledger = Ledger(max_queue_records, max_queue_bytes, holds_data=aggregate)
         limiter = None
         if rate_limit is not None:
@@ -259,7 +216,6 @@ class Producer:
         self._tracker: ShardTracker | None = None
         self._sender: Sender | None = None
         self._yield = False
-        self._prepare = self._prepare_aggregated if aggregate else self._prepare_plain
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -335,7 +291,7 @@ class Producer:
                     await stack.aclose()
             raise
         self._stack = stack
-        self._loop = asyncio.get_running_loop()
+        self._loop = self._maker.loop = asyncio.get_running_loop()
         self._state = "open"
         return self
 
@@ -411,111 +367,6 @@ class Producer:
             raise errors.ProducerClosed("the producer is not started (use `async with`)")
         raise errors.ProducerClosed("the producer is closed")
 
-    def _too_large(self, data: bytes, key_bytes: int) -> errors.RecordTooLarge:
-        return errors.RecordTooLarge(
-            f"record is {len(data) + key_bytes} bytes (data {len(data)} + partition key "
-            f"{key_bytes}), over the limit of {self._max_record_bytes} "
-            "(limits.max_record_bytes, and limits.max_batch_bytes if smaller)"
-        )
-
-    def _prepare_plain(self, obj: Any, partition_key: str, explicit_hash_key: Any) -> PendingRecord:
-        """A new record with its PutRecords entry (unaggregated producers)."""
-        if self._state != "open":
-            self._check_open()
-        if type(obj) is bytes:
-            data = obj
-        elif isinstance(obj, _BYTES_LIKE):
-            data = bytes(obj)
-        else:
-            try:
-                data = _dumps(obj)
-            except TypeError:
-                data = _serialise(obj)  # raises SerializationError
-        try:
-            cached = self._keys.get(partition_key)
-        except TypeError:  # unhashable: not a str
-            cached = None
-        if cached is None:
-            cached = self._key_entry(partition_key)
-        tail, key_bytes = cached
-        size = len(data) + key_bytes
-        if size > self._max_record_bytes:
-            raise self._too_large(data, key_bytes)
-        record = PendingRecord(loop=self._loop)
-        if explicit_hash_key is None:
-            fragment = _join((_DATA_HEAD, _b64(data, newline=False), tail))
-            record.ehk = None
-        else:
-            ehk = record.ehk = _hash_key(explicit_hash_key)
-            fragment = encode_entry(data, tail[_TAIL_KEY:-1], ehk)
-        record.fragment = fragment
-        record.key = partition_key
-        record.size = size
-        record.cost = len(fragment) + RECORD_OVERHEAD
-        record.deadline = _monotonic() + self.record_ttl
-        record.attempts = None
-        return record
-
-    def _prepare_aggregated(
-        self, obj: Any, partition_key: str, explicit_hash_key: Any
-    ) -> PendingRecord:
-        """A new record keeping its data, to be packed when sent (aggregating producers)."""
-        if self._state != "open":
-            self._check_open()
-        if type(obj) is bytes:
-            data = obj
-        elif isinstance(obj, _BYTES_LIKE):
-            data = bytes(obj)
-        else:
-            try:
-                data = _dumps(obj)
-            except TypeError:
-                data = _serialise(obj)  # raises SerializationError
-            # orjson's result keeps a 4 KiB allocation alive: a record that waits to be
-            # packed holds a compact copy instead (cheaper than the memory it saves)
-            data = data.join(_EMPTY_PAIR)
-        try:
-            cached = self._keys.get(partition_key)
-        except TypeError:  # unhashable: not a str
-            cached = None
-        if cached is None:
-            cached = self._key_entry(partition_key)
-        size = len(data) + cached[1]
-        if size > self._max_record_bytes:
-            raise self._too_large(data, cached[1])
-        record = PendingRecord(loop=self._loop)
-        record.ehk = None if explicit_hash_key is None else _hash_key(explicit_hash_key)
-        record.data = data
-        record.key = partition_key
-        record.size = size
-        record.cost = size + 4 * ((size + 2) // 3) + _AGGREGATED_OVERHEAD
-        record.deadline = _monotonic() + self.record_ttl
-        record.attempts = None
-        return record
-
-    def _key_entry(self, key: object) -> tuple[bytes, int]:
-        if not isinstance(key, str):
-            raise errors.InvalidPartitionKey(f"partition_key must be a str, got {key!r}")
-        try:
-            encoded = key.encode()
-            key_json = orjson.dumps(key)
-        except (UnicodeEncodeError, TypeError) as exc:
-            raise errors.InvalidPartitionKey(f"partition_key is not valid Unicode: {exc}") from exc
-        # AWS counts a key's length in UTF-16 code units: a character outside the Basic
-        # Multilingual Plane (4 bytes in UTF-8) counts twice
-        units = (
-            len(key) + sum(1 for c in key if c > "\uffff") if len(encoded) > len(key) else len(key)
-        )
-        if not key or units > self._max_key_chars:
-            raise errors.InvalidPartitionKey(
-                f"partition_key must have 1 to {self._max_key_chars} characters (UTF-16 code "
-                f"units, as AWS counts them), got {units}"
-            )
-        if len(self._keys) >= _KEY_CACHE_SIZE:
-            self._keys.clear()
-        entry = self._keys[key] = (_KEY_HEAD + key_json + b"}", len(encoded))
-        return entry
-
     def _queue(self, record: PendingRecord) -> None:
         if self._acc.add(record):
             assert self._sender is not None
@@ -543,6 +394,8 @@ class Producer:
             # queue is full (a loop of puts with room never waits otherwise)
             self._yield = False
             await _sleep0(0)
+        if self._state != "open":
+            self._check_open()
         record = self._prepare(obj, partition_key, explicit_hash_key)
         ledger = self._ledger
         if not ledger.try_admit(record):
@@ -559,6 +412,8 @@ class Producer:
         self, obj: Any, partition_key: str, *, explicit_hash_key: str | int | None = None
     ) -> asyncio.Future[PutResult]:
         """Like :meth:`put`, but raise :class:`errors.QueueFull` instead of waiting."""
+        if self._state != "open":
+            self._check_open()
         record = self._prepare(obj, partition_key, explicit_hash_key)
         if not self._ledger.try_admit(record):
             raise errors.QueueFull(

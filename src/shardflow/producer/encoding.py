@@ -1,0 +1,185 @@
+"""Turning ``put()`` arguments into records: validation, serialisation, sizes, costs.
+
+:class:`RecordMaker` does all of ``put()``'s per-record work before the record joins the
+queue, and raises the input errors (at the call, before anything is accepted). An
+unaggregated producer builds the record's PutRecords entry here, once; an aggregating one
+keeps a compact copy of the data, packed when the record is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import math
+import time
+from typing import Any
+
+import orjson
+
+from .. import errors
+from .._putrecords import encode_entry
+from ..limits import KinesisLimits
+from ..shardmap import parse_explicit_hash_key
+from .records import PendingRecord
+
+__all__ = ["ENTRY_OVERHEAD", "RECORD_OVERHEAD", "RecordMaker", "record_cost"]
+
+ENTRY_OVERHEAD = 64
+"""JSON punctuation of one PutRecords entry, beyond its data and key."""
+RECORD_OVERHEAD = 320
+"""Bytes of bookkeeping per queued record (its future and the entry's bytes object),
+counted with the encoded entry against ``max_queue_bytes`` (measured on CPython 3.11)."""
+
+_KEY_CACHE_SIZE = 4096
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+_DATA_HEAD = b'{"Data":"'
+_KEY_HEAD = b'","PartitionKey":'
+_TAIL_KEY = len(_KEY_HEAD)  # where the key's JSON starts in a cached entry tail
+_AGGREGATED_OVERHEAD = ENTRY_OVERHEAD + RECORD_OVERHEAD
+_EMPTY_PAIR = (b"", b"")  # data.join(_EMPTY_PAIR): a compact copy of data
+_b64 = binascii.b2a_base64
+_dumps = orjson.dumps
+_join = b"".join
+_monotonic = time.monotonic
+
+
+def record_cost(size: int, aggregate: bool) -> int:
+    """The most bytes a record of ``size`` (data plus key) holds in memory, counted
+    against ``max_queue_bytes``: its base64 entry and bookkeeping, plus its raw data when
+    it waits to be packed (aggregate)."""
+    b64 = 4 * math.ceil(size / 3) + ENTRY_OVERHEAD
+    return b64 + RECORD_OVERHEAD + (size if aggregate else 0)
+
+
+class RecordMaker:
+    """Makes the :class:`PendingRecord` of one ``put()`` (``make``), or raises its input
+    error: :class:`errors.InvalidPartitionKey`, :class:`errors.InvalidHashKey`,
+    :class:`errors.RecordTooLarge`, :class:`errors.SerializationError`.
+
+    ``loop`` must be set (the running loop) before the first record.
+    """
+
+    def __init__(self, limits: KinesisLimits, *, aggregate: bool, record_ttl: float) -> None:
+        # a record must also fit a request on its own
+        self.max_record_bytes = min(limits.max_record_bytes, limits.max_batch_bytes)
+        self.max_key_chars = limits.max_partition_key_chars
+        self.record_ttl = record_ttl
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._keys: dict[str, tuple[bytes, int]] = {}
+        self.make = self._aggregated if aggregate else self._plain
+
+    def _plain(self, obj: Any, partition_key: str, explicit_hash_key: Any) -> PendingRecord:
+        """A new record with its PutRecords entry (unaggregated producers)."""
+        if type(obj) is bytes:
+            data = obj
+        elif isinstance(obj, _BYTES_LIKE):
+            data = bytes(obj)
+        else:
+            try:
+                data = _dumps(obj)
+            except TypeError:
+                data = _serialise(obj)  # raises SerializationError
+        try:
+            cached = self._keys.get(partition_key)
+        except TypeError:  # unhashable: not a str
+            cached = None
+        if cached is None:
+            cached = self._key_entry(partition_key)
+        tail, key_bytes = cached
+        size = len(data) + key_bytes
+        if size > self.max_record_bytes:
+            raise self._too_large(data, key_bytes)
+        record = PendingRecord(loop=self.loop)
+        if explicit_hash_key is None:
+            fragment = _join((_DATA_HEAD, _b64(data, newline=False), tail))
+            record.ehk = None
+        else:
+            ehk = record.ehk = _hash_key(explicit_hash_key)
+            fragment = encode_entry(data, tail[_TAIL_KEY:-1], ehk)
+        record.fragment = fragment
+        record.key = partition_key
+        record.size = size
+        record.cost = len(fragment) + RECORD_OVERHEAD
+        record.deadline = _monotonic() + self.record_ttl
+        record.attempts = None
+        return record
+
+    def _aggregated(self, obj: Any, partition_key: str, explicit_hash_key: Any) -> PendingRecord:
+        """A new record keeping its data, to be packed when sent (aggregating producers)."""
+        if type(obj) is bytes:
+            data = obj
+        elif isinstance(obj, _BYTES_LIKE):
+            data = bytes(obj)
+        else:
+            try:
+                data = _dumps(obj)
+            except TypeError:
+                data = _serialise(obj)  # raises SerializationError
+            # orjson's result keeps a 4 KiB allocation alive: a record that waits to be
+            # packed holds a compact copy instead (cheaper than the memory it saves)
+            data = data.join(_EMPTY_PAIR)
+        try:
+            cached = self._keys.get(partition_key)
+        except TypeError:  # unhashable: not a str
+            cached = None
+        if cached is None:
+            cached = self._key_entry(partition_key)
+        size = len(data) + cached[1]
+        if size > self.max_record_bytes:
+            raise self._too_large(data, cached[1])
+        record = PendingRecord(loop=self.loop)
+        record.ehk = None if explicit_hash_key is None else _hash_key(explicit_hash_key)
+        record.data = data
+        record.key = partition_key
+        record.size = size
+        record.cost = size + 4 * ((size + 2) // 3) + _AGGREGATED_OVERHEAD
+        record.deadline = _monotonic() + self.record_ttl
+        record.attempts = None
+        return record
+
+    def _too_large(self, data: bytes, key_bytes: int) -> errors.RecordTooLarge:
+        return errors.RecordTooLarge(
+            f"record is {len(data) + key_bytes} bytes (data {len(data)} + partition key "
+            f"{key_bytes}), over the limit of {self.max_record_bytes} "
+            "(limits.max_record_bytes, and limits.max_batch_bytes if smaller)"
+        )
+
+    def _key_entry(self, key: object) -> tuple[bytes, int]:
+        """(the entry's tail with the key's JSON, the key's UTF-8 bytes), cached."""
+        if not isinstance(key, str):
+            raise errors.InvalidPartitionKey(f"partition_key must be a str, got {key!r}")
+        try:
+            encoded = key.encode()
+            key_json = orjson.dumps(key)
+        except (UnicodeEncodeError, TypeError) as exc:
+            raise errors.InvalidPartitionKey(f"partition_key is not valid Unicode: {exc}") from exc
+        # AWS counts a key's length in UTF-16 code units: a character outside the Basic
+        # Multilingual Plane (4 bytes in UTF-8) counts twice
+        units = len(key)
+        if len(encoded) > units:
+            units += sum(1 for c in key if c > "\uffff")
+        if not key or units > self.max_key_chars:
+            raise errors.InvalidPartitionKey(
+                f"partition_key must have 1 to {self.max_key_chars} characters (UTF-16 code "
+                f"units, as AWS counts them), got {units}"
+            )
+        if len(self._keys) >= _KEY_CACHE_SIZE:
+            self._keys.clear()
+        entry = self._keys[key] = (_KEY_HEAD + key_json + b"}", len(encoded))
+        return entry
+
+
+def _serialise(obj: Any) -> bytes:
+    try:
+        return _dumps(obj)
+    except TypeError as exc:
+        raise errors.SerializationError(
+            f"cannot serialise {type(obj).__name__} as JSON: {exc}"
+        ) from exc
+
+
+def _hash_key(value: object) -> str:
+    """The explicit hash key as AWS wants it: a decimal string in [0, 2**128)."""
+    text = str(value) if type(value) is int else value
+    parse_explicit_hash_key(text)  # type: ignore[arg-type]  # raises InvalidHashKey
+    return text  # type: ignore[return-value]
