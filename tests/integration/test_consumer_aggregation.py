@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 from aws_kinesis_agg.aggregator import RecordAggregator
 
-from shardflow import Consumer, MemoryCheckpointer, Record
+from shardflow import Consumer, MemoryCheckpointer, Record, Shard
 from shardflow.consumer import Checkpoint
+from shardflow.shardmap import hash_key as key_hash
 
-from support import create_stream, kinesis
+from support import create_stream, kinesis, list_shards
 from support_consumer import POLL, collect, no_more
 
 
@@ -101,3 +102,29 @@ async def test_resume_inside_an_aggregate(kinesis_url: str, cut: int, sub: int) 
         rest = await collect(consumer, len(expected) - cut - 1)
         assert await no_more(consumer) == []
     assert [as_tuple(r) for r in rest] == expected[cut + 1 :]
+
+
+async def test_sub_records_hashing_outside_their_shard_are_dropped_as_the_kcl_does(
+    kinesis_url: str,
+) -> None:
+    name = create_stream(kinesis_url, shards=2)
+    shards = sorted(
+        (Shard.from_api(s) for s in list_shards(kinesis_url, name)),
+        key=lambda s: s.starting_hash_key,
+    )
+    low = shards[0]
+    keys = [f"user-{i}" for i in range(40)]
+    inside = [k for k in keys if low.contains(key_hash(k))]
+    outside = [k for k in keys if not low.contains(key_hash(k))]
+    assert inside
+    assert outside
+    # One aggregate that lands on the lower shard (a producer with a stale shard map).
+    pk, _, blob = aggregate([(k, k.encode(), None) for k in keys])
+    put(kinesis_url, name, pk, blob, ehk=str(low.starting_hash_key))
+    async with Consumer(name, endpoint_url=kinesis_url, poll_interval=POLL) as consumer:
+        got = await collect(consumer, len(inside))
+        assert await no_more(consumer) == []
+        assert consumer.stats().out_of_range_dropped == len(outside)
+    assert [r.partition_key for r in got] == inside
+    assert [r.sub_sequence_number for r in got] == [keys.index(k) for k in inside]
+    assert {r.shard_id for r in got} == {low.shard_id}

@@ -58,6 +58,8 @@ class ConsumerStats:
     iterators_renewed: int
     """Expired shard iterators replaced."""
     checkpoints_saved: int
+    out_of_range_dropped: int = 0
+    """Sub-records of aggregates dropped for hashing outside their shard (as the KCL)."""
 
 
 def _validate_start_at(start_at: object) -> str | datetime:
@@ -478,4 +480,5 @@ class Consumer:
             retries=c.retries,
             iterators_renewed=c.iterators_renewed,
             checkpoints_saved=c.checkpoints_saved,
+            out_of_range_dropped=c.out_of_range_dropped,
         )

@@ -24,6 +24,7 @@ import anyio
 from .. import _aws, errors
 from ..aggregation import MAGIC, deaggregate
 from ..models import Record, Shard
+from ..shardmap import hash_key
 from .checkpoint import END_POSITION, SHARD_END, Checkpoint, CheckpointSession
 
 __all__ = ["Counters", "ReadContext", "ReaderConfig", "ReaderEvents", "ShardReader", "to_records"]
@@ -69,6 +70,7 @@ class Counters:
     retries: int = 0
     iterators_renewed: int = 0
     checkpoints_saved: int = 0
+    out_of_range_dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,15 +127,20 @@ _UTC = timezone.utc
 
 
 def to_records(
-    shard_id: str, raw_records: Sequence[dict[str, Any]], skip_to: tuple[int, int] | None
-) -> list[Record]:
-    """User records from GetRecords' ``Records``, aggregates unpacked, in order.
+    shard: Shard, raw_records: Sequence[dict[str, Any]], skip_to: tuple[int, int] | None
+) -> tuple[list[Record], int]:
+    """User records from GetRecords' ``Records``, aggregates unpacked, in order, and how
+    many sub-records were dropped for hashing outside the shard.
 
     Records at or before ``skip_to`` (a position) are left out: that is how a reader
-    resumes inside an aggregate.
+    resumes inside an aggregate. As the KCL does, a sub-record of an aggregate whose hash
+    key falls outside ``shard``'s range is dropped: it landed there through a stale shard
+    map, and its producer sends it again to the right shard (shardflow's and the KPL do).
     """
+    shard_id, low, high = shard.shard_id, shard.starting_hash_key, shard.ending_hash_key
     out: list[Record] = []
     append = out.append
+    dropped = 0
     for raw in raw_records:
         seq: str = raw["SequenceNumber"]
         data: bytes = raw["Data"]
@@ -149,10 +156,26 @@ def to_records(
         first = 0
         if skip_to is not None and int(seq) <= skip_to[0]:
             first = skip_to[1] + 1 if int(seq) == skip_to[0] else len(subs)
+        in_range: dict[tuple[str, str | None], bool] = {}  # keys repeat within an aggregate
         for index in range(first, len(subs)):
-            key, hash_key, sub_data = subs[index]
-            append(Record(sub_data, key, seq, index, shard_id, arrival, hash_key))
-    return out
+            key, explicit, sub_data = subs[index]
+            fits = in_range.get((key, explicit))
+            if fits is None:
+                fits = in_range[(key, explicit)] = _hashes_within(key, explicit, low, high)
+            if fits:
+                append(Record(sub_data, key, seq, index, shard_id, arrival, explicit))
+            else:
+                dropped += 1
+    return out, dropped
+
+
+def _hashes_within(key: str, explicit: str | None, low: int, high: int) -> bool:
+    if explicit is None:
+        return low <= hash_key(key) <= high
+    try:
+        return low <= int(explicit) <= high
+    except ValueError:  # not a number: nothing to judge by, so keep the record
+        return True
 
 
 def _child_shard(item: dict[str, Any]) -> Shard:
@@ -453,7 +476,12 @@ class ShardReader:
             raw = response.get("Records") or ()
             if raw:
                 self._last_seq = raw[-1]["SequenceNumber"]
-                batch = to_records(self.shard_id, raw, self._skip_to)
+                batch, dropped = to_records(self.shard, raw, self._skip_to)
+                if dropped:
+                    ctx.counters.out_of_range_dropped += dropped
+                    log.warning("dropped %d sub-records that hash outside %s (stale producer"
+                                " shard map; they are re-sent to the right shard)",
+                                dropped, self.shard_id)
                 self._skip_to = None
                 if batch:
                     self._last_position = batch[-1].position
