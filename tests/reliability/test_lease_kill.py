@@ -21,6 +21,7 @@ from support_leases import (
     Delivery,
     GroupWorker,
     WorkerProcess,
+    lease_items,
     owners,
     table_loads,
     wait_for,
@@ -168,6 +169,15 @@ async def test_dynamodb_outage_stops_the_shard_until_renewals_succeed_again(
             before = numbered(20, keys=3, prefix="a")
             await anyio.to_thread.run_sync(put_records, kinesalite_url, stream, before)
             await wait_for(lambda: len(log) == len(before), within=15)
+            # ... and the last of them checkpointed, so that the resume point is known.
+            last = worker.last
+            assert last is not None
+
+            def checkpointed() -> bool:
+                items = lease_items(moto_url, table)
+                return items[last.shard_id]["checkpoint"]["S"] == last.sequence_number
+
+            await wait_for(checkpointed, within=15)
 
             # Every DynamoDB call fails: no renewal for failover_time, the shard stops
             # (others could take the lease), its records are not delivered.
