@@ -1,64 +1,30 @@
 """S3Sink: records archived to S3 as NDJSON objects (gzip by default) under UTC hour keys.
 
-Object layout
-    ``<prefix>/YYYY/MM/DD/HH/<stream>-<shard>-<first>-<last>.ndjson.gz`` where the hour is
-    the UTC ``arrival_time`` of the object's first record and ``<first>``/``<last>`` are the
-    sequence numbers of its first and last record, written ``<seq>_<sub>`` for records that
-    came out of a KPL aggregate. Without ``stream`` the name starts at ``<shard>``; without
-    compression it ends in ``.ndjson``. A ``prefix`` gets a ``/`` appended unless empty.
-
-Lines
-    One JSON value per line. A record whose data is a JSON document (UTF-8) is written as
-    is (outer whitespace stripped, line breaks between tokens turned into spaces, nothing
-    re-encoded, so big numbers survive). Any other record becomes an envelope object
-    ``{"data_base64", "partition_key", "sequence_number", "sub_sequence_number",
-    "shard_id", "arrival_time", "explicit_hash_key"}`` (time in ISO 8601 UTC).
-
-When an object is cut (per shard; objects never mix shards)
-    - before a record whose arrival time is ``max_interval`` or more after the object's
-      first record, or falls in another UTC hour (so the key's hour holds all its lines);
-    - after the record that brings the object to ``max_bytes`` of uncompressed NDJSON;
-    - when the object has been buffered for ``max_interval`` seconds (a timer), and on
-      ``flush()`` / ``aclose()``.
-
-Replay idempotence
-    The first three rules depend only on the records, so the same records give the same
-    objects. The timer and ``flush()`` cut wherever reading happened to be; to make those
-    objects repeatable too, the first time the sink sees a shard it lists the objects that
-    start at the incoming record (one ListObjectsV2 per shard and hour) and, while earlier
-    objects are found, ends each object exactly where the earlier one ended. A replay from a
-    checkpoint the sink reported (always the end of an object) therefore rewrites the same
-    keys with the same bytes (gzip without a timestamp): no duplicate objects. Once a record
-    starts no earlier object, the sink stops listing. Without ``s3:ListBucket`` permission
-    it logs a warning and relies on the content rules alone. While an object is being
-    rewritten, ``flush()`` and ``aclose()`` keep its records instead of cutting it short:
-    they are stored already, in the earlier object, and are not reported, so they are read
-    again next time and the object is completed then.
+The sink's lifecycle and its S3 calls live here. How objects are named and what their
+lines hold is in :mod:`shardflow.sinks.s3_layout`; when an object is cut, and how a replay
+from a reported checkpoint rewrites the same objects instead of adding duplicates, is in
+:mod:`shardflow.sinks.s3_buffers`.
 """
 
 from __future__ import annotations
 
-import base64
-import gzip
 import logging
 import math
 import random
-import re
-from collections import deque
 from collections.abc import Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any
 
 import anyio
-import orjson
 from anyio.abc import TaskGroup
 
 from .. import _aws, errors
 from ..models import Record
 from .base import Durable
+from .s3_buffers import SealedObject, ShardBuffer, ShardBuffers
+from .s3_layout import Encoded, Layout, Position, encode, encode_record
 
 __all__ = ["S3Sink", "S3SinkStats", "encode_record"]
 
@@ -67,76 +33,12 @@ log = logging.getLogger("shardflow.sinks.s3")
 MiB = 1024 * 1024
 _MAX_OBJECT_BYTES = 5 * 1024**3
 """S3's limit for one PutObject."""
-_GZIP_LEVEL = 6
 _MAX_ATTEMPTS = 6
 _BACKOFF_BASE = 0.05
 _BACKOFF_CAP = 2.0
 _RETRY_AFTER = 5.0
 """The timer tries a failed object again after this many seconds (or max_interval)."""
 _MAX_CONCURRENT_PUTS = 8
-
-_UTC = timezone.utc
-_EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
-_US = timedelta(microseconds=1)
-_HOUR_US = 3_600_000_000
-_POSITION = r"\d+(?:_\d+)?"
-_NAME_TAIL = re.compile(rf"^{_POSITION}-({_POSITION})$")
-
-Position = tuple[int, int]
-
-
-# --- encoding ---------------------------------------------------------------------------
-
-
-def _utc(when: datetime) -> datetime:
-    return when.replace(tzinfo=_UTC) if when.tzinfo is None else when.astimezone(_UTC)
-
-
-def _epoch_us(when: datetime) -> int:
-    if not isinstance(when, datetime):
-        raise TypeError(f"arrival_time must be a datetime, got {type(when).__name__}")
-    return (_utc(when) - _EPOCH) // _US
-
-
-def _position_text(record: Record) -> str:
-    if record.sub_sequence_number is None:
-        return record.sequence_number
-    return f"{record.sequence_number}_{record.sub_sequence_number}"
-
-
-def _parse_position(text: str) -> Position:
-    seq, _, sub = text.partition("_")
-    return (int(seq), int(sub) if sub else -1)
-
-
-def encode_record(record: Record) -> bytes:
-    """The record as one NDJSON line, newline included (see the module docstring)."""
-    data = record.data
-    if not isinstance(data, bytes):
-        raise TypeError(f"Record.data must be bytes, got {type(data).__name__}")
-    try:
-        orjson.loads(data)
-    except orjson.JSONDecodeError:
-        pass
-    else:
-        line = data.strip()
-        if b"\n" in line or b"\r" in line:
-            # Raw line breaks in valid JSON can only be whitespace between tokens.
-            line = line.replace(b"\r", b" ").replace(b"\n", b" ")
-        return line + b"\n"
-    envelope = {
-        "data_base64": base64.b64encode(data).decode("ascii"),
-        "partition_key": record.partition_key,
-        "sequence_number": record.sequence_number,
-        "sub_sequence_number": record.sub_sequence_number,
-        "shard_id": record.shard_id,
-        "arrival_time": _utc(record.arrival_time),
-        "explicit_hash_key": record.explicit_hash_key,
-    }
-    return orjson.dumps(envelope, option=orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE)
-
-
-# --- state ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,57 +56,6 @@ class S3SinkStats:
     duplicates_skipped: int
 
 
-@dataclass(slots=True)
-class _Object:
-    key: str
-    lines: list[bytes]
-    size: int
-    count: int
-    first: Record
-    last: Record
-    body: bytes | None = None
-
-
-class _Shard:
-    """One shard's open object, its sealed objects waiting for S3, and its replay state."""
-
-    __slots__ = (
-        "accepted",
-        "first",
-        "first_us",
-        "hour",
-        "known",
-        "last",
-        "lines",
-        "lock",
-        "opened_at",
-        "reconciling",
-        "retry_at",
-        "sealed",
-        "shard_id",
-        "size",
-        "target",
-    )
-
-    def __init__(self, shard_id: str, reconciling: bool) -> None:
-        self.shard_id = shard_id
-        self.lines: list[bytes] = []
-        self.size = 0
-        self.first: Record | None = None
-        self.last: Record | None = None
-        self.first_us = 0
-        self.hour = ""
-        self.opened_at: float | None = None
-        self.retry_at: float | None = None
-        self.sealed: deque[_Object] = deque()
-        self.accepted: Position | None = None
-        self.lock = anyio.Lock()
-        self.reconciling = reconciling
-        # hour -> first position text of an earlier object -> its last position
-        self.known: dict[str, dict[str, Position]] = {}
-        self.target: Position | None = None
-
-
 # --- the sink ---------------------------------------------------------------------------
 
 
@@ -212,11 +63,13 @@ class S3Sink:
     """Archive records to ``bucket`` as NDJSON objects; implements :class:`~.base.Sink`.
 
     Use as ``async with S3Sink(...) as sink``; ``write`` buffers records per shard and
-    returns the positions that became durable (see :mod:`shardflow.sinks.base`). Options
-    are keyword-only and validated here (ValueError/TypeError). ``client`` is an injected
-    aiobotocore S3 client that stays the caller's; otherwise one is created from
-    ``endpoint_url``, ``region_name`` and ``credentials`` (a CredentialSource).
-    ``close_timeout`` bounds how long ``aclose()`` spends writing what is left.
+    returns the positions that became durable (see :mod:`shardflow.sinks.base`). Keys and
+    lines are described in :mod:`shardflow.sinks.s3_layout`, when objects are cut in
+    :mod:`shardflow.sinks.s3_buffers`. Options are keyword-only and validated here
+    (ValueError/TypeError). ``client`` is an injected aiobotocore S3 client that stays the
+    caller's; otherwise one is created from ``endpoint_url``, ``region_name`` and
+    ``credentials`` (a CredentialSource). ``close_timeout`` bounds how long ``aclose()``
+    spends writing what is left.
     """
 
     def __init__(
@@ -267,14 +120,17 @@ class S3Sink:
         self._region_name = region_name
         self._client_arg = client
         self._credentials = credentials
-        self._ext = ".ndjson.gz" if compression == "gzip" else ".ndjson"
-        self._name_prefix = f"{stream}-" if stream else ""
-        self._interval_us = max(1, round(self.max_interval * 1e6))
+        self._layout = Layout(self.prefix, stream, compression == "gzip")
         self._state = "new"
         self._client: Any = None
         self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
-        self._shards: dict[str, _Shard] = {}
+        self._buffers = ShardBuffers(
+            self._layout,
+            max_bytes=max_bytes,
+            max_interval=self.max_interval,
+            on_open=lambda: self._wake.set(),
+        )
         self._unreported: Durable = {}
         self._write_lock = anyio.Lock()
         self._puts = anyio.Semaphore(_MAX_CONCURRENT_PUTS)
@@ -283,8 +139,7 @@ class S3Sink:
         # Its own scope: cancelling the task group's would also cancel the code inside
         # the caller's ``async with sink:`` block (e.g. pipe() checkpointing after close).
         self._timer_scope: anyio.CancelScope | None = None
-        self._can_list = True
-        self._objects = self._records = self._bytes_in = self._bytes_out = self._dupes = 0
+        self._objects = self._records = self._bytes_in = self._bytes_out = 0
 
     def __repr__(self) -> str:
         return f"S3Sink(bucket={self.bucket!r}, prefix={self.prefix!r}, stream={self.stream!r})"
@@ -380,13 +235,7 @@ class S3Sink:
                     await self._timer_done.wait()
                 if stack is not None:
                     await stack.aclose()
-        left = rewriting = 0
-        for st in self._shards.values():
-            left += sum(obj.count for obj in st.sealed)
-            if st.target is None:
-                left += len(st.lines)
-            else:
-                rewriting += len(st.lines)
+        left, rewriting = self._buffers.unwritten()
         if left:
             log.warning("S3Sink closed with %d records not written, hence not reported", left)
         if rewriting:
@@ -421,43 +270,42 @@ class S3Sink:
         self._check_open()
         async with self._write_lock:
             self._check_open()
-            await self._drain(self._shards.values())
-            encoded = [self._encode(record) for record in records]
+            await self._drain(self._buffers.shards.values())
+            encoded = [encode(record) for record in records]
             await self._prefetch(encoded)
-            touched = self._accept(encoded)
+            touched = self._buffers.accept(encoded)
             await self._drain(touched)
         return self._take()
 
     async def flush(self) -> Durable:
-        """Write every buffered object (except one being rewritten during a replay, see the
-        module docstring); return newly durable positions.
+        """Write every buffered object (except one being rewritten during a replay, see
+        :mod:`shardflow.sinks.s3_buffers`); return newly durable positions.
 
         Raises the S3 error when an object cannot be written; cancellation leaves the
         unwritten objects buffered for a later call.
         """
         if self._state not in ("open", "closing"):
             self._check_open()
-        await self._drain(self._shards.values())
-        for st in self._shards.values():
-            if st.lines and st.target is None:
-                self._seal(st)
-        await self._drain(self._shards.values())
+        shards = self._buffers.shards.values()
+        await self._drain(shards)
+        self._buffers.seal_all()
+        await self._drain(shards)
         return self._take()
 
     def stats(self) -> S3SinkStats:
-        shards = self._shards.values()
+        buffered_records, buffered_bytes, pending_objects = self._buffers.buffered()
         return S3SinkStats(
             objects=self._objects,
             records=self._records,
             bytes_in=self._bytes_in,
             bytes_out=self._bytes_out,
-            buffered_records=sum(len(st.lines) for st in shards),
-            buffered_bytes=sum(st.size for st in shards),
-            pending_objects=sum(len(st.sealed) for st in shards),
-            duplicates_skipped=self._dupes,
+            buffered_records=buffered_records,
+            buffered_bytes=buffered_bytes,
+            pending_objects=pending_objects,
+            duplicates_skipped=self._buffers.duplicates,
         )
 
-    # -- internals: accepting ------------------------------------------------------------
+    # -- internals: checks and replay listings --------------------------------------------
 
     def _check_open(self) -> None:
         if self._state == "new":
@@ -465,51 +313,26 @@ class S3Sink:
         if self._state != "open":
             raise errors.SinkClosed("S3Sink is closed")
 
-    @staticmethod
-    def _encode(record: Record) -> tuple[Record, Position, int, bytes]:
-        if not isinstance(record, Record):
-            raise TypeError(f"S3Sink.write takes Records, got {type(record).__name__}")
-        try:
-            position = record.position
-        except ValueError:
-            raise ValueError(
-                f"record has a malformed sequence number {record.sequence_number!r}"
-            ) from None
-        return record, position, _epoch_us(record.arrival_time), encode_record(record)
-
-    def _shard(self, shard_id: str) -> _Shard:
-        st = self._shards.get(shard_id)
-        if st is None:
-            st = self._shards[shard_id] = _Shard(shard_id, self._can_list)
-        return st
-
-    async def _prefetch(self, encoded: Sequence[tuple[Record, Position, int, bytes]]) -> None:
+    async def _prefetch(self, encoded: Sequence[Encoded]) -> None:
         """List earlier objects for every (shard, hour) a replaying shard may start in."""
-        wanted: dict[_Shard, set[str]] = {}
-        for record, position, _, _ in encoded:
-            st = self._shard(record.shard_id)
-            if not st.reconciling or (st.accepted is not None and position <= st.accepted):
-                continue
-            hour = _utc(record.arrival_time).strftime("%Y/%m/%d/%H")
-            if hour not in st.known:
-                wanted.setdefault(st, set()).add(hour)
-        for st, hours in wanted.items():
-            for hour in sorted(hours):
-                if not self._can_list:
+        buffers = self._buffers
+        for st, hours in buffers.listings_wanted(encoded).items():
+            for hour in hours:
+                if not buffers.can_list:
                     st.reconciling = False
                     break
                 st.known[hour] = await self._list_earlier(st.shard_id, hour)
 
     async def _list_earlier(self, shard_id: str, hour: str) -> dict[str, Position]:
         """{first position text: last position} of the objects already in this hour."""
-        start = f"{self.prefix}{hour}/{self._name_prefix}{shard_id}-"
+        start = self._layout.shard_prefix(hour, shard_id)
         found: dict[str, Position] = {}
         params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": start}
         while True:
             try:
                 page = await self._call("list_objects_v2", **params)
             except errors.AccessDenied as exc:
-                self._can_list = False
+                self._buffers.can_list = False
                 log.warning(
                     "S3Sink cannot list s3://%s/%s (%s): replays rely on content-based "
                     "object boundaries only",
@@ -519,91 +342,19 @@ class S3Sink:
                 )
                 return {}
             for item in page.get("Contents", ()):
-                key = str(item["Key"])
-                if not key.endswith(self._ext):
+                parsed = self._layout.parse_key(str(item["Key"]), start)
+                if parsed is None:
                     continue
-                tail = key[len(start) : -len(self._ext)]
-                match = _NAME_TAIL.match(tail)
-                if match is None:
-                    continue
-                first = tail[: len(tail) - len(match.group(1)) - 1]
-                last = _parse_position(match.group(1))
+                first, last = parsed
                 if first not in found or last > found[first]:
                     found[first] = last
             if not page.get("IsTruncated"):
                 return found
             params["ContinuationToken"] = page["NextContinuationToken"]
 
-    def _accept(self, encoded: Sequence[tuple[Record, Position, int, bytes]]) -> list[_Shard]:
-        """Add records to their shards' open objects, sealing objects as the rules say.
-
-        Synchronous on purpose: a batch is accepted entirely or (before this) not at all.
-        """
-        touched: dict[str, _Shard] = {}
-        for record, position, at, line in encoded:
-            st = self._shard(record.shard_id)
-            if st.accepted is not None and position <= st.accepted:
-                self._dupes += 1
-                continue
-            if (
-                st.lines
-                and st.target is None
-                and (
-                    at // _HOUR_US != st.first_us // _HOUR_US
-                    or at - st.first_us >= self._interval_us
-                )
-            ):
-                self._seal(st)
-            if not st.lines:
-                self._start(st, record, at)
-            st.lines.append(line)
-            st.size += len(line)
-            st.last = record
-            st.accepted = position
-            if st.target is not None:
-                if position >= st.target:
-                    self._seal(st)
-            elif st.size >= self.max_bytes:
-                self._seal(st)
-            touched[st.shard_id] = st
-        return list(touched.values())
-
-    def _start(self, st: _Shard, record: Record, at: int) -> None:
-        st.first = record
-        st.first_us = at
-        st.hour = _utc(record.arrival_time).strftime("%Y/%m/%d/%H")
-        if st.reconciling:
-            earlier_end = st.known.get(st.hour, {}).get(_position_text(record))
-            if earlier_end is None:
-                st.reconciling = False
-                st.known.clear()
-            else:
-                st.target = earlier_end
-                log.debug(
-                    "%s: rewriting the object an earlier run started at %s",
-                    st.shard_id,
-                    record.sequence_number,
-                )
-        st.opened_at = anyio.current_time()
-        self._wake.set()
-
-    def _seal(self, st: _Shard) -> None:
-        assert st.first is not None
-        assert st.last is not None
-        key = (
-            f"{self.prefix}{st.hour}/{self._name_prefix}{st.shard_id}-"
-            f"{_position_text(st.first)}-{_position_text(st.last)}{self._ext}"
-        )
-        st.sealed.append(_Object(key, st.lines, st.size, len(st.lines), st.first, st.last))
-        st.lines = []
-        st.size = 0
-        st.first = st.last = None
-        st.target = None
-        st.opened_at = None
-
     # -- internals: writing --------------------------------------------------------------
 
-    async def _drain(self, shards: Iterable[_Shard]) -> None:
+    async def _drain(self, shards: Iterable[ShardBuffer]) -> None:
         """Write the sealed objects of ``shards``: in order within a shard, shards in
         parallel. Raises the first failure after every shard has finished trying."""
         pending = [st for st in shards if st.sealed]
@@ -612,7 +363,7 @@ class S3Sink:
             return
         failures: list[Exception] = []
 
-        async def one(st: _Shard) -> None:
+        async def one(st: ShardBuffer) -> None:
             try:
                 await self._drain_shard(st)
             except Exception as exc:
@@ -625,7 +376,7 @@ class S3Sink:
         if failures:
             raise failures[0]
 
-    async def _drain_shard(self, st: _Shard) -> None:
+    async def _drain_shard(self, st: ShardBuffer) -> None:
         async with st.lock:
             while st.sealed:
                 obj = st.sealed[0]
@@ -644,20 +395,18 @@ class S3Sink:
                 self._unreported[st.shard_id] = obj.last
             st.retry_at = None
 
-    async def _put(self, obj: _Object) -> None:
+    async def _put(self, obj: SealedObject) -> None:
         """PutObject with retries; the key and bytes are the same on every try."""
         if obj.body is None:
-            lines, gz = obj.lines, self.compression == "gzip"
-            obj.body = await anyio.to_thread.run_sync(_body, lines, gz)
+            obj.body = await anyio.to_thread.run_sync(self._layout.body, obj.lines)
             obj.lines = []
-        content_type = "application/gzip" if self.compression else "application/x-ndjson"
         async with self._puts:
             await self._call(
                 "put_object",
                 Bucket=self.bucket,
                 Key=obj.key,
                 Body=obj.body,
-                ContentType=content_type,
+                ContentType=self._layout.content_type,
                 Metadata={"records": str(obj.count)},
             )
         log.debug("wrote s3://%s/%s (%d records)", self.bucket, obj.key, obj.count)
@@ -703,10 +452,10 @@ class S3Sink:
         while True:
             self._wake = anyio.Event()
             now = anyio.current_time()
-            due: list[_Shard] = []
+            due: list[ShardBuffer] = []
             upcoming = math.inf
-            for st in list(self._shards.values()):
-                when = self._due(st)
+            for st in list(self._buffers.shards.values()):
+                when = self._buffers.due(st)
                 if when <= now:
                     due.append(st)
                 upcoming = min(upcoming, when)
@@ -716,30 +465,15 @@ class S3Sink:
                 continue
             for st in due:
                 st.retry_at = None
-                if st.lines and st.target is None and self._due(st) <= now:
-                    self._seal(st)
+            self._buffers.seal_expired(due, now)
             try:
                 await self._drain(due)
             except Exception as exc:
                 log.warning("S3Sink could not write an object, will retry: %s", exc)
 
-    def _due(self, st: _Shard) -> float:
-        """When the timer must act on ``st``: its open object's age limit, or a retry."""
-        when = math.inf
-        if st.lines and st.target is None and st.opened_at is not None:
-            when = st.opened_at + self.max_interval
-        if st.sealed and st.retry_at is not None:
-            when = min(when, st.retry_at)
-        return when
-
     def _take(self) -> Durable:
         taken, self._unreported = self._unreported, {}
         return taken
-
-
-def _body(lines: list[bytes], gz: bool) -> bytes:
-    data = b"".join(lines)
-    return gzip.compress(data, compresslevel=_GZIP_LEVEL, mtime=0) if gz else data
 
 
 def _positive(value: object) -> bool:
