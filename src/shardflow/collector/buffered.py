@@ -1,23 +1,9 @@
 """BufferedOutput: batches, retries and (optionally) spools events in front of an output.
 
-Delivery is at least once: an event can be sent twice (the output delivered it, then the
-process died before the spool forgot it; consumers deduplicate by ``event_id``), and it
-leaves the buffer only when the output confirmed it, or when a policy drops it. Every
-drop is counted in :meth:`BufferedOutput.stats`, logged on ``shardflow.collector`` and
-passed to ``on_drop`` if given. The policies:
-
-- ``overflow="drop_oldest"``: a full buffer evicts its oldest events (reason ``overflow``);
-  an event being sent at that moment may still arrive, but is counted as dropped;
-- ``purge_age``: events older than this many seconds are dropped unsent (``purged``);
-- ``max_retries``: an event whose sends failed ``1 + max_retries`` times is dropped
-  (``retries``); the default, None, retries forever with capped backoff;
-- an event the output rejects with a ``ValueError``/``TypeError`` (e.g. an invalid
-  partition key) is dropped at once (``rejected``): retrying cannot help;
-- without a spool, events still buffered when :meth:`BufferedOutput.aclose` gives up are
-  lost with the process (``close``); with a spool they stay on disk for the next start.
-
-``overflow="block"`` makes ``post()`` wait for room and ``overflow="raise"`` makes it raise
-:class:`errors.BufferFull`; neither drops anything.
+Events wait in a store (:mod:`.spool`: memory, or a SQLite spool that survives a crash)
+until a background flush loop has sent them and the output confirmed them, or a policy
+dropped them; the policies (overflow, purge, retries, rejection) and how drops are counted
+are in :mod:`.policies`.
 """
 
 from __future__ import annotations
@@ -27,9 +13,8 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import orjson
@@ -37,59 +22,22 @@ from anyio.abc import TaskGroup
 
 from .. import errors
 from .outputs import Event, Output, close_output, start_output
+from .policies import (
+    OVERFLOW,
+    BufferStats,
+    DropHook,
+    Drops,
+    Overflow,
+    Triage,
+    check_positive,
+)
 from .spool import Entry, GroupCommit, MemoryStore, SQLiteSpool
 
 __all__ = ["BufferStats", "BufferedOutput", "DropHook", "Overflow"]
 
 log = logging.getLogger("shardflow.collector")
 
-Overflow = Literal["block", "drop_oldest", "raise"]
-DropHook = Callable[[Sequence[Event], str], object]
-"""``on_drop(events, reason)``; reason is overflow, purged, retries, rejected or close."""
-
-_OVERFLOW = ("block", "drop_oldest", "raise")
 _NEW, _OPEN, _CLOSING, _CLOSED = range(4)
-
-
-@dataclass(frozen=True, slots=True)
-class BufferStats:
-    """Counters of a BufferedOutput since it was created (``buffered*`` are current)."""
-
-    buffered: int
-    buffered_bytes: int
-    sent: int
-    failed_attempts: int
-    refused: int
-    dropped_overflow: int
-    dropped_purged: int
-    dropped_retries: int
-    dropped_rejected: int
-    dropped_at_close: int
-
-    @property
-    def dropped(self) -> int:
-        """Every event dropped by a policy, for any reason."""
-        return (
-            self.dropped_overflow
-            + self.dropped_purged
-            + self.dropped_retries
-            + self.dropped_rejected
-            + self.dropped_at_close
-        )
-
-
-def _positive(name: str, value: object, *, integer: bool = False, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    ok = (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and (isinstance(value, int) or not integer)
-        and value > 0
-    )
-    if not ok:
-        what = "a positive integer" if integer else "a positive number of seconds"
-        raise ValueError(f"{name} must be {what}{' or None' if optional else ''}, got {value!r}")
 
 
 class BufferedOutput:
@@ -141,24 +89,24 @@ class BufferedOutput:
             raise TypeError(
                 f"output must have an async send(events) method, got {type(output).__name__}"
             )
-        _positive("flush_interval", flush_interval)
-        _positive("max_batch", max_batch, integer=True)
+        check_positive("flush_interval", flush_interval)
+        check_positive("max_batch", max_batch, integer=True)
         if max_retries is not None and (
             isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0
         ):
             raise ValueError(f"max_retries must be an integer >= 0 or None, got {max_retries!r}")
-        _positive("backoff_base", backoff_base)
-        _positive("backoff_cap", backoff_cap)
+        check_positive("backoff_base", backoff_base)
+        check_positive("backoff_cap", backoff_cap)
         if backoff_cap < backoff_base:
             raise ValueError(
                 f"backoff_cap ({backoff_cap}) must not be smaller than backoff_base "
                 f"({backoff_base})"
             )
-        _positive("purge_age", purge_age, optional=True)
-        _positive("max_spool_records", max_spool_records, integer=True, optional=True)
-        _positive("max_spool_bytes", max_spool_bytes, integer=True, optional=True)
-        if overflow not in _OVERFLOW:
-            raise ValueError(f"overflow must be one of {', '.join(_OVERFLOW)}; got {overflow!r}")
+        check_positive("purge_age", purge_age, optional=True)
+        check_positive("max_spool_records", max_spool_records, integer=True, optional=True)
+        check_positive("max_spool_bytes", max_spool_bytes, integer=True, optional=True)
+        if overflow not in OVERFLOW:
+            raise ValueError(f"overflow must be one of {', '.join(OVERFLOW)}; got {overflow!r}")
         if isinstance(close_timeout, bool) or not isinstance(close_timeout, int | float) or (
             close_timeout < 0
         ):
@@ -181,7 +129,7 @@ class BufferedOutput:
         self.max_spool_bytes = max_spool_bytes
         self.overflow: Overflow = overflow
         self.close_timeout = float(close_timeout)
-        self._on_drop = on_drop
+        self._drops = Drops(self, on_drop)
         self._clock = clock
         limits: dict[str, int | None] = {}
         if overflow == "drop_oldest":
@@ -197,12 +145,12 @@ class BufferedOutput:
             self._commits = GroupCommit(
                 self._store,
                 **limits,
-                on_evicted=lambda entries: self._count_drop("overflow", entries),
+                on_evicted=lambda entries: self._drops.count("overflow", entries),
             )
         self._state = _NEW
         self._tg: TaskGroup | None = None
         self._ready = anyio.Event()
-        self._output_started = False
+        """Set once the output has started."""
         self._stop_output = anyio.Event()
         self._output_done = anyio.Event()
         self._wake = anyio.Event()
@@ -211,7 +159,6 @@ class BufferedOutput:
         self._closed = anyio.Event()
         self._random = random.Random()
         self._sent = self._failed_attempts = self._refused = 0
-        self._dropped = {"overflow": 0, "purged": 0, "retries": 0, "rejected": 0, "close": 0}
 
     def __repr__(self) -> str:
         where = f"spool={self.spool_path!r}" if self.spool_path else "in memory"
@@ -295,7 +242,7 @@ class BufferedOutput:
             tg, self._tg = self._tg, None
             try:
                 if tg is not None:
-                    if self._output_started:
+                    if self._ready.is_set():
                         await self._output_done.wait()
                     tg.cancel_scope.cancel()
                     await tg.__aexit__(None, None, None)
@@ -310,7 +257,7 @@ class BufferedOutput:
             log.error(
                 "%r: closed with %d unsent events in memory; they are dropped", self, left
             )
-            self._count_drop("close", entries)
+            self._drops.count("close", entries)
         elif left:
             log.warning(
                 "%r: %d unsent events stay in the spool; they are sent first on next start",
@@ -364,7 +311,7 @@ class BufferedOutput:
             assert self._memory is not None
             evicted = self._memory.append_now([(self._clock(), data)], **self._limits).evicted
             if evicted:
-                self._count_drop("overflow", evicted)
+                self._drops.count("overflow", evicted)
         if self._buffered()[0] >= self.max_batch:
             self._wake.set()
 
@@ -433,14 +380,13 @@ class BufferedOutput:
                     await anyio.sleep(delay)
                 else:
                     break
-            self._output_started = True
             self._ready.set()
             self._wake.set()
             await self._stop_output.wait()
         finally:
             # No cancel scope around this: the output may exit its own task groups here.
             try:
-                if self._output_started:
+                if self._ready.is_set():
                     try:
                         await close_output(self.output)
                     except Exception:
@@ -482,7 +428,7 @@ class BufferedOutput:
             if not expired:
                 return
             await self._store.settle(remove=expired)
-            self._count_drop("purged", expired)
+            self._drops.count("purged", expired)
             self._notify(space=True)
 
     async def _drain(self) -> None:
@@ -500,25 +446,8 @@ class BufferedOutput:
     async def _send_batch(self, batch: list[Entry]) -> bool:
         """Send one batch and settle it; True if some events failed and will be retried."""
         now = self._clock()
-        expired: list[Entry] = []
-        rejected: list[Entry] = []
-        live: list[Entry] = []
-        events: list[Event] = []
-        first_rejection: BaseException | None = None
-        for entry in batch:
-            if self._expired(entry, now):
-                expired.append(entry)
-                continue
-            try:
-                event = orjson.loads(entry.data)
-                if not isinstance(event, dict):
-                    raise TypeError(f"not a JSON object: {type(event).__name__}")
-            except (TypeError, ValueError) as exc:  # a corrupt spool row
-                rejected.append(entry)
-                first_rejection = first_rejection or exc
-                continue
-            live.append(entry)
-            events.append(event)
+        triage = Triage.decode(batch, lambda entry: self._expired(entry, now))
+        events = triage.events
         results: Sequence[BaseException | None] = []
         whole_batch = False
         if events:
@@ -533,37 +462,20 @@ class BufferedOutput:
                 log.warning("%r: sending %d events failed: %s", self, len(events), exc)
                 results = [exc] * len(events)
                 whole_batch = True
-        acked: list[Entry] = []
-        failed: list[Entry] = []
-        exhausted: list[Entry] = []
-        for entry, result in zip(live, results, strict=True):
-            if result is None:
-                acked.append(entry)
-            elif not whole_batch and isinstance(result, ValueError | TypeError):
-                rejected.append(entry)
-                first_rejection = first_rejection or result
-            elif self.max_retries is not None and entry.attempts >= self.max_retries:
-                exhausted.append(entry)
-            else:
-                failed.append(entry)
-        if (failed or exhausted) and not whole_batch:
+        triage.judge(results, whole_batch=whole_batch, max_retries=self.max_retries)
+        if triage.failures and not whole_batch:
             log.info(
                 "%r: %d of %d events failed and will be retried",
                 self,
-                len(failed) + len(exhausted),
+                triage.failures,
                 len(events),
             )
-        await self._store.settle(remove=acked + expired + rejected + exhausted, failed=failed)
-        self._sent += len(acked)
-        self._failed_attempts += len(failed) + len(exhausted)
-        if expired:
-            self._count_drop("purged", expired)
-        if rejected:
-            self._count_drop("rejected", rejected, first_rejection)
-        if exhausted:
-            self._count_drop("retries", exhausted)
+        await self._store.settle(remove=triage.settled, failed=triage.failed)
+        self._sent += len(triage.acked)
+        self._failed_attempts += triage.failures
+        self._drops.count_triage(triage)
         self._notify(space=True)
-        return bool(failed or exhausted)
+        return triage.failures > 0
 
     # --- accounting ---------------------------------------------------------------------
 
@@ -574,44 +486,19 @@ class BufferedOutput:
             self._space.set()
             self._space = anyio.Event()
 
-    def _count_drop(
-        self, reason: str, entries: Sequence[Entry], error: BaseException | None = None
-    ) -> None:
-        self._dropped[reason] += len(entries)
-        because = f": {error}" if error is not None else ""
-        log.warning(
-            "%r: dropped %d events (%s%s); %d dropped in total",
-            self,
-            len(entries),
-            reason,
-            because,
-            sum(self._dropped.values()),
-        )
-        if self._on_drop is None:
-            return
-        events: list[Event] = []
-        for entry in entries:
-            try:
-                events.append(orjson.loads(entry.data))
-            except orjson.JSONDecodeError:
-                events.append({"_undecodable": entry.data.decode("utf-8", "replace")})
-        try:
-            self._on_drop(events, reason)
-        except Exception:
-            log.exception("%r: on_drop callback failed", self)
-
     def stats(self) -> BufferStats:
         """A snapshot of the counters (see :class:`BufferStats`)."""
         held, held_bytes = self._buffered()
+        dropped = self._drops.counts
         return BufferStats(
             buffered=held,
             buffered_bytes=held_bytes,
             sent=self._sent,
             failed_attempts=self._failed_attempts,
             refused=self._refused,
-            dropped_overflow=self._dropped["overflow"],
-            dropped_purged=self._dropped["purged"],
-            dropped_retries=self._dropped["retries"],
-            dropped_rejected=self._dropped["rejected"],
-            dropped_at_close=self._dropped["close"],
+            dropped_overflow=dropped["overflow"],
+            dropped_purged=dropped["purged"],
+            dropped_retries=dropped["retries"],
+            dropped_rejected=dropped["rejected"],
+            dropped_at_close=dropped["close"],
         )
