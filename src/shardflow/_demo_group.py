@@ -8,12 +8,11 @@ when the S3 object holding it was reported written (into the shared :class:`Tall
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from types import TracebackType
 from typing import Any
 
@@ -29,7 +28,7 @@ from .models import Record
 from .sinks import S3Sink
 from .sinks.base import Durable
 
-__all__ = ["APP_NAME", "PREFIX", "ArchiveTap", "Where", "Worker", "shardflow_error"]
+__all__ = ["APP_NAME", "PREFIX", "ArchiveTap", "Where", "Worker"]
 
 log = logging.getLogger("shardflow.demo")
 
@@ -42,7 +41,6 @@ OBJECT_INTERVAL = 1.0
 """S3Sink max_interval: an object per shard and second while events flow."""
 TICK = 0.2
 """How often each archive tap asks its S3Sink which objects were written."""
-MAX_RESTARTS = 5
 
 
 # --- the archive tap: S3Sink plus what the demo measures ---------------------------------
@@ -76,8 +74,10 @@ class ArchiveTap:
         self._worker = worker
         self._tally = tally
         self._windows = windows
-        self._pending: dict[str, deque[tuple[tuple[int, int], str, float]]] = {}
-        self._unsorted: set[str] = set()
+        # Per shard, a heap of (position, event_id, posted_at) of the events not reported
+        # archived yet. Mostly in stream order, but a shard whose lease left this worker
+        # and came back is read again from its checkpoint.
+        self._pending: dict[str, list[tuple[tuple[int, int], str, float]]] = {}
         self._stash: Durable = {}
         self._stop = anyio.Event()
         self._tick_done = anyio.Event()
@@ -116,10 +116,8 @@ class ArchiveTap:
                 continue
             event_id: str = event["event_id"]
             posted_at = float(event.get("time", now))
-            pending = self._pending.setdefault(record.shard_id, deque())
-            if pending and record.position < pending[-1][0]:
-                self._unsorted.add(record.shard_id)
-            pending.append((record.position, event_id, posted_at))
+            pending = self._pending.setdefault(record.shard_id, [])
+            heapq.heappush(pending, (record.position, event_id, posted_at))
             tally.deliveries += 1
             if record.sub_sequence_number is not None:
                 tally.in_aggregates += 1
@@ -141,7 +139,7 @@ class ArchiveTap:
 
     async def _tick(self) -> None:
         try:
-            while not self._stop.is_set():
+            while True:
                 with anyio.move_on_after(TICK):
                     await self._stop.wait()
                 if self._stop.is_set():
@@ -176,24 +174,15 @@ class ArchiveTap:
             pending = self._pending.get(shard_id)
             if not pending:
                 continue
-            limit = last.position
-            if shard_id in self._unsorted:
-                done = [item for item in pending if item[0] <= limit]
-                pending = deque(item for item in pending if item[0] > limit)
-                self._pending[shard_id] = pending
-                if all(a[0] <= b[0] for a, b in pairwise(pending)):
-                    self._unsorted.discard(shard_id)
-            else:
-                done = []
-                while pending and pending[0][0] <= limit:
-                    done.append(pending.popleft())
-            tally.by_worker[self._worker] += len(done)
-            for _, event_id, posted_at in done:
+            done = 0
+            while pending and pending[0][0] <= last.position:
+                _, event_id, posted_at = heapq.heappop(pending)
+                done += 1
                 if event_id not in tally.archived:
                     tally.archived.add(event_id)
                     tally.archive_latency.append(now - posted_at)
-        if tally.target is not None and len(tally.archived) >= tally.target:
-            tally.all_archived.set()
+            tally.by_worker[self._worker] += done
+        tally.check_archived()
         return durable
 
 
@@ -212,8 +201,8 @@ class Where:
 class Worker:
     """One member of the group: Consumer + DynamoDBLeases, piping into an archive tap.
 
-    If its pipe fails (say a lease was lost while a checkpoint was being written), the
-    worker starts a new consumer, which resumes from the lease table's checkpoints.
+    ``windows`` gets the events for the per-minute counts (from the archive tap); it is
+    closed when :meth:`run` ends.
     """
 
     def __init__(
@@ -224,78 +213,44 @@ class Worker:
         windows: MemoryObjectSendStream[dict[str, Any]],
     ) -> None:
         self.name = name
-        self._where = where
-        self._tally = tally
-        self._windows = windows
-        self._leases = DynamoDBLeases(
+        leases = DynamoDBLeases(
             where.table,
             worker_id=name,
             failover_time=FAILOVER_TIME,
             endpoint_url=where.endpoint_url,
             region_name=where.region_name,
         )
-        self.consumer: Consumer | None = None
-        self._stopping = False
-        self._stopped = anyio.Event()
+        self.consumer = Consumer(
+            where.stream,
+            app_name=APP_NAME,
+            checkpointer=leases,
+            endpoint_url=where.endpoint_url,
+            region_name=where.region_name,
+            poll_interval=POLL_INTERVAL,
+        )
+        sink = S3Sink(
+            where.bucket,
+            prefix=PREFIX,
+            max_interval=OBJECT_INTERVAL,
+            stream=where.stream,
+            endpoint_url=where.endpoint_url,
+            region_name=where.region_name,
+        )
+        self._windows = windows
+        self._tap = ArchiveTap(sink, name, tally, windows)
+        tally.by_worker[name] = 0  # named in the summary even if it archived nothing
 
     def shards_reading(self) -> int:
-        return self.consumer.stats().shards_reading if self.consumer is not None else 0
+        return self.consumer.stats().shards_reading
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        where = self._where
-        started = False
-        try:
-            while not self._stopping:
-                consumer = Consumer(
-                    where.stream,
-                    app_name=APP_NAME,
-                    checkpointer=self._leases,
-                    endpoint_url=where.endpoint_url,
-                    region_name=where.region_name,
-                    poll_interval=POLL_INTERVAL,
-                )
-                sink = S3Sink(
-                    where.bucket,
-                    prefix=PREFIX,
-                    max_interval=OBJECT_INTERVAL,
-                    stream=where.stream,
-                    endpoint_url=where.endpoint_url,
-                    region_name=where.region_name,
-                )
-                self.consumer = consumer
-                try:
-                    async with consumer:
-                        if not started:
-                            started = True
-                            task_status.started()
-                        await consumer.pipe(ArchiveTap(sink, self.name, self._tally,
-                                                        self._windows))
-                except Exception as exc:
-                    error = shardflow_error(exc)
-                    restarts = self._tally.restarts[self.name]
-                    if not started or error is None or restarts >= MAX_RESTARTS:
-                        raise
-                    self._tally.restarts[self.name] += 1
-                    log.warning("%s stopped (%s); starting it again", self.name, error)
-                    await anyio.sleep(1.0)
-        finally:
-            self._stopped.set()
+        """Join the group and archive until :meth:`stop`; raises what the pipe raises."""
+        with self._windows:
+            async with self.consumer:
+                task_status.started()
+                await self.consumer.pipe(self._tap)
 
     async def stop(self) -> None:
         """Close the consumer gracefully: the sink writes what it holds, the final
-        checkpoints are stored, the leases are released."""
-        self._stopping = True
-        if self.consumer is not None:
-            await self.consumer.aclose()
-        await self._stopped.wait()
-
-
-def shardflow_error(exc: BaseException) -> errors.ShardflowError | None:
-    """``exc`` or the first shardflow error inside an exception group."""
-    if isinstance(exc, errors.ShardflowError):
-        return exc
-    for inner in getattr(exc, "exceptions", ()):
-        found = shardflow_error(inner)
-        if found is not None:
-            return found
-    return None
+        checkpoints are stored, the leases are released; :meth:`run` then returns."""
+        await self.consumer.aclose()

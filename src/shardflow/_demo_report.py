@@ -63,13 +63,20 @@ class Tally:
     """Records the consumers received that came out of a KPL aggregate."""
     by_worker: Counter[str] = field(default_factory=Counter)
     """Records each worker archived (repeats included)."""
-    worker_shards: dict[str, int] = field(default_factory=dict)
-    """Shards each worker is reading now."""
-    restarts: Counter[str] = field(default_factory=Counter)
     target: int | None = None
-    """Distinct events to wait for (set once posting is over)."""
+    """Distinct events to wait for (set by :meth:`expect` once posting is over)."""
     all_archived: anyio.Event = field(default_factory=anyio.Event)
     """Set once ``target`` events are archived."""
+
+    def expect(self, events: int) -> None:
+        """Wait for ``events`` distinct events: ``all_archived`` is set once they are."""
+        self.target = events
+        self.check_archived()
+
+    def check_archived(self) -> None:
+        """Set ``all_archived`` if the target is reached (call after archiving more)."""
+        if self.target is not None and len(self.archived) >= self.target:
+            self.all_archived.set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +142,6 @@ class Summary:
     archive_p99: float | None
     late_events: int
     by_worker: Mapping[str, int]
-    restarts: Mapping[str, int]
     minutes: Sequence[tuple[float, Mapping[str, int]]]
     deliveries: int
     in_aggregates: int
@@ -176,9 +182,11 @@ def format_progress(
     posted: int,
     sent: int,
     tally: Tally,
+    shards: Mapping[str, int],
 ) -> str:
-    """One progress line (plain text, for standard error)."""
-    group = ", ".join(f"{name} {n}" for name, n in sorted(tally.worker_shards.items()))
+    """One progress line (plain text, for standard error); ``shards``: how many shards
+    each worker reads now."""
+    group = ", ".join(f"{name} {n}" for name, n in sorted(shards.items()))
     return (
         f"[{elapsed:5.1f}s] {phase:<9} posted {_n(posted)}/{_n(events)} · "
         f"to Kinesis {_n(sent)} · consumed {_n(len(tally.delivered))} · "
@@ -224,11 +232,7 @@ def format_summary(summary: Summary) -> str:
         f"  latency post -> read  p50 {_s(summary.delivery_p50)}, "
         f"p99 {_s(summary.delivery_p99)}  (to first delivery to a consumer)",
         "  archived per worker   "
-        + ", ".join(
-            f"{name} {_n(n)}" + (f" ({summary.restarts[name]} restarts)"
-                                 if summary.restarts.get(name) else "")
-            for name, n in sorted(summary.by_worker.items())
-        ),
+        + ", ".join(f"{name} {_n(n)}" for name, n in sorted(summary.by_worker.items())),
     ]
     if summary.minutes:
         lines.append("  per-minute counts (event time, tumbling windows by event type):")

@@ -33,7 +33,6 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from . import _aws, _resources, errors
 from ._demo_group import APP_NAME, PREFIX, Where, Worker
@@ -58,7 +57,6 @@ WORKERS = 2
 WINDOW = 60.0
 LATENESS = 5.0
 """Seconds an event may trail the newest one seen and still count in its minute."""
-BALANCE_TIMEOUT = 30.0
 EVENT_TYPES: tuple[tuple[str, int], ...] = (
     ("view", 60),
     ("click", 25),
@@ -217,46 +215,22 @@ class _Run:
             event_time=_event_time,
             on_window=self.minutes.add,
         )
-        self._send, self._receive = anyio.create_memory_object_stream[dict[str, Any]](math.inf)
-        self.workers = [
-            Worker(f"worker-{i + 1}", where, self.tally, self._send) for i in range(WORKERS)
-        ]
-        self._collector: Collector | None = None
+        send, self._events = anyio.create_memory_object_stream[dict[str, Any]](math.inf)
+        with send:  # the workers' clones stay open until each worker has stopped
+            self.workers = [
+                Worker(f"worker-{i + 1}", where, self.tally, send.clone())
+                for i in range(WORKERS)
+            ]
         self._buffered: BufferedOutput | None = None
-        self._sent_final: tuple[int, int] | None = None
         self._started = time.monotonic()
         self._post_start = time.time()
 
     async def run(self, s3: Any) -> Summary:
         spool_dir = await anyio.to_thread.run_sync(tempfile.mkdtemp, None, "shardflow-demo-")
         try:
-            async with anyio.create_task_group() as tg:
-                counted = anyio.Event()
-                tg.start_soon(_count_windows, self._receive, self.windows, counted)
-                for worker in self.workers:
-                    await tg.start(worker.run)
-                tg.start_soon(self._progress)
-                self._enter("balancing")
-                if not await self._wait_balanced():
-                    self.console.say("the consumer group is not balanced yet; posting anyway")
-                post_seconds = await self._post(os.path.join(spool_dir, "spool.db"))
-                self._enter("archiving")
-                self.tally.target = len(self.posted)
-                if len(self.tally.archived) >= self.tally.target:
-                    self.tally.all_archived.set()
-                with anyio.move_on_after(60 + self.options.events / 500):
-                    await self.tally.all_archived.wait()
-                pipeline_seconds = time.time() - self._post_start
-                self._enter("closing")
-                with anyio.CancelScope(shield=True):
-                    async with anyio.create_task_group() as closing:
-                        for worker in self.workers:
-                            closing.start_soon(worker.stop)
-                    await self._send.aclose()
-                    await counted.wait()
-                tg.cancel_scope.cancel()  # the progress display
-            await self.windows.aclose()
-            self.minutes.finish()
+            post_seconds, pipeline_seconds = await self._pipeline(
+                os.path.join(spool_dir, "spool.db")
+            )
             self.console.say("reading the archive back from S3 ...")
             await self.console.drain()
             archive = await read_archive(s3, self.where.bucket, PREFIX)
@@ -282,11 +256,37 @@ class _Run:
             archive_p99=percentile(tally.archive_latency, 0.99),
             late_events=self.windows.late_events,
             by_worker=dict(tally.by_worker),
-            restarts=dict(tally.restarts),
             minutes=sorted(self.minutes.minutes.items()),
             deliveries=tally.deliveries,
             in_aggregates=tally.in_aggregates,
         )
+
+    async def _pipeline(self, spool: str) -> tuple[float, float]:
+        """Start the group, post, wait until everything is archived, stop the group.
+
+        Returns the seconds posting took and the seconds until all was archived.
+        """
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._count_windows)  # until every worker has stopped
+            for worker in self.workers:
+                await tg.start(worker.run)
+            async with anyio.create_task_group() as display:
+                display.start_soon(self._progress)
+                post_seconds = await self._post(spool)
+                self._enter("archiving")
+                self.tally.expect(len(self.posted))
+                with anyio.move_on_after(60 + self.options.events / 500):
+                    await self.tally.all_archived.wait()
+                pipeline_seconds = time.time() - self._post_start
+                self._enter("closing")
+                with anyio.CancelScope(shield=True):
+                    async with anyio.create_task_group() as closing:
+                        for worker in self.workers:
+                            closing.start_soon(worker.stop)
+                display.cancel_scope.cancel()
+        await self.windows.aclose()
+        self.minutes.finish()
+        return post_seconds, pipeline_seconds
 
     async def _post(self, spool: str) -> float:
         """Post every event through the collector; wait until all are in the stream.
@@ -301,7 +301,7 @@ class _Run:
             region_name=where.region_name,
             aggregate=True,
         ) as producer:
-            buffered = BufferedOutput(
+            self._buffered = BufferedOutput(
                 KinesisOutput(producer, partition_key="user_id"),
                 spool=spool,
                 flush_interval=0.2,
@@ -309,8 +309,7 @@ class _Run:
             )
             collector = Collector()
             collector.filter("app.**", add_fields(app=APP_NAME))
-            collector.output("app.**", buffered)
-            self._collector, self._buffered = collector, buffered
+            collector.output("app.**", self._buffered)
             self._enter("posting")
             async with collector:
                 share, extra = divmod(self.options.events, self.options.users)
@@ -324,36 +323,24 @@ class _Run:
                 post_seconds = time.time() - self._post_start
                 self._enter("sending")
                 await collector.flush()
-            self._sent_final = (collector.stats().posted, buffered.stats().sent)
         return post_seconds
 
-    async def _wait_balanced(self) -> bool:
-        """Wait until the workers share the shards evenly (True), or time out (False)."""
-        with anyio.move_on_after(BALANCE_TIMEOUT):
-            while True:
-                counts = [worker.shards_reading() for worker in self.workers]
-                if sum(counts) == self.options.shards and max(counts) - min(counts) <= 1:
-                    return True
-                await anyio.sleep(0.1)
-        return False
+    async def _count_windows(self) -> None:
+        """Feed the windows (from this one task, as they want) until the workers stop."""
+        async with self._events:
+            async for event in self._events:
+                await self.windows.add(event)
 
     def _show_progress(self) -> None:
-        for worker in self.workers:
-            self.tally.worker_shards[worker.name] = worker.shards_reading()
-        if self._sent_final is not None:
-            posted, sent = self._sent_final
-        elif self._collector is not None and self._buffered is not None:
-            posted, sent = self._collector.stats().posted, self._buffered.stats().sent
-        else:
-            posted = sent = 0
         self.console.say(
             format_progress(
                 time.monotonic() - self._started,
                 self.phase,
                 events=self.options.events,
-                posted=posted,
-                sent=sent,
+                posted=len(self.posted),
+                sent=0 if self._buffered is None else self._buffered.stats().sent,
                 tally=self.tally,
+                shards={worker.name: worker.shards_reading() for worker in self.workers},
             )
         )
 
@@ -368,17 +355,3 @@ class _Run:
             self._show_progress()
             await self.console.drain()
             await anyio.sleep(1.0)
-
-
-async def _count_windows(
-    events: MemoryObjectReceiveStream[dict[str, Any]],
-    windows: TumblingWindows[dict[str, Any], str, int],
-    done: anyio.Event,
-) -> None:
-    """Feed ``windows`` (from this one task, as it wants) until the stream is closed."""
-    try:
-        async with events:
-            async for event in events:
-                await windows.add(event)
-    finally:
-        done.set()
