@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import anyio
 
-from shardflow import Consumer, Record
+from shardflow import Consumer, Record, Shard, errors
+from shardflow.consumer import (
+    AssignmentListener,
+    Checkpoint,
+    CheckpointSession,
+    ConsumerScope,
+)
 
 from support import kinesis
 
@@ -74,3 +81,52 @@ def assert_per_key_order(records: Sequence[Record]) -> None:
         _, key, i = record.data.decode().rsplit(":", 2)
         assert int(i) > last.get(key, -1), f"{key}: {i} after {last.get(key)}"
         last[key] = int(i)
+
+
+class GrantingCheckpointer:
+    """A test coordinator: grants the shards the test says, revokes on demand."""
+
+    def __init__(self, granted: set[str]) -> None:
+        self.granted = set(granted)
+        self.positions: dict[str, Checkpoint] = {}
+        self.listener: AssignmentListener | None = None
+        self.scope: ConsumerScope | None = None
+        self.bound = False
+        self.lost_on_get: set[str] = set()
+
+    def bind(
+        self, scope: ConsumerScope, listener: AssignmentListener
+    ) -> AbstractAsyncContextManager[CheckpointSession]:
+        self.scope, self.listener = scope, listener
+        return self._session()
+
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[CheckpointSession]:
+        self.bound = True
+        try:
+            yield self
+        finally:
+            self.bound = False
+
+    async def assign(self, shards: Sequence[Shard]) -> Collection[str]:
+        return {s.shard_id for s in shards} & self.granted
+
+    async def get(self, shard_id: str) -> Checkpoint | None:
+        if shard_id in self.lost_on_get:
+            raise errors.LeaseLost(shard_id)
+        return self.positions.get(shard_id)
+
+    async def save(self, shard_id: str, checkpoint: Checkpoint) -> None:
+        if shard_id not in self.granted:
+            raise errors.LeaseLost(shard_id)
+        self.positions[shard_id] = checkpoint
+
+    def grant(self, shard_id: str) -> None:
+        self.granted.add(shard_id)
+        assert self.listener is not None
+        self.listener.reassign()
+
+    def take_away(self, shard_id: str) -> None:
+        self.granted.discard(shard_id)
+        assert self.listener is not None
+        self.listener.revoke(shard_id)

@@ -130,6 +130,12 @@ class ArchiveTap:
     async def flush(self) -> Durable:
         return self._report(await self._inner.flush())
 
+    async def discard(self, shard_id: str) -> int:
+        """The shard moved to the other worker: forget it here (it archives it now)."""
+        self._pending.pop(shard_id, None)
+        self._stash.pop(shard_id, None)
+        return await self._inner.discard(shard_id)
+
     async def aclose(self) -> Durable:
         """Stop the tick (it finishes its write), then ``S3Sink.aclose()``."""
         self._stop.set()

@@ -8,8 +8,8 @@ import orjson
 
 from shardflow import Consumer, DynamoDBLeases, MemoryCheckpointer, S3Sink
 
-from support import create_stream, unique_name
-from support_consumer import POLL, no_more, put_records
+from support import create_stream, list_shards, unique_name
+from support_consumer import POLL, GrantingCheckpointer, no_more, put_records, wait_until
 from support_leases import wait_loads
 from support_sinks import all_lines, new_bucket
 
@@ -107,3 +107,31 @@ async def test_pipe_keeps_going_when_a_lease_moves_to_a_joining_worker(
         first.cancel()
         second.cancel()
     print(f"{len(sent)} records archived by a group that rebalanced to {dict(counts)}")
+
+
+async def test_a_revoked_shard_is_discarded_by_the_sink_not_written(
+    kinesalite_url: str, moto_url: str
+) -> None:
+    kinesis_url, s3_url = kinesalite_url, moto_url
+    stream = create_stream(kinesis_url, shards=2)
+    bucket = new_bucket(s3_url)
+    shards = sorted(s["ShardId"] for s in list_shards(kinesis_url, stream))
+    items = [(f"user-{i % 20}", orjson.dumps({"i": i})) for i in range(200)]
+    put_records(kinesis_url, stream, items)
+    checkpointer = GrantingCheckpointer(set(shards))
+    sink = S3Sink(bucket, max_interval=3600, stream=stream, endpoint_url=s3_url)
+    async with Consumer(
+        stream, app_name="archive", checkpointer=checkpointer, endpoint_url=kinesis_url,
+        poll_interval=POLL,
+    ) as consumer, anyio.create_task_group() as tg:
+        tg.start_soon(consumer.pipe, sink)
+        # Both shards' records sit in the sink's open objects (nothing is due yet).
+        await wait_until(lambda: sink.stats().buffered_records == len(items), within=20)
+        checkpointer.take_away(shards[0])
+        await wait_until(lambda: sink.stats().buffered_records < len(items), within=10)
+        await consumer.aclose()
+    keys = [key for key, _ in all_lines(s3_url, bucket)]
+    assert keys
+    assert all(shards[0] not in key for key in keys), "the revoked shard was written"
+    assert shards[0] not in checkpointer.positions
+    assert shards[1] in checkpointer.positions

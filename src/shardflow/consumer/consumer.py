@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -407,8 +407,10 @@ class Consumer:
 
         Runs until the consumer closes (or the sink or checkpointer fails, which is
         raised). On close, cancellation or error the sink is closed, which writes what it
-        holds, and the positions it then reports are checkpointed; nothing else is. A shard
-        whose lease was lost meanwhile is skipped (its new owner reads it again).
+        holds, and the positions it then reports are checkpointed; nothing else is. When a
+        shard's lease moves to another worker, a sink with ``discard(shard_id)`` drops what
+        it holds for that shard, and its checkpoints are skipped (the new owner reads it
+        again).
         ``aclose()`` waits (up to ``close_timeout``) for this before its final checkpoints.
         """
         coord = self._running()
@@ -423,11 +425,26 @@ class Consumer:
                 log.info("%s was lost; its archived records are not checkpointed here",
                          record.shard_id)
 
+        discard: Callable[[str], Awaitable[object]] | None = getattr(sink, "discard", None)
+        revoked, revocations = anyio.create_memory_object_stream[str](math.inf)
+
+        async def forward_revocations(discard: Callable[[str], Awaitable[object]]) -> None:
+            async for shard_id in revocations:
+                await discard(shard_id)
+
         drained = anyio.Event()
         self._pipes.append(drained)
+        coord.on_revoke.append(revoked.send_nowait)
         try:
-            await pipe(self.batches(), sink, checkpoint)
+            async with anyio.create_task_group() as tg:
+                if discard is not None:
+                    tg.start_soon(forward_revocations, discard)
+                await pipe(self.batches(), sink, checkpoint)
+                tg.cancel_scope.cancel()
         finally:
+            coord.on_revoke.remove(revoked.send_nowait)
+            revoked.close()
+            revocations.close()
             drained.set()
             self._pipes.remove(drained)
 

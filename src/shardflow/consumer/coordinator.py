@@ -51,6 +51,8 @@ class Coordinator:
         self.consumed: set[str] = set()
         self.lost: set[str] = set()
         self.retry_lost = False
+        self.on_revoke: list[Callable[[str], object]] = []
+        """Called with a shard id as soon as it is revoked (e.g. Consumer.pipe's sink)."""
         self.ready: deque[ShardReader] = deque()
         self.announced: deque[ShardReader] = deque()
         self.mode: str | None = None
@@ -73,6 +75,8 @@ class Coordinator:
             log.info("lost %s: stopping its reader", shard_id)
             reader.revoke()
             self.announce.fire()
+        for hook in self.on_revoke:
+            hook(shard_id)
         self.wake()
 
     def reassign(self) -> None:

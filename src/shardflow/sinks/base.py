@@ -58,6 +58,9 @@ class Sink(Protocol):
     - ``aclose()`` refuses new records, flushes what it holds, stops background work and
       returns the final report; it is idempotent (a second call returns ``{}``). Records
       it could not store are not reported, hence never checkpointed: they are read again.
+    - Optionally ``discard(shard_id)``: forget, without writing, what the sink holds for a
+      shard this worker lost (its new owner writes it again). ``Consumer.pipe`` calls it
+      when a lease moves away, so a former owner does not keep writing that shard.
     - Used as ``async with sink:``; ``__aexit__`` calls ``aclose()``.
     """
 

@@ -292,6 +292,30 @@ class S3Sink:
         await self._drain(shards)
         return self._take()
 
+    async def discard(self, shard_id: str) -> int:
+        """Drop, unwritten and unreported, what the sink holds for ``shard_id``; return
+        how many records that was.
+
+        For a shard this worker no longer owns: its new owner reads it again from the last
+        checkpoint and writes the same objects. An object write already under way is
+        waited for (it cannot be taken back). Cancellation leaves the shard as it was.
+        """
+        st = self._buffers.shards.get(shard_id)
+        if st is None:
+            return 0
+        async with st.lock:
+            dropped = sum(obj.count for obj in st.sealed) + len(st.lines)
+            st.sealed.clear()
+            st.lines, st.size, st.first, st.last, st.target = [], 0, None, None, None
+            st.opened_at = st.retry_at = None
+            if self._buffers.shards.get(shard_id) is st:
+                del self._buffers.shards[shard_id]
+            self._unreported.pop(shard_id, None)
+        if dropped:
+            log.info("discarded %d records of %s (the shard moved to another worker)",
+                     dropped, shard_id)
+        return dropped
+
     def stats(self) -> S3SinkStats:
         buffered_records, buffered_bytes, pending_objects = self._buffers.buffered()
         return S3SinkStats(
