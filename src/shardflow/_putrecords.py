@@ -17,6 +17,7 @@ import asyncio
 import base64
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
+from itertools import repeat
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,7 +28,7 @@ from botocore.awsrequest import AWSRequest
 
 from . import _aws, errors
 
-__all__ = ["PutRecordsTransport", "encode_entry", "request_body"]
+__all__ = ["PutRecordsTransport", "all_written", "encode_entry", "parse_response", "request_body"]
 
 OPERATION = "PutRecords"
 TARGET = "Kinesis_20131202.PutRecords"
@@ -108,6 +109,21 @@ def parse_response(raw: bytes, expected: int) -> list[dict[str, Any]]:
     return records
 
 
+_repeat_seq = repeat("SequenceNumber")
+_repeat_shard = repeat("ShardId")
+
+
+def all_written(records: list[dict[str, Any]]) -> bool:
+    """True when every entry of a parsed answer was written: each has a sequence number
+    and a shard id (and so, as AWS answers, no error code). Checked in C, no loop here."""
+    try:
+        return None not in map(dict.get, records, _repeat_seq) and None not in map(
+            dict.get, records, _repeat_shard
+        )
+    except TypeError:  # an entry that is not an object
+        return False
+
+
 def _env_proxy(url: str) -> str | None:
     """The proxy for ``url`` from HTTP(S)_PROXY / NO_PROXY, as botocore reads them."""
     parts = urlsplit(url)
@@ -171,8 +187,11 @@ class PutRecordsTransport:
         SigV4Auth(creds, SERVICE, self._region).add_auth(request)
         return dict(request.headers.items())
 
-    async def put_records(self, entries: Sequence[bytes], timeout: float) -> list[dict[str, Any]]:
-        """Send one PutRecords request; return its per-entry results in order.
+    async def put_records(
+        self, entries: Sequence[bytes], timeout: float
+    ) -> tuple[bytes, list[dict[str, Any]]]:
+        """Send one PutRecords request; return the raw answer and its per-entry results,
+        in order (as :func:`parse_response` reads them).
 
         Raises a :class:`errors.AWSError` subclass for a request-level failure: the
         translated AWS error for a non-200 answer, :class:`errors.RequestTimeout` when no
@@ -202,4 +221,4 @@ class PutRecordsTransport:
             raise _aws.translate_error(exc, OPERATION) from exc
         if status != 200:
             raise response_error(status, raw, error_header)
-        return parse_response(raw, len(entries))
+        return raw, parse_response(raw, len(entries))

@@ -3,7 +3,10 @@
 Without a shard map (no aggregation, no rate limit) every record waits in one lane. With
 a map, a record's lane is the shard its partition key (or explicit hash key) hashes to;
 :meth:`Accumulator.set_map` replaces the map after a reshard and moves every waiting
-record to its new lane.
+record to its new lane. An unordered aggregating producer packs each record into its
+lane's open aggregate as it is put (:mod:`.packing`); records that must be packed again
+(after a reshard, a failure, or when some in an aggregate expired) are given their data
+back from the aggregate and packed again, oldest first, ahead of the others.
 
 A batch is cut when the oldest record of a lane that may send has lingered ``linger``
 seconds, when those lanes hold a full request (or ``pressure_records``: a quarter of the
@@ -27,16 +30,17 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import count
+from operator import attrgetter
 
 from .. import aggregation
 from ..errors import UnmappedHashKey
 from ..limits import KinesisLimits
 from ..shardmap import ShardMap
-from .packing import Lane, Packer, Run
+from .packing import Lane, OpenAggregate, Packer, Run, plain_entry, take_packed, take_plain
 from .ratelimit import ShardRateLimiter
-from .records import Entry, PendingRecord
+from .records import Aggregate, Entry, PendingRecord
 
 __all__ = ["GRANULE", "Accumulator"]
 
@@ -45,6 +49,8 @@ GRANULE = 0.1
 
 _LANE_CACHE_LIMIT = 1 << 16
 _INF = math.inf
+_size = attrgetter("size")
+_deadline = attrgetter("deadline")
 
 
 class Accumulator:
@@ -61,6 +67,7 @@ class Accumulator:
         max_aggregate_bytes: int = aggregation.DEFAULT_MAX_BYTES,
         limiter: ShardRateLimiter | None = None,
         pressure_records: int | None = None,
+        tail_of: Callable[[str], bytes] | None = None,
     ) -> None:
         self.max_records = limits.max_batch_records
         self.max_bytes = limits.max_batch_bytes
@@ -69,6 +76,14 @@ class Accumulator:
         self._linger_offset = linger - record_ttl
         self.ordered = ordered
         self.aggregate = aggregate
+        self.packing = aggregate and not ordered
+        """Records are packed into aggregates as they are put (unordered aggregation)."""
+        self._tail_of = tail_of
+        # the largest protobuf message of an aggregate, before its outer key's bytes
+        self._agg_limit = (
+            min(max_aggregate_bytes, limits.max_record_bytes, limits.max_batch_bytes)
+            - aggregation.OVERHEAD
+        )
         self.limiter = limiter
         pressure = pressure_records or self.max_records
         # a request's worth of records: aggregates carry many records per entry
@@ -119,9 +134,11 @@ class Accumulator:
         if self.limiter is not None:
             self.limiter.retain(s.shard_id for s in shard_map)
         if not self.ordered:
+            waiting: list[PendingRecord] = []
             for lane in old.values():
-                for record in lane.records:
-                    self._lane_for(record).records.append(record)
+                waiting += self._take_all(lane)
+            self._queued = self._queued_bytes = 0
+            self._place(waiting)
             return
         for queue in self._queues.values():
             for record in queue:
@@ -161,17 +178,20 @@ class Accumulator:
     # --- input --------------------------------------------------------------------------
 
     def add(self, record: PendingRecord) -> bool:
-        """Queue a new record; True if the sender should look now (first or full batch)."""
+        """Queue a new record; True if the sender should look now (first or full batch).
+
+        An aggregating unordered producer's record carries its data, which is packed
+        here (and no longer kept by the record)."""
         self.waiting += 1
         lane_of = self._lane_of
         if lane_of is None:  # (record.shard is then read only when ordered)
-            if not self.ordered:  # one lane, whose bytes are _queued_bytes: the fast path
-                self._default.records.append(record)
+            lane = self._default
+            if not self.ordered and not self.packing:  # one lane, no map: the fast path
+                lane.records.append(record)
                 n = self._queued = self._queued + 1
                 before = self._queued_bytes
                 after = self._queued_bytes = before + record.size
                 return n == 1 or n == self._full_records or before < self.max_bytes <= after
-            lane = self._default
         else:
             found = lane_of.get(record.key) if record.ehk is None else None
             if found is None:
@@ -180,10 +200,18 @@ class Accumulator:
                 lane = found
                 record.shard = lane.shard_id
         if not self.ordered:
-            lane.records.append(record)
+            size = record.size
+            if self.packing:
+                data = record.data
+                del record.data
+                self._pack(lane, record, data)
+                lane.count += 1
+                lane.nbytes += size
+            else:
+                lane.records.append(record)
             n = self._queued = self._queued + 1
             before = self._queued_bytes
-            after = self._queued_bytes = before + record.size
+            after = self._queued_bytes = before + size
             return n == 1 or n == self._full_records or before < self.max_bytes <= after
         if lane_of is None:
             record.shard = None
@@ -193,6 +221,110 @@ class Accumulator:
             return False
         self._queues[record.key] = deque((record,))
         return self._offer(record.key, record)
+
+    # --- packing at put() time (unordered, aggregating) ---------------------------------
+
+    def lane_of(self, key: str) -> Lane | None:
+        """The lane of a partition key already seen (no explicit hash key), or None."""
+        lane_of = self._lane_of
+        return None if lane_of is None else lane_of.get(key)
+
+    def add_packed(self, lane: Lane, record: PendingRecord, data: bytes) -> bool:
+        """:meth:`add` for a record of a key whose lane is known (``lane_of``), with its
+        data apart."""
+        self.waiting += 1
+        record.shard = lane.shard_id
+        self._pack(lane, record, data)
+        size = record.size
+        lane.count += 1
+        lane.nbytes += size
+        n = self._queued = self._queued + 1
+        before = self._queued_bytes
+        after = self._queued_bytes = before + size
+        return n == 1 or n == self._full_records or before < self.max_bytes <= after
+
+    def _pack(self, lane: Lane, record: PendingRecord, data: bytes) -> None:
+        """Pack ``record`` into ``lane``'s open aggregate (sealing it when full), or make
+        it an entry of its own (no shard known, or too large for an aggregate)."""
+        agg = lane.open
+        if agg is not None and agg.add(record, data):
+            return
+        assert self._tail_of is not None
+        if lane.shard_id is not None:
+            fresh = OpenAggregate(self._agg_limit - (record.size - len(data)))
+            if fresh.add(record, data):
+                if agg is not None:
+                    lane.sealed.append(self._seal(lane, agg))
+                lane.open = fresh
+                return
+        lane.sealed.append(plain_entry(record, data, self._tail_of(record.key)))
+
+    def _seal(self, lane: Lane, agg: OpenAggregate) -> Entry:
+        assert self._tail_of is not None
+        assert lane.shard_id is not None
+        return agg.seal(self._tail_of(agg.records[0].key), lane.landing, lane.shard_id)
+
+    def _take_all(self, lane: Lane) -> list[PendingRecord]:
+        """Empty an unordered lane: its records, oldest first (an aggregating producer's
+        with their data back, but for those that go on their own)."""
+        if not self.packing:
+            out = lane.retried + lane.records
+            lane.retried = []
+            lane.records = []
+        else:
+            if lane.open is not None:
+                lane.sealed.append(self._seal(lane, lane.open))
+                lane.open = None
+            out = []
+            for entry in lane.sealed:
+                if type(entry) is Aggregate:
+                    out += entry.unpack()
+                else:
+                    out.append(entry)  # type: ignore[arg-type]
+            lane.sealed = []
+        lane.count = lane.nbytes = 0
+        return out
+
+    def _place(self, records: Iterable[PendingRecord], *, first: bool = False) -> None:
+        """Queue records again (unordered), each in its lane, oldest first; ``first``:
+        ahead of what waits there (retries)."""
+        groups: dict[str | None, list[PendingRecord]] = {}
+        for record in records:
+            groups.setdefault(self._lane_for(record).shard_id, []).append(record)
+        for shard_id, group in groups.items():
+            lane = self._lanes[shard_id]
+            group.sort(key=_deadline)
+            nbytes = sum(map(_size, group))
+            self._queued += len(group)
+            self._queued_bytes += nbytes
+            if not self.packing:
+                if first:
+                    lane.retried = sorted(lane.retried + group, key=_deadline)
+                else:
+                    lane.records = sorted(lane.records + group, key=_deadline)
+                continue
+            # pack them on their own (records that went alone keep their entry)
+            lane.count += len(group)
+            lane.nbytes += nbytes
+            sealed, open_ = lane.sealed, lane.open
+            lane.sealed, lane.open = [], None
+            for record in group:
+                if hasattr(record, "data"):
+                    data = record.data
+                    del record.data
+                    self._pack(lane, record, data)
+                else:
+                    lane.sealed.append(record)
+            if lane.open is not None:
+                lane.sealed.append(self._seal(lane, lane.open))
+            if first:
+                lane.sealed += sealed
+            else:
+                if open_ is not None:
+                    sealed.append(self._seal(lane, open_))
+                    open_ = None
+                lane.sealed = sealed + lane.sealed
+            lane.open = open_
 
     def _offer(self, key: str, head: PendingRecord) -> bool:
         """Make ``key`` ready in its head's lane (ordered); True at a first or full batch."""
@@ -257,23 +389,16 @@ class Accumulator:
                 if self._held.pop(key, None) is not None:
                     self._offer(key, self._queues[key][0])
             return
-        groups: dict[str | None, list[PendingRecord]] = {}
-        for record in due:
-            groups.setdefault(self._lane_for(record).shard_id, []).append(record)
-        for shard_id, records in groups.items():
-            lane = self._lanes[shard_id]
-            records.sort(key=_deadline)
-            lane.records.extendleft(reversed(records))
-            self._queued += len(records)
-            self._queued_bytes += sum(r.size for r in records)
+        self._place(due, first=True)
 
     def _head(self, lane: Lane) -> tuple[PendingRecord | None, int]:
         """The oldest record a lane offers (None: none), and how many it offers."""
         if self.ordered:
             ready = lane.ready
             return (self._queues[next(iter(ready))][0], len(ready)) if ready else (None, 0)
-        records = lane.records
-        return (records[0], len(records)) if records else (None, 0)
+        return lane.oldest(), lane.count if self.packing else len(lane.records) + len(
+            lane.retried
+        )
 
     def _scan(self, now: float, flushing: bool) -> tuple[list[Lane] | None, float]:
         """(lanes that may send, if a batch is due now, else None; when to look again)."""
@@ -283,10 +408,10 @@ class Accumulator:
         n = nbytes = 0
         oldest = blocked = _INF
         if self._map is None and not self.ordered:  # one lane, no pacing
-            records = self._default.records
-            if not records:
+            head = self._default.oldest()
+            if head is None:
                 return None, _INF
-            oldest = records[0].deadline + self._linger_offset
+            oldest = head.deadline + self._linger_offset
             if (
                 flushing
                 or oldest <= now
@@ -299,9 +424,9 @@ class Accumulator:
             head, offered = self._head(lane)
             if head is None or lane.suspended:
                 continue
-            # (unordered lanes do not keep their bytes: the head's size times the count
+            # (unaggregated lanes do not keep their bytes: the head's size times the count
             # estimates them, for decisions that need no more than an estimate)
-            lane_bytes = lane.nbytes if ordered else offered * head.size
+            lane_bytes = offered * head.size if not ordered and not self.packing else lane.nbytes
             if limiter is not None and lane.shard_id is not None:
                 need_n = 1.0 if self.aggregate else min(offered, self._granule_records)
                 need_b = max(head.size, min(lane_bytes, self._granule_bytes))
@@ -346,7 +471,6 @@ class Accumulator:
             self._turn += 1
             lanes = lanes[turn:] + lanes[:turn]
         limiter = self.limiter
-        packer = self._packer
         expired = self.expired
         gone = len(expired)
         entries: list[Entry] = []
@@ -376,9 +500,15 @@ class Accumulator:
                         lane, entries, room_n_lane, room_b_lane, tokens_n, tokens_b, now
                     )
                     used = sum(e.size for e in entries[first:])
+                elif self.packing:
+                    n, nbytes, used = self._take_packed(
+                        lane, entries, room_n_lane, room_b_lane, tokens_n, tokens_b, now
+                    )
+                    taken += n
+                    self._queued -= n
+                    self._queued_bytes -= nbytes
                 else:
-                    cut = packer.pack if self.aggregate else packer.take_plain
-                    n, nbytes, used = cut(
+                    n, nbytes, used = take_plain(
                         lane, entries, room_n_lane, room_b_lane, tokens_n, tokens_b, now, expired
                     )
                     taken += n
@@ -396,6 +526,48 @@ class Accumulator:
             self._queued_bytes -= sum(r.size for r in expired[gone:])
         self.waiting -= taken + len(expired) - gone
         return (entries, taken) if entries else None
+
+    def _take_packed(
+        self,
+        lane: Lane,
+        entries: list[Entry],
+        room_n: int,
+        room_b: int,
+        tokens_n: float,
+        tokens_b: float,
+        now: float,
+    ) -> tuple[int, int, int]:
+        """Unordered, aggregating: take a lane's sealed entries, then its open aggregate
+        (sealed now) if the request and the tokens have room left for it. Expired
+        records go to :attr:`expired` (counted out by the caller)."""
+        head = lane.oldest()
+        if head is not None and head.deadline <= now:
+            self._drop_expired(lane, now)
+        before = len(entries)
+        n, nbytes, used = take_packed(lane, entries, room_n, room_b, tokens_n, tokens_b)
+        added = len(entries) - before
+        if lane.sealed or lane.open is None or added >= room_n or used >= room_b:
+            return n, nbytes, used
+        if added and (added >= tokens_n or used >= tokens_b):
+            return n, nbytes, used
+        lane.sealed.append(self._seal(lane, lane.open))
+        lane.open = None
+        more = take_packed(
+            lane, entries, room_n - added, room_b - used, tokens_n - added, tokens_b - used
+        )
+        return n + more[0], nbytes + more[1], used + more[2]
+
+    def _drop_expired(self, lane: Lane, now: float) -> list[PendingRecord]:
+        """Unordered, aggregating: move the expired records of ``lane`` to
+        :attr:`expired` (still counted in the totals), packing the others again."""
+        records = self._take_all(lane)
+        live = [r for r in records if r.deadline > now]
+        gone = [r for r in records if r.deadline <= now]
+        self._queued -= len(live)
+        self._queued_bytes -= sum(map(_size, live))
+        self._place(live)
+        self.expired += gone
+        return gone
 
     def _take_runs(
         self,
@@ -451,16 +623,26 @@ class Accumulator:
         """Remove and return queued records whose deadline passed (not on their way)."""
         out: list[PendingRecord] = []
         if not self.ordered:
-            for lane in self._lanes.values():
-                records = lane.records
-                if not records or min(r.deadline for r in records) >= now:
+            for lane in list(self._lanes.values()):
+                if self.packing:
+                    if not lane.count or min(map(_deadline, _waiting(lane))) >= now:
+                        continue
+                    records = self._take_all(lane)
+                    live = [r for r in records if r.deadline >= now]
+                    out += [r for r in records if r.deadline < now]
+                    self._queued -= len(live)
+                    self._queued_bytes -= sum(map(_size, live))
+                    self._place(live)
                     continue
-                keep: deque[PendingRecord] = deque()
-                for record in records:
-                    (out if record.deadline < now else keep).append(record)
-                lane.records = keep
+                gone: list[PendingRecord] = []
+                for name in ("retried", "records"):
+                    records = getattr(lane, name)
+                    if records and min(map(_deadline, records)) < now:
+                        setattr(lane, name, [r for r in records if r.deadline >= now])
+                        gone += [r for r in records if r.deadline < now]
+                out += gone
             self._queued -= len(out)
-            self._queued_bytes -= sum(r.size for r in out)
+            self._queued_bytes -= sum(map(_size, out))
         else:
             for key in list(self._queues):
                 queue = self._queues[key]
@@ -487,8 +669,9 @@ class Accumulator:
         retrying = {id(r) for r in out}
         if not self.ordered:
             for lane in self._lanes.values():
-                out.extend(lane.records)
-                lane.records.clear()
+                out += _waiting(lane)
+                lane.records, lane.retried, lane.sealed, lane.open = [], [], [], None
+                lane.count = lane.nbytes = 0
         else:
             for key, queue in self._queues.items():
                 held = self._held.get(key, 0)
@@ -507,5 +690,14 @@ class Accumulator:
         return out
 
 
-def _deadline(record: PendingRecord) -> float:
-    return record.deadline
+def _waiting(lane: Lane) -> list[PendingRecord]:
+    """Every record waiting in an unordered lane (aggregates' records as they are)."""
+    out = lane.retried + lane.records
+    for entry in lane.sealed:
+        if type(entry) is Aggregate:
+            out += entry.records
+        else:
+            out.append(entry)  # type: ignore[arg-type]
+    if lane.open is not None:
+        out += lane.open.records
+    return out

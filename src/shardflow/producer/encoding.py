@@ -22,7 +22,7 @@ from ..limits import KinesisLimits
 from ..shardmap import parse_explicit_hash_key
 from .records import PendingRecord
 
-__all__ = ["ENTRY_OVERHEAD", "RECORD_OVERHEAD", "RecordMaker", "record_cost"]
+__all__ = ["AGGREGATED_OVERHEAD", "ENTRY_OVERHEAD", "RECORD_OVERHEAD", "RecordMaker", "record_cost"]
 
 ENTRY_OVERHEAD = 64
 """JSON punctuation of one PutRecords entry, beyond its data and key."""
@@ -35,7 +35,8 @@ _BYTES_LIKE = (bytes, bytearray, memoryview)
 _DATA_HEAD = b'{"Data":"'
 _KEY_HEAD = b'","PartitionKey":'
 _TAIL_KEY = len(_KEY_HEAD)  # where the key's JSON starts in a cached entry tail
-_AGGREGATED_OVERHEAD = ENTRY_OVERHEAD + RECORD_OVERHEAD
+AGGREGATED_OVERHEAD = ENTRY_OVERHEAD + RECORD_OVERHEAD
+"""Beyond data and base64: what an aggregating producer's record costs (see record_cost)."""
 _EMPTY_PAIR = (b"", b"")  # data.join(_EMPTY_PAIR): a compact copy of data
 _b64 = binascii.b2a_base64
 _dumps = orjson.dumps
@@ -59,18 +60,34 @@ class RecordMaker:
     ``loop`` must be set (the running loop) before the first record.
     """
 
-    def __init__(self, limits: KinesisLimits, *, aggregate: bool, record_ttl: float) -> None:
+    def __init__(
+        self, limits: KinesisLimits, *, aggregate: bool, record_ttl: float, packed: bool = False
+    ) -> None:
         # a record must also fit a request on its own
         self.max_record_bytes = min(limits.max_record_bytes, limits.max_batch_bytes)
         self.max_key_chars = limits.max_partition_key_chars
         self.record_ttl = record_ttl
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._keys: dict[str, tuple[bytes, int]] = {}
-        self.make = self._aggregated if aggregate else self._plain
+        self.keys: dict[str, tuple[bytes, int]] = {}
+        """Partition keys seen (valid): (the end of their entry, their UTF-8 bytes)."""
+        self.make = self._plain if not aggregate else self._packed if packed else self._aggregated
+        """``packed``: the data is packed into an aggregate at once (the accumulator takes
+        it from the record), so it is not copied."""
+
+    def tail_of(self, key: str) -> bytes:
+        """The end of an entry with partition key ``key`` (a key already accepted):
+        ``","PartitionKey":"<key>"}``."""
+        cached = self.keys.get(key)
+        return (cached or self._key_entry(key))[0]
 
     def _plain(self, obj: Any, partition_key: str, explicit_hash_key: Any) -> PendingRecord:
         """A new record with its PutRecords entry (unaggregated producers)."""
-        if type(obj) is bytes:
+        if type(obj) is dict:
+            try:
+                data = _dumps(obj)
+            except TypeError:
+                data = _serialise(obj)  # raises SerializationError
+        elif type(obj) is bytes:
             data = obj
         elif isinstance(obj, _BYTES_LIKE):
             data = bytes(obj)
@@ -80,7 +97,7 @@ class RecordMaker:
             except TypeError:
                 data = _serialise(obj)  # raises SerializationError
         try:
-            cached = self._keys.get(partition_key)
+            cached = self.keys.get(partition_key)
         except TypeError:  # unhashable: not a str
             cached = None
         if cached is None:
@@ -101,7 +118,6 @@ class RecordMaker:
         record.size = size
         record.cost = len(fragment) + RECORD_OVERHEAD
         record.deadline = _monotonic() + self.record_ttl
-        record.attempts = None
         return record
 
     def _aggregated(self, obj: Any, partition_key: str, explicit_hash_key: Any) -> PendingRecord:
@@ -119,7 +135,7 @@ class RecordMaker:
             # packed holds a compact copy instead (cheaper than the memory it saves)
             data = data.join(_EMPTY_PAIR)
         try:
-            cached = self._keys.get(partition_key)
+            cached = self.keys.get(partition_key)
         except TypeError:  # unhashable: not a str
             cached = None
         if cached is None:
@@ -132,9 +148,37 @@ class RecordMaker:
         record.data = data
         record.key = partition_key
         record.size = size
-        record.cost = size + 4 * ((size + 2) // 3) + _AGGREGATED_OVERHEAD
+        record.cost = size + 4 * ((size + 2) // 3) + AGGREGATED_OVERHEAD
         record.deadline = _monotonic() + self.record_ttl
-        record.attempts = None
+        return record
+
+    def _packed(self, obj: Any, partition_key: str, explicit_hash_key: Any) -> PendingRecord:
+        """A new record with its data, packed at once (unordered aggregating producers)."""
+        if type(obj) is bytes:
+            data = obj
+        elif isinstance(obj, _BYTES_LIKE):
+            data = bytes(obj)
+        else:
+            try:
+                data = _dumps(obj)
+            except TypeError:
+                data = _serialise(obj)  # raises SerializationError
+        try:
+            cached = self.keys.get(partition_key)
+        except TypeError:  # unhashable: not a str
+            cached = None
+        if cached is None:
+            cached = self._key_entry(partition_key)
+        size = len(data) + cached[1]
+        if size > self.max_record_bytes:
+            raise self._too_large(data, cached[1])
+        record = PendingRecord(loop=self.loop)
+        record.ehk = None if explicit_hash_key is None else _hash_key(explicit_hash_key)
+        record.data = data
+        record.key = partition_key
+        record.size = size
+        record.cost = size + 4 * ((size + 2) // 3) + AGGREGATED_OVERHEAD
+        record.deadline = _monotonic() + self.record_ttl
         return record
 
     def _too_large(self, data: bytes, key_bytes: int) -> errors.RecordTooLarge:
@@ -163,9 +207,9 @@ class RecordMaker:
                 f"partition_key must have 1 to {self.max_key_chars} characters (UTF-16 code "
                 f"units, as AWS counts them), got {units}"
             )
-        if len(self._keys) >= _KEY_CACHE_SIZE:
-            self._keys.clear()
-        entry = self._keys[key] = (_KEY_HEAD + key_json + b"}", len(encoded))
+        if len(self.keys) >= _KEY_CACHE_SIZE:
+            self.keys.clear()
+        entry = self.keys[key] = (_KEY_HEAD + key_json + b"}", len(encoded))
         return entry
 
 

@@ -23,16 +23,18 @@ _cost = attrgetter("cost")
 class Ledger:
     """Records accepted and not yet resolved; the queue bound; put and flush waiters."""
 
-    def __init__(self, max_records: int, max_bytes: int, *, holds_data: bool = False) -> None:
+    def __init__(self, max_records: int, max_bytes: int) -> None:
         self.max_records = max_records
         self.max_bytes = max_bytes
-        self.holds_data = holds_data
-        """Records keep their raw data (aggregating producers): released with the rest."""
         self.records = 0
         self.bytes = 0
         self.closed = False
+        # Records are admitted in epochs: every flush() closes the current one and waits
+        # until the epochs up to it have no unresolved record. A record of epoch 0 carries
+        # no epoch (it reads as 0); others carry theirs.
         self._epoch = 0
-        self._open: dict[int, int] = {0: 0}  # epoch -> unresolved records, oldest first
+        self._current = 0  # unresolved records of the current epoch
+        self._open: dict[int, int] = {}  # closed epoch -> unresolved records, oldest first
         self._putters: deque[list[object]] = deque()  # [cost, future] in arrival order
         self._flushers: list[tuple[int, asyncio.Future[None]]] = []
 
@@ -41,24 +43,33 @@ class Ledger:
     def _fits(self, cost: int) -> bool:
         return self.records < self.max_records and self.bytes + cost <= self.max_bytes
 
+    def has_putters(self) -> bool:
+        """True while a put() waits for room (a new record must wait behind it)."""
+        return bool(self._putters)
+
+    def count(self, record: PendingRecord) -> None:
+        """Count ``record`` in the current epoch (its room was taken by the caller)."""
+        if self._epoch:
+            record.epoch = self._epoch
+        self._current += 1
+
     def admit(self, record: PendingRecord) -> None:
         self.records += 1
         self.bytes += record.cost
-        record.epoch = epoch = self._epoch
-        self._open[epoch] += 1
+        if self._epoch:
+            record.epoch = self._epoch
+        self._current += 1
 
     def try_admit(self, record: PendingRecord) -> bool:
         """Admit ``record`` if it fits now without overtaking a waiting put."""
-        if (
-            self._putters
-            or self.records >= self.max_records
-            or self.bytes + record.cost > self.max_bytes
-        ):
+        cost = record.cost
+        if self._putters or self.records >= self.max_records or self.bytes + cost > self.max_bytes:
             return False
         self.records += 1
-        self.bytes += record.cost
-        record.epoch = epoch = self._epoch
-        self._open[epoch] += 1
+        self.bytes += cost
+        if self._epoch:
+            record.epoch = self._epoch
+        self._current += 1
         return True
 
     async def wait_room(self, cost: int) -> None:
@@ -106,33 +117,32 @@ class Ledger:
     # --- resolution ---------------------------------------------------------------------
 
     def release(self, records: Sequence[PendingRecord]) -> None:
-        """Forget resolved records: free their room and payload, wake puts and flushes."""
+        """Forget resolved records: free their room, wake puts and flushes. (Their payload
+        is let go by whoever resolved them.)"""
         opened = self._open
-        if len(opened) == 1:  # no flush pending: every record is of the current epoch
-            opened[self._epoch] -= len(records)
+        if not opened:  # no flush pending: every record is of the current epoch
+            self._current -= len(records)
         else:
+            current = self._epoch
             for record in records:
-                opened[record.epoch] -= 1
-        # the payload is no longer needed: let it go
-        if self.holds_data:
-            for record in records:
-                record.data = record.fragment = b""
-        else:
-            for record in records:
-                record.fragment = b""
+                epoch = getattr(record, "epoch", 0)
+                if epoch == current:
+                    self._current -= 1
+                else:
+                    opened[epoch] -= 1
         self.records -= len(records)
         self.bytes -= sum(map(_cost, records))
         self._wake_putter()
-        if self._flushers or len(opened) > 1:
+        if self._flushers or opened:
             self._retire_epochs()
 
     def _retire_epochs(self) -> None:
         opened = self._open
         for epoch in list(opened):
-            if epoch == self._epoch or opened[epoch]:
+            if opened[epoch]:
                 break
             del opened[epoch]
-        oldest = next(iter(opened))
+        oldest = next(iter(opened)) if opened else self._epoch
         if self._flushers:
             waiting = []
             for target, fut in self._flushers:
@@ -155,10 +165,11 @@ class Ledger:
         when done with it (also after cancellation).
         """
         target = self._epoch
+        self._open[target] = self._current
+        self._current = 0
         self._epoch += 1
-        self._open[self._epoch] = 0
         self._retire_epochs()
-        if next(iter(self._open)) > target:
+        if (next(iter(self._open)) if self._open else self._epoch) > target:
             return None
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._flushers.append((target, fut))

@@ -1,10 +1,19 @@
 """Turning a lane's waiting records into PutRecords entries.
 
-A :class:`Lane` holds the records waiting for one predicted shard. :class:`Packer` takes
-records from a lane into a request: on their own (unaggregated producers, or a record
-too large for an aggregate), or packed into KPL aggregates for the lane's shard, each at
-most ``max_aggregate_bytes`` (and within the record and request limits). An aggregate
-of one record is sent as that plain record, as the KPL does.
+A :class:`Lane` holds what waits for one predicted shard. Unordered producers fill it at
+``put()`` time:
+
+- without aggregation, with records whose entry was encoded at ``put()``; a batch takes
+  them in bulk (:func:`take_plain`);
+- with aggregation, with entries ready to go: KPL aggregates packed record by record as
+  they are put (an :class:`OpenAggregate` per lane, sealed when the next record would
+  take it past ``max_aggregate_bytes``, or when a batch takes it), and records that go on
+  their own (too large for an aggregate, or for no known shard). A batch takes entries
+  as they are (:func:`take_packed`). The MD5 and the base64 of an aggregate are computed
+  once, when it is sealed.
+
+Ordered producers keep their records per key; :class:`Packer` packs the ready keys' next
+records when a batch is cut (``pack_runs``), so that a key's records share one entry.
 
 Every loop takes entries while the request has room; with a rate limiter, also while the
 lane's shard has tokens left: a lane's first entry always goes (the accumulator offers a
@@ -16,18 +25,28 @@ at most one aggregate, repaid before the shard sends again).
 from __future__ import annotations
 
 import binascii
-from collections import deque
 from collections.abc import Iterable, Sequence
+from hashlib import md5
 from operator import attrgetter
 
 import orjson
 
 from .._putrecords import encode_entry
-from ..aggregation import OVERHEAD, AggregateBuilder
+from ..aggregation import (
+    _ENTRIES,
+    _PK_FIELD,
+    _TABLE_SIZE,
+    _VARINT,
+    MAGIC,
+    OVERHEAD,
+    AggregateBuilder,
+    _encode_varint,
+    _key_entry,
+)
 from ..limits import KinesisLimits
 from .records import Aggregate, Entry, PendingRecord
 
-__all__ = ["Lane", "Packer", "Run"]
+__all__ = ["Lane", "OpenAggregate", "Packer", "Run", "take_packed", "take_plain"]
 
 Run = tuple[str, Sequence[PendingRecord]]
 """(partition key, its next records for the lane): an ordered key's records that may
@@ -36,12 +55,26 @@ share one entry, oldest first."""
 _b64 = binascii.b2a_base64
 _dumps = orjson.dumps
 _size = attrgetter("size")
+_deadline = attrgetter("deadline")
+_DATA_HEAD = b'{"Data":"'
+_KEY_HEAD = b'","PartitionKey":'
 
 
 class Lane:
-    """The records waiting for one predicted shard (``shard_id`` None: no prediction)."""
+    """What waits for one predicted shard (``shard_id`` None: no prediction)."""
 
-    __slots__ = ("landing", "nbytes", "ready", "records", "shard_id", "suspended")
+    __slots__ = (
+        "count",
+        "landing",
+        "nbytes",
+        "open",
+        "ready",
+        "records",
+        "retried",
+        "sealed",
+        "shard_id",
+        "suspended",
+    )
 
     def __init__(self, shard_id: str | None, starting_hash_key: int | None = None) -> None:
         self.shard_id = shard_id
@@ -49,29 +82,314 @@ class Lane:
             b"}" if starting_hash_key is None else b',"ExplicitHashKey":"%d"}' % starting_hash_key
         )
         """The end of an aggregate's entry: the explicit hash key landing it on the shard."""
-        self.records: deque[PendingRecord] = deque()
-        """Unordered producers: the waiting records, oldest first."""
+        self.records: list[PendingRecord] = []
+        """Unordered, unaggregated: the waiting records, in put order."""
+        self.retried: list[PendingRecord] = []
+        """Unordered, unaggregated: records due for another try, oldest first; they go
+        before :attr:`records`."""
+        self.sealed: list[Entry] = []
+        """Unordered, aggregating: entries ready to go, first in line first."""
+        self.open: OpenAggregate | None = None
+        """Unordered, aggregating: the aggregate being filled (after :attr:`sealed`)."""
+        self.count = 0
+        """Unordered, aggregating: records waiting here (sealed or open)."""
         self.ready: dict[str, None] = {}
         """Ordered producers: keys whose next records may go, in turn."""
         self.nbytes = 0
-        """Ordered producers: the sizes of the ready keys' next records."""
+        """Unordered, aggregating: bytes (AWS's count) of the records waiting here;
+        ordered producers: of the ready keys' next records."""
         self.suspended = False
         """True once an aggregate packed for the shard landed elsewhere: the lane waits
         for the next shard map rather than send more aggregates to the wrong shard."""
 
     def __repr__(self) -> str:
-        return f"<Lane {self.shard_id}: {len(self.records) or len(self.ready)} waiting>"
+        waiting = self.count or len(self.ready) or len(self.records) + len(self.retried)
+        return f"<Lane {self.shard_id}: {waiting} waiting>"
+
+    def oldest(self) -> PendingRecord | None:
+        """Unordered: the first record in line (the oldest but for retries), or None."""
+        if self.retried:
+            return self.retried[0]
+        if self.records:
+            return self.records[0]
+        if self.sealed:
+            first = self.sealed[0]
+            return first.records[0] if type(first) is Aggregate else first  # type: ignore[return-value]
+        if self.open is not None and self.open.records:
+            return self.open.records[0]
+        return None
+
+
+# --- put-time aggregation --------------------------------------------------------------
+
+
+class OpenAggregate:
+    """A KPL aggregate being filled as records are put, for one lane.
+
+    Each record is encoded when it is added (one protobuf ``Record`` with its data, one
+    key table entry for a key new to the aggregate); :meth:`seal` joins the parts, adds
+    the MD5 and encodes the entry once. ``limit`` bounds the protobuf message.
+    """
+
+    __slots__ = (
+        "body",
+        "ehk_fields",
+        "ehk_table",
+        "fields",
+        "first",
+        "limit",
+        "parts",
+        "records",
+        "table",
+    )
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.body = 0
+        self.fields: dict[str, bytes] = {}  # partition key -> its index field
+        self.table: list[bytes] = [MAGIC]  # MAGIC, then the partition key table
+        self.ehk_fields: dict[str, bytes] = {}
+        self.ehk_table: list[bytes] = []
+        self.parts: list[bytes] = []  # one encoded Record each
+        self.records: list[PendingRecord] = []
+        self.first = b""  # the first record's data (an aggregate of one goes as it is)
+
+    def add(self, record: PendingRecord, data: bytes) -> bool:
+        """Encode ``record`` (``data`` is its data) into the aggregate; False, changing
+        nothing, when it would take the aggregate past its limit."""
+        key = record.key
+        if record.ehk is not None:
+            return self._add_with_hash_key(record, data)
+        fields = self.fields
+        field = fields.get(key)
+        dl = len(data)
+        dlv = _VARINT[dl] if dl < _TABLE_SIZE else _encode_varint(dl)
+        if field is None:
+            entry = _ENTRIES.get(key) or _key_entry(key)
+            n = len(fields)
+            field = _PK_FIELD[n] if n < _TABLE_SIZE else b"\x08" + _encode_varint(n)
+            inner = len(field) + 1 + len(dlv) + dl
+            part = b"\x1a%b%b\x1a%b%b" % (
+                _VARINT[inner] if inner < _TABLE_SIZE else _encode_varint(inner),
+                field,
+                dlv,
+                data,
+            )
+            body = self.body + len(part) + len(entry)
+            if body > self.limit:
+                return False
+            fields[key] = field
+            self.table.append(entry)
+        else:
+            inner = len(field) + 1 + len(dlv) + dl
+            part = b"\x1a%b%b\x1a%b%b" % (
+                _VARINT[inner] if inner < _TABLE_SIZE else _encode_varint(inner),
+                field,
+                dlv,
+                data,
+            )
+            body = self.body + len(part)
+            if body > self.limit:
+                return False
+        self.body = body
+        records = self.records
+        if not records:
+            self.first = data
+        records.append(record)
+        self.parts.append(part)
+        return True
+
+    def _add_with_hash_key(self, record: PendingRecord, data: bytes) -> bool:
+        fields = self.fields
+        key = record.key
+        ehk = record.ehk
+        assert ehk is not None
+        grow = 0
+        field = fields.get(key)
+        new_key = field is None
+        if field is None:
+            entry = _ENTRIES.get(key) or _key_entry(key)
+            n = len(fields)
+            field = _PK_FIELD[n] if n < _TABLE_SIZE else b"\x08" + _encode_varint(n)
+            grow += len(entry)
+        ehk_field = self.ehk_fields.get(ehk)
+        new_ehk = ehk_field is None
+        ehk_entry = b""
+        if ehk_field is None:
+            raw = ehk.encode()
+            ehk_field = b"\x10" + _varint(len(self.ehk_fields))
+            ehk_entry = b"\x12" + _varint(len(raw)) + raw
+            grow += len(ehk_entry)
+        dl = len(data)
+        fields_bytes = field + ehk_field
+        inner = len(fields_bytes) + 1 + len(_varint(dl)) + dl
+        part = b"\x1a" + _varint(inner) + fields_bytes + b"\x1a" + _varint(dl) + data
+        grow += len(part)
+        if self.body + grow > self.limit:
+            return False
+        if new_key:
+            fields[key] = field
+            self.table.append(_ENTRIES.get(key) or _key_entry(key))
+        if new_ehk:
+            self.ehk_fields[ehk] = ehk_field
+            self.ehk_table.append(ehk_entry)
+        self.body += grow
+        if not self.records:
+            self.first = data
+        self.records.append(record)
+        self.parts.append(part)
+        return True
+
+    def seal(self, tail: bytes, landing: bytes, shard_id: str) -> Entry:
+        """The entry of what was added: an :class:`Aggregate` for ``shard_id``, or the
+        only record as it is. ``tail`` is the first record's entry tail (its partition
+        key's JSON after ``","PartitionKey":``, then ``}``), ``landing`` the end of an
+        aggregate's entry (its explicit hash key)."""
+        records = self.records
+        first = records[0]
+        if len(records) == 1:
+            return plain_entry(first, self.first, tail)
+        table = self.table
+        table += self.ehk_table
+        table += self.parts
+        blob = b"".join(table)
+        blob += md5(memoryview(blob)[4:]).digest()
+        fragment = b"".join((_DATA_HEAD, _b64(blob, newline=False), tail[:-1], landing))
+        size = len(blob) + first.size - len(self.first)
+        return Aggregate(records, fragment, size, shard_id, records[-1].deadline)
+
+
+def _varint(value: int) -> bytes:
+    return _VARINT[value] if value < _TABLE_SIZE else _encode_varint(value)
+
+
+def plain_entry(record: PendingRecord, data: bytes, tail: bytes) -> PendingRecord:
+    """``record`` as an entry of its own: its fragment built from ``data`` and ``tail``."""
+    if record.ehk is None:
+        record.fragment = b"".join((_DATA_HEAD, _b64(data, newline=False), tail))
+    else:
+        record.fragment = encode_entry(data, tail[len(_KEY_HEAD) : -1], record.ehk)
+    return record
+
+
+# --- taking entries into a request -------------------------------------------------------
+
+
+def take_plain(
+    lane: Lane,
+    out: list[Entry],
+    room_n: int,
+    room_b: int,
+    tokens_n: float,
+    tokens_b: float,
+    now: float,
+    expired: list[PendingRecord],
+) -> tuple[int, int, int]:
+    """Take records built at ``put()`` as entries of their own: retried ones first, then
+    the others in put order, in bulk while none expired and the sizes fit at a glance.
+
+    Returns (records taken, their bytes, the entries' bytes); expired records go to
+    ``expired``.
+    """
+    cap_n = room_n if tokens_n >= room_n else max(1, int(tokens_n))
+    cap_b = room_b if tokens_b >= room_b else tokens_b
+    n = used = 0
+    if lane.retried:
+        n, used = _take_one_by_one(lane.retried, out, cap_n, cap_b, room_b, now, expired, 0, 0)
+    records = lane.records
+    k = min(cap_n - n, len(records))
+    if k > 0:
+        chunk = records[:k]
+        nbytes = sum(map(_size, chunk))
+        if used + nbytes <= cap_b and min(map(_deadline, chunk)) > now:
+            del records[:k]
+            out += chunk
+            n += k
+            used += nbytes
+        else:
+            n, used = _take_one_by_one(records, out, cap_n, cap_b, room_b, now, expired, n, used)
+    return n, used, used
+
+
+def _take_one_by_one(
+    records: list[PendingRecord],
+    out: list[Entry],
+    cap_n: int,
+    cap_b: float,
+    room_b: int,
+    now: float,
+    expired: list[PendingRecord],
+    n: int,
+    used: int,
+) -> tuple[int, int]:
+    """Take ``records`` from the front one at a time, within the caps; the expired ones
+    go to ``expired`` (and leave the lane's counts)."""
+    i = 0
+    while i < len(records) and n < cap_n:
+        record = records[i]
+        size = record.size
+        if used + size > cap_b and (n or size > room_b):
+            break
+        i += 1
+        if record.deadline <= now:
+            expired.append(record)
+            continue
+        used += size
+        n += 1
+        out.append(record)
+    del records[:i]
+    return n, used
+
+
+def take_packed(
+    lane: Lane,
+    out: list[Entry],
+    room_n: int,
+    room_b: int,
+    tokens_n: float,
+    tokens_b: float,
+) -> tuple[int, int, int]:
+    """Take a lane's sealed entries as they are, first in line first.
+
+    Returns (records taken, their bytes, the entries' bytes). Expired records are taken
+    out beforehand by the accumulator.
+    """
+    sealed = lane.sealed
+    taken = taken_bytes = entries = used = i = 0
+    while i < len(sealed) and entries < room_n and used < room_b:
+        if entries and (entries >= tokens_n or used >= tokens_b):
+            break
+        entry = sealed[i]
+        size = entry.size
+        if size > room_b - used or (entries and size > tokens_b - used):
+            break
+        i += 1
+        out.append(entry)
+        entries += 1
+        used += size
+        if type(entry) is Aggregate:
+            taken += len(entry.records)
+            taken_bytes += sum(map(_size, entry.records))
+        else:
+            taken += 1
+            taken_bytes += size
+    del sealed[:i]
+    lane.count -= taken
+    lane.nbytes -= taken_bytes
+    return taken, taken_bytes, used
+
+
+# --- ordered producers: packing at send time ---------------------------------------------
 
 
 class Packer:
-    """Cuts entries out of lanes within request limits, shard tokens and aggregate size."""
+    """Cuts entries out of ordered lanes within request limits, shard tokens and
+    aggregate size."""
 
     def __init__(self, limits: KinesisLimits, max_aggregate_bytes: int) -> None:
         self.max_record_bytes = limits.max_record_bytes
         self.max_aggregate_bytes = max_aggregate_bytes
         """0: the producer does not aggregate (entries are built at ``put()``)."""
-
-    # --- entries ------------------------------------------------------------------------
 
     def _plain(self, record: PendingRecord) -> PendingRecord:
         """``record`` as an entry of its own (its JSON built now if the producer aggregates)."""
@@ -85,13 +403,7 @@ class Packer:
         key = members[0].key
         blob = builder.build()
         fragment = b"".join(
-            (
-                b'{"Data":"',
-                _b64(blob, newline=False),
-                b'","PartitionKey":',
-                _dumps(key),
-                lane.landing,
-            )
+            (_DATA_HEAD, _b64(blob, newline=False), _KEY_HEAD, _dumps(key), lane.landing)
         )
         size = len(blob) + members[0].size - len(members[0].data)
         assert lane.shard_id is not None
@@ -101,122 +413,6 @@ class Packer:
         """The largest aggregate whose outer record (head's key included) fits ``room``."""
         key_bytes = head.size - len(head.data)
         return min(self.max_aggregate_bytes, self.max_record_bytes, room) - key_bytes
-
-    # --- unordered ----------------------------------------------------------------------
-
-    def take_plain(
-        self,
-        lane: Lane,
-        out: list[Entry],
-        room_n: int,
-        room_b: int,
-        tokens_n: float,
-        tokens_b: float,
-        now: float,
-        expired: list[PendingRecord],
-    ) -> tuple[int, int, int]:
-        """Take records built at ``put()`` as entries of their own, oldest first.
-
-        Returns (records taken, their bytes, the entries' bytes); expired records go to
-        ``expired``.
-        """
-        records = lane.records
-        cap_n = room_n if tokens_n >= room_n else max(1, int(tokens_n))
-        cap_b = room_b if tokens_b >= room_b else tokens_b
-        n = used = 0
-        append = out.append
-        popleft = records.popleft
-        while records and n < cap_n:
-            record = records[0]
-            size = record.size
-            if used + size > cap_b and (n or size > room_b):
-                break
-            popleft()
-            if record.deadline <= now:
-                expired.append(record)
-                continue
-            used += size
-            n += 1
-            append(record)
-        return n, used, used
-
-    def pack(
-        self,
-        lane: Lane,
-        out: list[Entry],
-        room_n: int,
-        room_b: int,
-        tokens_n: float,
-        tokens_b: float,
-        now: float,
-        expired: list[PendingRecord],
-    ) -> tuple[int, int, int]:
-        """Pack a lane's records into aggregates for its shard, oldest first.
-
-        Returns (records taken, their bytes, the entries' bytes); expired records go to
-        ``expired``.
-        """
-        records = lane.records
-        aggregating = lane.shard_id is not None
-        taken = taken_bytes = 0
-        entries = used = 0
-        while records and entries < room_n and used < room_b:
-            if entries and (entries >= tokens_n or used >= tokens_b):
-                break
-            head = records[0]
-            if head.deadline <= now:
-                expired.append(records.popleft())
-                continue
-            entry: Entry | None = None
-            members: list[PendingRecord] = []
-            if aggregating and (limit := self._limit(head, room_b - used)) > OVERHEAD:
-                builder = AggregateBuilder(limit)
-                if head.ehk is None:
-                    # The records up to the next one with an explicit hash key, as many as
-                    # may fit (each adds at least its data and 6 bytes), added in one go.
-                    room = limit - OVERHEAD
-                    while records:
-                        record = records[0]
-                        if record.ehk is not None:
-                            break
-                        if record.deadline <= now:
-                            expired.append(records.popleft())
-                            continue
-                        room -= len(record.data) + 6
-                        if room < 0:
-                            break
-                        members.append(records.popleft())
-                    n = builder.add_all([r.key for r in members], [r.data for r in members])
-                    if n < len(members):
-                        records.extendleft(reversed(members[n:]))
-                        del members[n:]
-                else:
-                    add = builder.try_add
-                    while records:
-                        record = records[0]
-                        if record.deadline <= now:
-                            expired.append(records.popleft())
-                            continue
-                        if add(record.key, record.ehk, record.data) < 0:
-                            break
-                        members.append(records.popleft())
-                if members:
-                    taken_bytes += sum(map(_size, members))
-                    entry = self._close(lane, builder, members)
-            if entry is None:  # too large for an aggregate: alone, if the request has room
-                if head.size > room_b - used or (entries and head.size > tokens_b - used):
-                    break
-                records.popleft()
-                taken_bytes += head.size
-                members.append(head)
-                entry = self._plain(head)
-            out.append(entry)
-            entries += 1
-            used += entry.size
-            taken += len(members)
-        return taken, taken_bytes, used
-
-    # --- ordered ------------------------------------------------------------------------
 
     def pack_runs(
         self,

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import binascii
 import logging
 import math
+import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import anyio
+import orjson
 
 from .. import _aws, aggregation, errors
 from .._putrecords import PutRecordsTransport
 from ..limits import KinesisLimits
 from ..models import PutResult
 from .accumulator import Accumulator
+from .encoding import AGGREGATED_OVERHEAD, RecordMaker, record_cost
 from .encoding import RECORD_OVERHEAD as RECORD_OVERHEAD
-from .encoding import RecordMaker, record_cost
 from .ledger import Ledger
 from .ratelimit import ShardRateLimiter
 from .records import PendingRecord
@@ -35,6 +38,11 @@ RATE_BURST = 0.5
 AWS's one-second budget even when a network hiccup bunches two bursts together."""
 _STOP_TIMEOUT = 5.0  # longest wait for the cancelled sender to unwind
 _sleep0 = asyncio.sleep
+_b64 = binascii.b2a_base64
+_dumps = orjson.dumps
+_join = b"".join
+_monotonic = time.monotonic
+_DATA_HEAD = b'{"Data":"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +88,11 @@ def _check_seconds(name: str, value: object, *, positive: bool) -> float:
     if math.isnan(value) or math.isinf(value) or value < 0 or (positive and value == 0):
         raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} seconds, got {value}")
     return float(value)
+
+
+def _no_fast(obj: Any, partition_key: str) -> None:
+    """The hot path of producers that have none (ordered aggregation): the general one."""
+    return None
 
 
 class Producer:
@@ -193,9 +206,17 @@ class Producer:
         self._region_name = region_name
         self._client = client
         self._credentials = credentials
-        self._maker = RecordMaker(limits, aggregate=aggregate, record_ttl=self.record_ttl)
+        packed = aggregate and not ordered  # records packed into aggregates at put()
+        self._maker = RecordMaker(
+            limits, aggregate=aggregate, record_ttl=self.record_ttl, packed=packed
+        )
         self._prepare = self._maker.make
-        self._ledger = Ledger(max_queue_records, max_queue_bytes, holds_data=aggregate)
+        self._keys = self._maker.keys
+        self._max_record_bytes = self._maker.max_record_bytes
+        self._fast = (
+            self._fast_packed if packed else self._fast_plain if not aggregate else _no_fast
+        )
+        self._ledger = Ledger(max_queue_records, max_queue_bytes)
         limiter = None
         if rate_limit is not None:
             limiter = ShardRateLimiter(
@@ -212,6 +233,7 @@ class Producer:
             max_aggregate_bytes=self.max_aggregate_bytes,
             limiter=limiter,
             pressure_records=max(1, max_queue_records // 4),
+            tail_of=self._maker.tail_of,
         )
         self._tracker: ShardTracker | None = None
         self._sender: Sender | None = None
@@ -371,6 +393,7 @@ class Producer:
         if self._acc.add(record):
             assert self._sender is not None
             self._sender.notify()
+            self._yield = self.aggregate and self._acc.waiting > 1
 
     async def put(
         self, obj: Any, partition_key: str, *, explicit_hash_key: str | int | None = None
@@ -396,16 +419,108 @@ class Producer:
             await _sleep0(0)
         if self._state != "open":
             self._check_open()
+        if explicit_hash_key is None:
+            fast = self._fast(obj, partition_key)
+            if fast is not None:
+                return fast
         record = self._prepare(obj, partition_key, explicit_hash_key)
         ledger = self._ledger
         if not ledger.try_admit(record):
             await ledger.wait_room(record.cost)
             ledger.admit(record)
             ledger.wake_putter()
-        if self._acc.add(record):  # _queue(), inlined: this is the hot path
-            assert self._sender is not None
-            self._sender.notify()
-            self._yield = self.aggregate and self._acc.waiting > 1
+        self._queue(record)
+        return record
+
+    # --- the hot path ----------------------------------------------------------------------
+    #
+    # put() and put_nowait() first try one of these: a record of a key seen before (so
+    # valid, and cached), dict or bytes data, no explicit hash key, room in the queue,
+    # and, when aggregating, an open aggregate for its shard. They do what make(),
+    # Ledger.try_admit() and Accumulator.add() do, in one go; None means "not this
+    # record": the general path then does it (and raises what must be raised).
+
+    def _fast_plain(self, obj: Any, partition_key: str) -> PendingRecord | None:
+        if type(obj) is dict:
+            try:
+                data = _dumps(obj)
+            except TypeError:
+                return None
+        elif type(obj) is bytes:
+            data = obj
+        else:
+            return None
+        try:
+            cached = self._keys.get(partition_key)
+        except TypeError:
+            return None
+        if cached is None:
+            return None
+        tail, key_bytes = cached
+        size = len(data) + key_bytes
+        fragment = _join((_DATA_HEAD, _b64(data, newline=False), tail))
+        cost = len(fragment) + RECORD_OVERHEAD
+        ledger = self._ledger
+        if (
+            size > self._max_record_bytes
+            or ledger.records >= ledger.max_records
+            or ledger.bytes + cost > ledger.max_bytes
+            or ledger.has_putters()
+        ):
+            return None
+        record = PendingRecord(loop=self._loop)
+        record.fragment = fragment
+        record.key = partition_key
+        record.ehk = None
+        record.size = size
+        record.cost = cost
+        record.deadline = _monotonic() + self.record_ttl
+        ledger.records += 1
+        ledger.bytes += cost
+        ledger.count(record)
+        if self._acc.add(record):
+            self._sender.notify()  # type: ignore[union-attr]
+        return record
+
+    def _fast_packed(self, obj: Any, partition_key: str) -> PendingRecord | None:
+        if type(obj) is dict:
+            try:
+                data = _dumps(obj)
+            except TypeError:
+                return None
+        elif type(obj) is bytes:
+            data = obj
+        else:
+            return None
+        try:
+            cached = self._keys.get(partition_key)
+        except TypeError:
+            return None
+        lane = self._acc.lane_of(partition_key)
+        if cached is None or lane is None or lane.open is None:
+            return None
+        size = len(data) + cached[1]
+        cost = size + 4 * ((size + 2) // 3) + AGGREGATED_OVERHEAD
+        ledger = self._ledger
+        if (
+            size > self._max_record_bytes
+            or ledger.records >= ledger.max_records
+            or ledger.bytes + cost > ledger.max_bytes
+            or ledger.has_putters()
+        ):
+            return None
+        record = PendingRecord(loop=self._loop)
+        record.key = partition_key
+        record.ehk = None
+        record.size = size
+        record.cost = cost
+        record.deadline = _monotonic() + self.record_ttl
+        ledger.records += 1
+        ledger.bytes += cost
+        ledger.count(record)
+        if self._acc.add_packed(lane, record, data):
+            self._sender.notify()  # type: ignore[union-attr]
+            self._yield = self._acc.waiting > 1
         return record
 
     def put_nowait(
@@ -414,6 +529,10 @@ class Producer:
         """Like :meth:`put`, but raise :class:`errors.QueueFull` instead of waiting."""
         if self._state != "open":
             self._check_open()
+        if explicit_hash_key is None:
+            fast = self._fast(obj, partition_key)
+            if fast is not None:
+                return fast
         record = self._prepare(obj, partition_key, explicit_hash_key)
         if not self._ledger.try_admit(record):
             raise errors.QueueFull(

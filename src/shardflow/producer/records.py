@@ -1,28 +1,89 @@
-"""What travels through the producer: user records (each its own delivery future) and
-the KPL aggregates that carry several of them as one Kinesis record.
+"""What travels through the producer: user records (each its own delivery future), the
+KPL aggregates that carry several of them as one Kinesis record, and where they landed.
 
 A PutRecords request is a list of *entries*: a :class:`PendingRecord` sent on its own,
 or an :class:`Aggregate` of records packed for one shard. Both have the ``fragment``
 (the entry's JSON object as it goes into the request body), ``size`` (what AWS counts:
 data plus partition key), ``deadline`` and ``shard`` (the predicted shard) the sender
 needs.
+
+A delivered record keeps one reference to where it landed: a :class:`Landing` (one
+Kinesis record: an aggregate, or a record sent on its own) or an :class:`Answer` (the
+PutRecords answer of records sent on their own, read only when a result is asked for),
+and its position in it. Its :class:`PutResult` is built from those on demand, so a
+record whose result is never read costs no result object and no strings of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator
+import binascii
+from collections.abc import Generator, Sequence
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
+from ..aggregation import deaggregate
 from ..models import PutResult as _put_result
 
 if TYPE_CHECKING:
     from ..models import Attempt, PutResult
 
-__all__ = ["Aggregate", "Entry", "PendingRecord"]
+__all__ = ["Aggregate", "Answer", "Entry", "Landing", "PendingRecord", "positions"]
 
 _deadline = attrgetter("deadline")
+_DATA_HEAD = b'{"Data":"'
+
+_POSITIONS: tuple[int, ...] = tuple(range(8192))
+
+
+def positions(n: int) -> Sequence[int]:
+    """0 to ``n - 1``, as shared int objects when there are not too many: zipping with
+    this instead of enumerating gives each record a shared int, not one of its own."""
+    return _POSITIONS if n <= len(_POSITIONS) else range(n)
+
+
+class Landing:
+    """One Kinesis record that was written: its shard, its sequence number, and the try
+    that wrote it. The records inside it point here with their index."""
+
+    __slots__ = ("ok", "sequence_number", "shard_id")
+
+    def __init__(self, shard_id: str, sequence_number: str, ok: Attempt) -> None:
+        self.shard_id = shard_id
+        self.sequence_number = sequence_number
+        self.ok = ok
+
+    def put_result(self, position: int, attempts: list[Attempt] | None) -> PutResult:
+        """The result of the record at ``position`` (its sub-sequence number; -1 for a
+        record sent on its own)."""
+        tries = (self.ok,) if attempts is None else (*attempts, self.ok)
+        sub = position if position >= 0 else None
+        return _put_result(self.shard_id, self.sequence_number, sub, tries)
+
+
+class Answer:
+    """A PutRecords answer (its raw JSON), read entry by entry only when a result of one
+    of its records is asked for: records sent on their own point here with their entry's
+    index. The answer was checked when it came (every entry it is asked about holds a
+    shard id and a sequence number)."""
+
+    __slots__ = ("_raw", "_results", "ok")
+
+    def __init__(self, raw: bytes, ok: Attempt) -> None:
+        self._raw = raw
+        self._results: list[Any] | None = None
+        self.ok = ok
+
+    def put_result(self, position: int, attempts: list[Attempt] | None) -> PutResult:
+        results = self._results
+        if results is None:
+            results = self._results = orjson.loads(self._raw)["Records"]
+            self._raw = b""
+        entry = results[position]
+        tries = (self.ok,) if attempts is None else (*attempts, self.ok)
+        return _put_result(entry["ShardId"], entry["SequenceNumber"], None, tries)
 
 
 class PendingRecord(asyncio.Future["PutResult"]):
@@ -35,9 +96,8 @@ class PendingRecord(asyncio.Future["PutResult"]):
     """
 
     __slots__ = (
-        "_sequence_number",
-        "_shard_id",
-        "_sub",
+        "_pos",
+        "_res",
         "attempts",
         "cost",
         "data",
@@ -48,14 +108,14 @@ class PendingRecord(asyncio.Future["PutResult"]):
         "key",
         "shard",
         "size",
-        "tries",
     )
 
     fragment: bytes
-    """The entry's JSON object, as it goes into the request body (unaggregated producers
-    build it at ``put()``; aggregating ones only when the record goes on its own)."""
+    """The entry's JSON object, as it goes into the request body, while the record waits
+    to be sent on its own (unaggregated producers build it at ``put()``)."""
     data: bytes
-    """The record's raw data (aggregating producers only, for packing)."""
+    """The record's raw data, while it waits to be packed into an aggregate at send
+    time (ordered aggregating producers; records of a failed aggregate)."""
     key: str
     ehk: str | None
     """The explicit hash key (decimal string), or None."""
@@ -65,29 +125,17 @@ class PendingRecord(asyncio.Future["PutResult"]):
     """Bytes held in memory (payload plus bookkeeping), counted against ``max_queue_bytes``."""
     deadline: float
     """When ``record_ttl`` runs out (``time.monotonic()`` seconds)."""
-    attempts: list[Attempt] | None
-    """Failed tries so far (None until the first failure)."""
-    tries: tuple[Attempt, ...]
+    attempts: list[Attempt]
+    """Failed tries so far (unset until the first failure)."""
     epoch: int
     shard: str | None
     """Predicted shard id (None for a key no open shard holds; without a shard map, None
     for ordered producers and unset for others)."""
-    _shard_id: str
-    _sequence_number: str
-    _sub: int
-
-    def deliver(
-        self, shard_id: str, sequence_number: str, tries: tuple[Attempt, ...], sub: int = -1
-    ) -> None:
-        """Resolve as delivered (no-op if the caller cancelled the future); ``sub`` is the
-        index inside an aggregate, -1 for a record sent on its own."""
-        if not self.done():
-            self._shard_id = shard_id
-            self._sequence_number = sequence_number
-            if sub >= 0:
-                self._sub = sub
-            self.tries = tries
-            self.set_result(None)  # type: ignore[arg-type]  # built by result()
+    _res: Landing | Answer
+    """Where the record landed (set when delivered)."""
+    _pos: int
+    """Its index there: sub-record index in a Landing (-1: sent on its own), entry index
+    in an Answer."""
 
     def result(self) -> PutResult:
         """The :class:`PutResult`; raises like :meth:`asyncio.Future.result`.
@@ -95,13 +143,8 @@ class PendingRecord(asyncio.Future["PutResult"]):
         Built on demand (a new, equal value each call), so records whose results are
         never read cost no result object.
         """
-        try:
-            shard_id = self._shard_id
-        except AttributeError:  # failed, cancelled or pending: the base class raises
-            super().result()
-            raise AssertionError("unreachable") from None
-        sub = getattr(self, "_sub", None)
-        return _put_result(shard_id, self._sequence_number, sub, self.tries)
+        super().result()  # raises if failed, cancelled or pending
+        return self._res.put_result(self._pos, getattr(self, "attempts", None))
 
     def __await__(self) -> Generator[Any, None, PutResult]:
         if not self.done():
@@ -125,15 +168,35 @@ class Aggregate:
     __slots__ = ("deadline", "fragment", "records", "shard", "size")
 
     def __init__(
-        self, records: list[PendingRecord], fragment: bytes, size: int, shard: str
+        self,
+        records: list[PendingRecord],
+        fragment: bytes,
+        size: int,
+        shard: str,
+        deadline: float | None = None,
     ) -> None:
         self.records = records
         self.fragment = fragment
         self.size = size
         """Bytes AWS counts: the aggregate's data plus the outer partition key."""
         self.shard: str | None = shard
-        self.deadline = max(map(_deadline, records))
+        self.deadline = max(map(_deadline, records)) if deadline is None else deadline
         """The latest deadline of its records (bounds the request's timeout)."""
+
+    def unpack(self) -> list[PendingRecord]:
+        """Give every record its data back (decoded from the entry) for packing again,
+        unless they kept it; return the records."""
+        records = self.records
+        if not hasattr(records[0], "data"):
+            fragment = self.fragment
+            start = len(_DATA_HEAD)
+            blob = binascii.a2b_base64(fragment[start : fragment.index(b'"', start)])
+            decoded = deaggregate(blob)
+            assert decoded is not None
+            assert len(decoded) == len(records)
+            for record, (_, _, data) in zip(records, decoded, strict=True):
+                record.data = data
+        return records
 
     def __repr__(self) -> str:
         return f"<Aggregate of {len(self.records)} records for {self.shard}, {self.size} bytes>"

@@ -30,18 +30,20 @@ import asyncio
 import logging
 import random
 import time
+from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
 
 from .. import _aws, errors
-from .._putrecords import PutRecordsTransport
+from .._putrecords import PutRecordsTransport, all_written
 from ..models import Attempt
 from ..shardmap import ShardMap, hash_key
 from .accumulator import Accumulator
 from .ledger import Ledger
-from .records import Aggregate, Entry, PendingRecord
+from .records import Aggregate, Answer, Entry, Landing, PendingRecord, positions
 from .shards import ShardTracker
 
 __all__ = ["Sender"]
@@ -61,6 +63,11 @@ WRONG_SHARD = "WrongShard"
 _monotonic = time.monotonic  # the producer's clock for deadlines and linger
 
 _RETRIABLE: dict[str, bool] = {}
+_deadline = attrgetter("deadline")
+_fragment = attrgetter("fragment")
+_shard = attrgetter("shard")
+_repeat_shard_id = repeat("ShardId")
+_EMPTY = b""
 
 
 def _retriable(code: str) -> bool:
@@ -72,6 +79,12 @@ def _retriable(code: str) -> bool:
 
 def _records(entry: Entry) -> list[PendingRecord]:
     return entry.records if type(entry) is Aggregate else [entry]  # type: ignore[list-item]
+
+
+def _unpacked(entry: Entry) -> list[PendingRecord]:
+    """The records of ``entry``, ready to be packed again (an aggregate's get their data
+    back)."""
+    return entry.unpack() if type(entry) is Aggregate else [entry]  # type: ignore[list-item]
 
 
 class Sender:
@@ -88,6 +101,8 @@ class Sender:
         tracker: ShardTracker | None = None,
     ) -> None:
         self._acc = accumulator
+        # records keep their data until resolved (ordered aggregating producers)
+        self._holds_data = accumulator.aggregate and accumulator.ordered
         self._ledger = ledger
         self._transport = transport
         self._max_in_flight = max_in_flight
@@ -99,8 +114,8 @@ class Sender:
         self._wake: asyncio.Future[None] | None = None
         self._flying: dict[int, tuple[list[Entry], int]] = {}
         # aggregates that landed where a KCL consumer may drop them, waiting for the next
-        # shard map: (aggregate, landed shard, sequence number, the attempt that wrote it)
-        self._parked: list[tuple[Aggregate, str, str, Attempt]] = []
+        # shard map: (aggregate, where it landed)
+        self._parked: list[tuple[Aggregate, Landing]] = []
         self._next_id = 0
         self._closing = False
         self._scope = anyio.CancelScope()
@@ -240,18 +255,20 @@ class Sender:
     async def _send(self, request_id: int, batch: list[Entry]) -> None:
         started_at = time.time()
         t0 = _monotonic()
-        latest = max(e.deadline for e in batch)
+        latest = max(map(_deadline, batch))
         timeout = min(REQUEST_TIMEOUT, max(latest - t0, MIN_REQUEST_TIMEOUT))
         completed = False
         try:
             try:
-                results = await self._transport.put_records([e.fragment for e in batch], timeout)
+                raw, results = await self._transport.put_records(
+                    list(map(_fragment, batch)), timeout
+                )
             except errors.AWSError as exc:
                 self.failed_requests += 1
                 attempt = Attempt(exc.code, exc.message or str(exc), started_at, _monotonic() - t0)
                 self._request_failed(batch, attempt, exc, _monotonic())
             else:
-                self._read_results(batch, results, started_at, _monotonic() - t0)
+                self._read_results(batch, raw, results, started_at, _monotonic() - t0)
             completed = True
         finally:
             # A cancelled or crashed request stays in _flying: fail_all() resolves it.
@@ -262,74 +279,48 @@ class Sender:
     def _read_results(
         self,
         batch: list[Entry],
+        raw: bytes,
         results: list[dict[str, Any]],
         started_at: float,
         duration: float,
     ) -> None:
         ok = Attempt(None, None, started_at, duration)
-        first_try = (ok,)
+        # Records sent on their own point at the answer, read only if a result is asked for.
+        answer = Answer(raw, ok)
+        tracker = self._tracker
+        if not self._acc.aggregate and all_written(results):
+            # The common case, in a few passes over the batch: every entry written.
+            plain: list[PendingRecord] = batch  # type: ignore[assignment]
+            if tracker is not None and list(map(_shard, plain)) != list(
+                map(dict.get, results, _repeat_shard_id)
+            ):
+                self._misrouted()
+            _deliver(plain, answer)
+            self.kinesis_records += len(plain)
+            self.delivered += len(plain)
+            self._resolved(plain)
+            return
         done: list[PendingRecord] = []
         failed: list[tuple[Entry, dict[str, Any]]] = []
-        append = done.append
-        if self._tracker is None:  # the plain records of a producer without a shard map
-            plain: list[PendingRecord] = batch  # type: ignore[assignment]
-            for record, result in zip(plain, results, strict=True):
-                shard_id = result.get("ShardId")
-                sequence_number = result.get("SequenceNumber")
-                if shard_id and sequence_number and result.get("ErrorCode") is None:
-                    if not record.done():  # (the caller may have cancelled its future)
-                        record._shard_id = shard_id
-                        record._sequence_number = sequence_number
-                        record.tries = (
-                            first_try if record.attempts is None else (*record.attempts, ok)
-                        )
-                        record.set_result(None)  # type: ignore[arg-type]  # see PendingRecord
-                    append(record)
-                else:
-                    failed.append((record, result))
-        elif not self._acc.aggregate:  # plain records, each with its predicted shard
-            misrouted = False
-            plain = batch  # type: ignore[assignment]
-            for record, result in zip(plain, results, strict=True):
-                shard_id = result.get("ShardId")
-                sequence_number = result.get("SequenceNumber")
-                if shard_id and sequence_number and result.get("ErrorCode") is None:
-                    if not record.done():
-                        record._shard_id = shard_id
-                        record._sequence_number = sequence_number
-                        record.tries = (
-                            first_try if record.attempts is None else (*record.attempts, ok)
-                        )
-                        record.set_result(None)  # type: ignore[arg-type]
-                    if record.shard != shard_id:
-                        misrouted = True
-                    append(record)
-                else:
-                    failed.append((record, result))
-            if misrouted:
-                self._misrouted()
-        else:
-            misrouted = False
-            for entry, result in zip(batch, results, strict=True):
-                shard_id = result.get("ShardId")
-                sequence_number = result.get("SequenceNumber")
-                if shard_id and sequence_number and result.get("ErrorCode") is None:
-                    if type(entry) is Aggregate:
-                        self._landed(entry, shard_id, sequence_number, first_try, done)
-                        continue
-                    one: PendingRecord = entry  # type: ignore[assignment]
-                    if not one.done():
-                        one._shard_id = shard_id
-                        one._sequence_number = sequence_number
-                        one.tries = first_try if one.attempts is None else (*one.attempts, ok)
-                        one.set_result(None)  # type: ignore[arg-type]
-                    if one.shard != shard_id:
-                        misrouted = True
-                    append(one)
-                else:
-                    failed.append((entry, result))
-            if misrouted:
-                self._misrouted()
+        misrouted = False
+        for entry, result, position in zip(batch, results, positions(len(batch)), strict=False):
+            shard_id = result.get("ShardId")
+            sequence_number = result.get("SequenceNumber")
+            if not (shard_id and sequence_number and result.get("ErrorCode") is None):
+                failed.append((entry, result))
+            elif type(entry) is Aggregate:
+                self._landed(entry, Landing(shard_id, sequence_number, ok), done)
+            else:
+                one: PendingRecord = entry  # type: ignore[assignment]
+                one._res = answer
+                one._pos = position
+                if not one.done():  # (the caller may have cancelled its future)
+                    one.set_result(None)  # type: ignore[arg-type]  # see PendingRecord
+                if tracker is not None and one.shard != shard_id:
+                    misrouted = True
+                done.append(one)
+        if misrouted:
+            self._misrouted()
         self.kinesis_records += len(batch) - len(failed)
         if done:
             self.delivered += len(done)
@@ -350,7 +341,7 @@ class Sender:
             if not _retriable(code):
                 rejected.setdefault((code, message), []).extend(records)
             else:
-                late = self._retry(records, now)
+                late = self._retry(_unpacked(entry), now)
                 if late:
                     expired.setdefault((code, message), []).extend(late)
         for (code, message), records in rejected.items():
@@ -370,16 +361,16 @@ class Sender:
             self._fail(records, f"PutRecords failed: {exc}", exc)
             return
         log.debug("PutRecords failed (%s); retrying %d records", exc.code, len(records))
-        expired = [r for entry in batch for r in self._retry(_records(entry), now)]
+        expired = [r for entry in batch for r in self._retry(_unpacked(entry), now)]
         if expired:
             self._fail(expired, "record_ttl ran out before a successful try", exc)
 
     @staticmethod
     def _record_attempt(record: PendingRecord, attempt: Attempt) -> None:
-        if record.attempts is None:
-            record.attempts = [attempt]
-        else:
+        try:
             record.attempts.append(attempt)
+        except AttributeError:  # the first failure
+            record.attempts = [attempt]
 
     def _retry(
         self, records: list[PendingRecord], now: float, *, backoff: bool = True
@@ -388,7 +379,7 @@ class Sender:
         backoff; return those whose deadline that would miss (not scheduled)."""
         when = now
         if backoff:
-            tries = max(len(r.attempts or ()) for r in records)
+            tries = max(len(getattr(r, "attempts", ())) for r in records)
             when += random.random() * min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, tries - 1))
         live = [r for r in records if when < r.deadline]
         if live:
@@ -400,24 +391,27 @@ class Sender:
 
     # --- aggregates off their predicted shard -------------------------------------------
 
-    def _landed(
-        self,
-        agg: Aggregate,
-        shard_id: str,
-        sequence_number: str,
-        first_try: tuple[Attempt],
-        done: list[PendingRecord],
-    ) -> None:
-        """An aggregate was written on ``shard_id``: deliver its records, or park them
+    def _landed(self, agg: Aggregate, landing: Landing, done: list[PendingRecord]) -> None:
+        """An aggregate was written (``landing``): deliver its records, or park them
         until the refreshed shard map tells where to send them again (sending them with
         the stale map would only land them on the wrong shard once more)."""
+        shard_id = landing.shard_id
         if shard_id != agg.shard:
             self._misrouted()
             if not self._holds_all(agg, shard_id):
-                self._parked.append((agg, shard_id, sequence_number, first_try[0]))
+                self._parked.append((agg, landing))
                 self._acc.suspend(agg.shard)  # no more aggregates to where it went wrong
                 return
-        _deliver_all(agg.records, shard_id, sequence_number, first_try)
+        self._deliver_aggregate(agg, landing, done)
+
+    def _deliver_aggregate(
+        self, agg: Aggregate, landing: Landing, done: list[PendingRecord]
+    ) -> None:
+        """Resolve ``agg``'s records as delivered where it landed (into ``done``)."""
+        _deliver_all(agg.records, landing)
+        if self._holds_data:
+            for record in agg.records:
+                record.data = _EMPTY
         done.extend(agg.records)
 
     def _misrouted(self) -> None:
@@ -445,25 +439,25 @@ class Sender:
                 return False
         return True
 
-    def _wrong_shard(self, agg: Aggregate, shard_id: str, ok: Attempt) -> None:
+    def _wrong_shard(self, agg: Aggregate, landing: Landing) -> None:
         """Send ``agg``'s records again: a KCL consumer drops the copy on ``shard_id``."""
         log.info(
             "an aggregate of %d records predicted for %s landed on %s, which does not hold "
             "them all: sending them again",
             len(agg.records),
             agg.shard,
-            shard_id,
+            landing.shard_id,
         )
         attempt = Attempt(
             WRONG_SHARD,
-            f"the aggregate landed on {shard_id}, whose hash-key range does not hold all its "
-            "records (a KCL consumer drops it); sent again",
-            ok.started_at,
-            ok.duration,
+            f"the aggregate landed on {landing.shard_id}, whose hash-key range does not hold "
+            "all its records (a KCL consumer drops it); sent again",
+            landing.ok.started_at,
+            landing.ok.duration,
         )
         for record in agg.records:
             self._record_attempt(record, attempt)
-        late = self._retry(agg.records, _monotonic(), backoff=False)
+        late = self._retry(agg.unpack(), _monotonic(), backoff=False)
         if late:
             self._fail(late, "record_ttl ran out before a successful try", None)
 
@@ -472,12 +466,11 @@ class Sender:
         self._acc.set_map(shard_map)
         parked, self._parked = self._parked, []
         done: list[PendingRecord] = []
-        for agg, shard_id, sequence_number, ok in parked:
-            if self._holds_all(agg, shard_id):
-                _deliver_all(agg.records, shard_id, sequence_number, (ok,))
-                done.extend(agg.records)
+        for agg, landing in parked:
+            if self._holds_all(agg, landing.shard_id):
+                self._deliver_aggregate(agg, landing, done)
             else:
-                self._wrong_shard(agg, shard_id, ok)
+                self._wrong_shard(agg, landing)
         if done:
             self.delivered += len(done)
             self._resolved(done)
@@ -485,18 +478,19 @@ class Sender:
 
     def _expire_parked(self, now: float) -> None:
         """Fail the parked records whose deadline passed before the map could be refreshed."""
-        keep: list[tuple[Aggregate, str, str, Attempt]] = []
+        keep: list[tuple[Aggregate, Landing]] = []
         late: list[PendingRecord] = []
         for item in self._parked:
-            agg = item[0]
+            agg, landing = item
             if min(r.deadline for r in agg.records) > now:
                 keep.append(item)
                 continue
             attempt = Attempt(
                 WRONG_SHARD,
-                f"the aggregate landed on {item[1]}, which may not hold all its records",
-                item[3].started_at,
-                item[3].duration,
+                f"the aggregate landed on {landing.shard_id}, which may not hold all its "
+                "records",
+                landing.ok.started_at,
+                landing.ok.duration,
             )
             for record in agg.records:
                 self._record_attempt(record, attempt)
@@ -530,7 +524,7 @@ class Sender:
         taken: bool = True,
     ) -> None:
         for record in records:
-            _set_failed(record, errors.DeliveryFailed(message, tuple(record.attempts or ()), cause))
+            _set_failed(record, errors.DeliveryFailed(message, _attempts(record), cause))
         self.failed += len(records)
         log.warning("%d record(s) not delivered: %s", len(records), message)
         self._resolved(records, taken=taken)
@@ -549,7 +543,7 @@ class Sender:
         for record in unique:
             _set_failed(
                 record,
-                errors.DeliveryFailed(str(error), tuple(record.attempts or ()), error.cause),
+                errors.DeliveryFailed(str(error), _attempts(record), error.cause),
             )
         self.failed += len(unique)
         if unique:
@@ -558,23 +552,40 @@ class Sender:
         self._ledger.release(unique)
 
 
-def _deliver_all(
-    records: list[PendingRecord], shard_id: str, sequence_number: str, first_try: tuple[Attempt]
-) -> None:
-    """Resolve an aggregate's records as delivered, each with its index in it."""
-    ok = first_try[0]
-    for index, record in enumerate(records):
-        if not record.done():  # (the caller may have cancelled its future)
-            record._shard_id = shard_id
-            record._sequence_number = sequence_number
-            record._sub = index
-            record.tries = first_try if record.attempts is None else (*record.attempts, ok)
+def _deliver(records: list[PendingRecord], answer: Answer) -> None:
+    """Resolve the records of a request as delivered, each pointing at its entry (their
+    entries are let go)."""
+    for record, position in zip(records, positions(len(records)), strict=False):
+        record._res = answer
+        record._pos = position
+        record.fragment = _EMPTY
+        try:
             record.set_result(None)  # type: ignore[arg-type]  # see PendingRecord
+        except asyncio.InvalidStateError:  # the caller cancelled it
+            pass
+
+
+def _deliver_all(records: list[PendingRecord], landing: Landing) -> None:
+    """Resolve an aggregate's records as delivered, each with its index in it."""
+    for record, position in zip(records, positions(len(records)), strict=False):
+        record._res = landing
+        record._pos = position
+        try:
+            record.set_result(None)  # type: ignore[arg-type]  # see PendingRecord
+        except asyncio.InvalidStateError:  # the caller cancelled it
+            pass
+
+
+def _attempts(record: PendingRecord) -> tuple[Attempt, ...]:
+    """The failed tries of ``record`` so far."""
+    return tuple(getattr(record, "attempts", ()))
 
 
 def _set_failed(record: PendingRecord, error: errors.DeliveryFailed) -> None:
-    """Fail ``record``'s delivery. The failure is logged here, once per batch, so asyncio
-    is told it was seen: an unawaited failed delivery does not log again on its own."""
+    """Fail ``record``'s delivery (its payload is let go). The failure is logged here,
+    once per batch, so asyncio is told it was seen: an unawaited failed delivery does not
+    log again on its own."""
+    record.fragment = record.data = _EMPTY
     if not record.done():
         record.set_exception(error)
         record.exception()
