@@ -87,18 +87,24 @@ class Accumulator:
         self.limiter = limiter
         pressure = pressure_records or self.max_records
         # a request's worth of records: aggregates carry many records per entry
-        self._full_records = pressure if aggregate else min(pressure, self.max_records)
+        self.full_records = pressure if aggregate else min(pressure, self.max_records)
+        """Records queued that make a batch due at once."""
         self._granule_records = self._granule_bytes = 0.0
         if limiter is not None:
             self._granule_records = max(1.0, limiter.records_per_s * GRANULE)
             self._granule_bytes = limiter.bytes_per_s * GRANULE
         self._packer = Packer(limits, max_aggregate_bytes if aggregate else 0)
         self._map: ShardMap | None = None
-        self._default = Lane(None)
-        self._lanes: dict[str | None, Lane] = {None: self._default}
-        self._lane_of: dict[str, Lane] | None = None  # partition key -> lane, with a map
-        self._queued = 0  # records offered by the lanes (ordered: ready keys)
-        self._queued_bytes = 0
+        self.default = Lane(None)
+        """The lane of records with no predicted shard (every record, without a map)."""
+        self._lanes: dict[str | None, Lane] = {None: self.default}
+        self.key_lanes: dict[str, Lane] | None = None
+        """With a map: the lane of each partition key seen (without explicit hash key)."""
+        self.queued = 0
+        """Records offered by the lanes (ordered: ready keys)."""
+        self.queued_bytes = 0
+        # (the producer's hot path updates key lanes' open aggregates, waiting, queued,
+        # queued_bytes and lane counts inline, as add() does)
         # ordered: a FIFO per key, and how many of its first records are on their way
         self._queues: dict[str, deque[PendingRecord]] = {}
         self._held: dict[str, int] = {}
@@ -126,18 +132,18 @@ class Accumulator:
         new lane (keeping its order within its old lane, and per key)."""
         old = self._lanes
         self._map = shard_map
-        self._default = Lane(None)
-        self._lanes = {None: self._default}
+        self.default = Lane(None)
+        self._lanes = {None: self.default}
         for shard in shard_map:
             self._lanes[shard.shard_id] = Lane(shard.shard_id, shard.starting_hash_key)
-        self._lane_of = {}
+        self.key_lanes = {}
         if self.limiter is not None:
             self.limiter.retain(s.shard_id for s in shard_map)
         if not self.ordered:
             waiting: list[PendingRecord] = []
             for lane in old.values():
                 waiting += self._take_all(lane)
-            self._queued = self._queued_bytes = 0
+            self.queued = self.queued_bytes = 0
             self._place(waiting)
             return
         for queue in self._queues.values():
@@ -146,14 +152,14 @@ class Accumulator:
         for lane in old.values():
             for key in lane.ready:
                 head = self._queues[key][0]
-                target = self._lanes.get(head.shard, self._default)
+                target = self._lanes.get(head.shard, self.default)
                 target.ready[key] = None
                 target.nbytes += head.size
 
     def _lane_for(self, record: PendingRecord) -> Lane:
         """The lane of ``record``'s predicted shard; sets ``record.shard``."""
         shard_map = self._map
-        lane = self._default
+        lane = self.default
         if shard_map is not None:
             try:
                 shard = shard_map.shard_for_key(record.key, record.ehk)
@@ -161,7 +167,7 @@ class Accumulator:
                 self.unmapped = True
             else:
                 lane = self._lanes[shard.shard_id]
-                lane_of = self._lane_of
+                lane_of = self.key_lanes
                 if record.ehk is None and lane_of is not None:
                     if len(lane_of) >= _LANE_CACHE_LIMIT:
                         lane_of.clear()
@@ -183,15 +189,15 @@ class Accumulator:
         An aggregating unordered producer's record carries its data, which is packed
         here (and no longer kept by the record)."""
         self.waiting += 1
-        lane_of = self._lane_of
+        lane_of = self.key_lanes
         if lane_of is None:  # (record.shard is then read only when ordered)
-            lane = self._default
+            lane = self.default
             if not self.ordered and not self.packing:  # one lane, no map: the fast path
                 lane.records.append(record)
-                n = self._queued = self._queued + 1
-                before = self._queued_bytes
-                after = self._queued_bytes = before + record.size
-                return n == 1 or n == self._full_records or before < self.max_bytes <= after
+                n = self.queued = self.queued + 1
+                before = self.queued_bytes
+                after = self.queued_bytes = before + record.size
+                return n == 1 or n == self.full_records or before < self.max_bytes <= after
         else:
             found = lane_of.get(record.key) if record.ehk is None else None
             if found is None:
@@ -209,10 +215,10 @@ class Accumulator:
                 lane.nbytes += size
             else:
                 lane.records.append(record)
-            n = self._queued = self._queued + 1
-            before = self._queued_bytes
-            after = self._queued_bytes = before + size
-            return n == 1 or n == self._full_records or before < self.max_bytes <= after
+            n = self.queued = self.queued + 1
+            before = self.queued_bytes
+            after = self.queued_bytes = before + size
+            return n == 1 or n == self.full_records or before < self.max_bytes <= after
         if lane_of is None:
             record.shard = None
         queue = self._queues.get(record.key)
@@ -224,25 +230,6 @@ class Accumulator:
 
     # --- packing at put() time (unordered, aggregating) ---------------------------------
 
-    def lane_of(self, key: str) -> Lane | None:
-        """The lane of a partition key already seen (no explicit hash key), or None."""
-        lane_of = self._lane_of
-        return None if lane_of is None else lane_of.get(key)
-
-    def add_packed(self, lane: Lane, record: PendingRecord, data: bytes) -> bool:
-        """:meth:`add` for a record of a key whose lane is known (``lane_of``), with its
-        data apart."""
-        self.waiting += 1
-        record.shard = lane.shard_id
-        self._pack(lane, record, data)
-        size = record.size
-        lane.count += 1
-        lane.nbytes += size
-        n = self._queued = self._queued + 1
-        before = self._queued_bytes
-        after = self._queued_bytes = before + size
-        return n == 1 or n == self._full_records or before < self.max_bytes <= after
-
     def _pack(self, lane: Lane, record: PendingRecord, data: bytes) -> None:
         """Pack ``record`` into ``lane``'s open aggregate (sealing it when full), or make
         it an entry of its own (no shard known, or too large for an aggregate)."""
@@ -251,7 +238,8 @@ class Accumulator:
             return
         assert self._tail_of is not None
         if lane.shard_id is not None:
-            fresh = OpenAggregate(self._agg_limit - (record.size - len(data)))
+            key_bytes = record.size - len(data)
+            fresh = OpenAggregate(self._agg_limit - key_bytes, record.key, key_bytes)
             if fresh.add(record, data):
                 if agg is not None:
                     lane.sealed.append(self._seal(lane, agg))
@@ -262,15 +250,14 @@ class Accumulator:
     def _seal(self, lane: Lane, agg: OpenAggregate) -> Entry:
         assert self._tail_of is not None
         assert lane.shard_id is not None
-        return agg.seal(self._tail_of(agg.records[0].key), lane.landing, lane.shard_id)
+        return agg.seal(self._tail_of(agg.key), lane.landing, lane.shard_id)
 
     def _take_all(self, lane: Lane) -> list[PendingRecord]:
         """Empty an unordered lane: its records, oldest first (an aggregating producer's
         with their data back, but for those that go on their own)."""
         if not self.packing:
-            out = lane.retried + lane.records
+            out = lane.retried + lane.take_fresh()
             lane.retried = []
-            lane.records = []
         else:
             if lane.open is not None:
                 lane.sealed.append(self._seal(lane, lane.open))
@@ -295,13 +282,13 @@ class Accumulator:
             lane = self._lanes[shard_id]
             group.sort(key=_deadline)
             nbytes = sum(map(_size, group))
-            self._queued += len(group)
-            self._queued_bytes += nbytes
+            self.queued += len(group)
+            self.queued_bytes += nbytes
             if not self.packing:
                 if first:
                     lane.retried = sorted(lane.retried + group, key=_deadline)
                 else:
-                    lane.records = sorted(lane.records + group, key=_deadline)
+                    lane.records = sorted(lane.take_fresh() + group, key=_deadline)
                 continue
             # pack them on their own (records that went alone keep their entry)
             lane.count += len(group)
@@ -328,21 +315,21 @@ class Accumulator:
 
     def _offer(self, key: str, head: PendingRecord) -> bool:
         """Make ``key`` ready in its head's lane (ordered); True at a first or full batch."""
-        lane = self._lanes.get(head.shard, self._default)
+        lane = self._lanes.get(head.shard, self.default)
         lane.ready[key] = None
         lane.nbytes += head.size
-        n = self._queued = self._queued + 1
-        before = self._queued_bytes
-        self._queued_bytes = before + head.size
-        return n == 1 or n == self._full_records or before < self.max_bytes <= before + head.size
+        n = self.queued = self.queued + 1
+        before = self.queued_bytes
+        self.queued_bytes = before + head.size
+        return n == 1 or n == self.full_records or before < self.max_bytes <= before + head.size
 
     def _withdraw(self, key: str, head: PendingRecord) -> None:
         """Take ``key`` (whose next record is ``head``) out of its lane's ready keys."""
-        lane = self._lanes.get(head.shard, self._default)
+        lane = self._lanes.get(head.shard, self.default)
         del lane.ready[key]
         lane.nbytes -= head.size
-        self._queued -= 1
-        self._queued_bytes -= head.size
+        self.queued -= 1
+        self.queued_bytes -= head.size
 
     def retry_at(self, records: list[PendingRecord], when: float) -> None:
         """Send ``records`` again, first in line, once the monotonic clock reaches ``when``."""
@@ -396,9 +383,7 @@ class Accumulator:
         if self.ordered:
             ready = lane.ready
             return (self._queues[next(iter(ready))][0], len(ready)) if ready else (None, 0)
-        return lane.oldest(), lane.count if self.packing else len(lane.records) + len(
-            lane.retried
-        )
+        return lane.oldest(), lane.count if self.packing else lane.waiting_plain()
 
     def _scan(self, now: float, flushing: bool) -> tuple[list[Lane] | None, float]:
         """(lanes that may send, if a batch is due now, else None; when to look again)."""
@@ -408,17 +393,17 @@ class Accumulator:
         n = nbytes = 0
         oldest = blocked = _INF
         if self._map is None and not self.ordered:  # one lane, no pacing
-            head = self._default.oldest()
+            head = self.default.oldest()
             if head is None:
                 return None, _INF
             oldest = head.deadline + self._linger_offset
             if (
                 flushing
                 or oldest <= now
-                or self._queued >= self._full_records
-                or self._queued_bytes >= self.max_bytes
+                or self.queued >= self.full_records
+                or self.queued_bytes >= self.max_bytes
             ):
-                return [self._default], now
+                return [self.default], now
             return None, oldest
         for lane in self._lanes.values():
             head, offered = self._head(lane)
@@ -439,9 +424,9 @@ class Accumulator:
             nbytes += lane_bytes
             oldest = min(oldest, head.deadline + self._linger_offset)
         if not ordered and blocked == _INF:
-            nbytes = self._queued_bytes  # every lane may send: the exact total
+            nbytes = self.queued_bytes  # every lane may send: the exact total
         if sendable and (
-            flushing or oldest <= now or n >= self._full_records or nbytes >= self.max_bytes
+            flushing or oldest <= now or n >= self.full_records or nbytes >= self.max_bytes
         ):
             return sendable, now
         return None, min(oldest, blocked)
@@ -461,7 +446,7 @@ class Accumulator:
         later passed to :meth:`done` (directly, or after :meth:`retry_at`).
         """
         self._promote(now)
-        if not self._queued:
+        if not self.queued:
             return None
         lanes, _ = self._scan(now, flushing)
         if lanes is None:
@@ -505,15 +490,15 @@ class Accumulator:
                         lane, entries, room_n_lane, room_b_lane, tokens_n, tokens_b, now
                     )
                     taken += n
-                    self._queued -= n
-                    self._queued_bytes -= nbytes
+                    self.queued -= n
+                    self.queued_bytes -= nbytes
                 else:
                     n, nbytes, used = take_plain(
                         lane, entries, room_n_lane, room_b_lane, tokens_n, tokens_b, now, expired
                     )
                     taken += n
-                    self._queued -= n
-                    self._queued_bytes -= nbytes
+                    self.queued -= n
+                    self.queued_bytes -= nbytes
                 added = len(entries) - first
                 if added:
                     sent.add(id(lane))
@@ -522,8 +507,8 @@ class Accumulator:
                     room_n -= added
                     room_b -= used
         if len(expired) > gone and not self.ordered:
-            self._queued -= len(expired) - gone
-            self._queued_bytes -= sum(r.size for r in expired[gone:])
+            self.queued -= len(expired) - gone
+            self.queued_bytes -= sum(r.size for r in expired[gone:])
         self.waiting -= taken + len(expired) - gone
         return (entries, taken) if entries else None
 
@@ -563,8 +548,8 @@ class Accumulator:
         records = self._take_all(lane)
         live = [r for r in records if r.deadline > now]
         gone = [r for r in records if r.deadline <= now]
-        self._queued -= len(live)
-        self._queued_bytes -= sum(map(_size, live))
+        self.queued -= len(live)
+        self.queued_bytes -= sum(map(_size, live))
         self._place(live)
         self.expired += gone
         return gone
@@ -630,19 +615,20 @@ class Accumulator:
                     records = self._take_all(lane)
                     live = [r for r in records if r.deadline >= now]
                     out += [r for r in records if r.deadline < now]
-                    self._queued -= len(live)
-                    self._queued_bytes -= sum(map(_size, live))
+                    self.queued -= len(live)
+                    self.queued_bytes -= sum(map(_size, live))
                     self._place(live)
                     continue
-                gone: list[PendingRecord] = []
-                for name in ("retried", "records"):
-                    records = getattr(lane, name)
-                    if records and min(map(_deadline, records)) < now:
-                        setattr(lane, name, [r for r in records if r.deadline >= now])
-                        gone += [r for r in records if r.deadline < now]
-                out += gone
-            self._queued -= len(out)
-            self._queued_bytes -= sum(map(_size, out))
+                retried, newer = lane.retried, lane.records[lane.head :]
+                if retried and min(map(_deadline, retried)) < now:
+                    lane.retried = [r for r in retried if r.deadline >= now]
+                    out += [r for r in retried if r.deadline < now]
+                if newer and min(map(_deadline, newer)) < now:
+                    lane.records = [r for r in newer if r.deadline >= now]
+                    lane.head = 0
+                    out += [r for r in newer if r.deadline < now]
+            self.queued -= len(out)
+            self.queued_bytes -= sum(map(_size, out))
         else:
             for key in list(self._queues):
                 queue = self._queues[key]
@@ -671,6 +657,7 @@ class Accumulator:
             for lane in self._lanes.values():
                 out += _waiting(lane)
                 lane.records, lane.retried, lane.sealed, lane.open = [], [], [], None
+                lane.head = 0
                 lane.count = lane.nbytes = 0
         else:
             for key, queue in self._queues.items():
@@ -685,14 +672,14 @@ class Accumulator:
             for lane in self._lanes.values():
                 lane.ready.clear()
                 lane.nbytes = 0
-        self._queued = self._queued_bytes = 0
+        self.queued = self.queued_bytes = 0
         self.waiting = 0
         return out
 
 
 def _waiting(lane: Lane) -> list[PendingRecord]:
     """Every record waiting in an unordered lane (aggregates' records as they are)."""
-    out = lane.retried + lane.records
+    out = lane.retried + lane.records[lane.head :]
     for entry in lane.sealed:
         if type(entry) is Aggregate:
             out += entry.records

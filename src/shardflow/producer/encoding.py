@@ -18,6 +18,7 @@ import orjson
 
 from .. import errors
 from .._putrecords import encode_entry
+from ..aggregation import _key_entry as table_entry
 from ..limits import KinesisLimits
 from ..shardmap import parse_explicit_hash_key
 from .records import PendingRecord
@@ -68,8 +69,9 @@ class RecordMaker:
         self.max_key_chars = limits.max_partition_key_chars
         self.record_ttl = record_ttl
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.keys: dict[str, tuple[bytes, int]] = {}
-        """Partition keys seen (valid): (the end of their entry, their UTF-8 bytes)."""
+        self.keys: dict[str, tuple[bytes, int, bytes]] = {}
+        """Partition keys seen (valid): (the end of their entry, their UTF-8 bytes, their
+        entry in an aggregate's key table)."""
         self.make = self._plain if not aggregate else self._packed if packed else self._aggregated
         """``packed``: the data is packed into an aggregate at once (the accumulator takes
         it from the record), so it is not copied."""
@@ -102,7 +104,7 @@ class RecordMaker:
             cached = None
         if cached is None:
             cached = self._key_entry(partition_key)
-        tail, key_bytes = cached
+        tail, key_bytes, _ = cached
         size = len(data) + key_bytes
         if size > self.max_record_bytes:
             raise self._too_large(data, key_bytes)
@@ -188,8 +190,9 @@ class RecordMaker:
             "(limits.max_record_bytes, and limits.max_batch_bytes if smaller)"
         )
 
-    def _key_entry(self, key: object) -> tuple[bytes, int]:
-        """(the entry's tail with the key's JSON, the key's UTF-8 bytes), cached."""
+    def _key_entry(self, key: object) -> tuple[bytes, int, bytes]:
+        """(the entry's tail with the key's JSON, the key's UTF-8 bytes, its aggregate key
+        table entry), cached."""
         if not isinstance(key, str):
             raise errors.InvalidPartitionKey(f"partition_key must be a str, got {key!r}")
         try:
@@ -209,7 +212,7 @@ class RecordMaker:
             )
         if len(self.keys) >= _KEY_CACHE_SIZE:
             self.keys.clear()
-        entry = self.keys[key] = (_KEY_HEAD + key_json + b"}", len(encoded))
+        entry = self.keys[key] = (_KEY_HEAD + key_json + b"}", len(encoded), table_entry(key))
         return entry
 
 

@@ -32,10 +32,12 @@ class Ledger:
         # Records are admitted in epochs: every flush() closes the current one and waits
         # until the epochs up to it have no unresolved record. A record of epoch 0 carries
         # no epoch (it reads as 0); others carry theirs.
-        self._epoch = 0
-        self._current = 0  # unresolved records of the current epoch
+        self.epoch = 0
+        """The current epoch (admitting a record: set it on the record unless 0)."""
         self._open: dict[int, int] = {}  # closed epoch -> unresolved records, oldest first
-        self._putters: deque[list[object]] = deque()  # [cost, future] in arrival order
+        self.putters: deque[list[object]] = deque()
+        """Puts waiting for room, [cost, future] in arrival order: while any waits, a new
+        record must wait behind them."""
         self._flushers: list[tuple[int, asyncio.Future[None]]] = []
 
     # --- admission ----------------------------------------------------------------------
@@ -43,33 +45,23 @@ class Ledger:
     def _fits(self, cost: int) -> bool:
         return self.records < self.max_records and self.bytes + cost <= self.max_bytes
 
-    def has_putters(self) -> bool:
-        """True while a put() waits for room (a new record must wait behind it)."""
-        return bool(self._putters)
-
-    def count(self, record: PendingRecord) -> None:
-        """Count ``record`` in the current epoch (its room was taken by the caller)."""
-        if self._epoch:
-            record.epoch = self._epoch
-        self._current += 1
-
     def admit(self, record: PendingRecord) -> None:
+        """Count ``record`` (taking its room): ``records``, ``bytes``, its epoch. (The
+        producer's hot path does the same inline.)"""
         self.records += 1
         self.bytes += record.cost
-        if self._epoch:
-            record.epoch = self._epoch
-        self._current += 1
+        if self.epoch:
+            record.epoch = self.epoch
 
     def try_admit(self, record: PendingRecord) -> bool:
         """Admit ``record`` if it fits now without overtaking a waiting put."""
         cost = record.cost
-        if self._putters or self.records >= self.max_records or self.bytes + cost > self.max_bytes:
+        if self.putters or self.records >= self.max_records or self.bytes + cost > self.max_bytes:
             return False
         self.records += 1
         self.bytes += cost
-        if self._epoch:
-            record.epoch = self._epoch
-        self._current += 1
+        if self.epoch:
+            record.epoch = self.epoch
         return True
 
     async def wait_room(self, cost: int) -> None:
@@ -80,8 +72,8 @@ class Ledger:
         """
         loop = asyncio.get_running_loop()
         entry: list[object] = [cost, loop.create_future()]
-        self._putters.append(entry)
-        if len(self._putters) == 1:
+        self.putters.append(entry)
+        if len(self.putters) == 1:
             self._wake_putter()
         try:
             while True:
@@ -94,17 +86,17 @@ class Ledger:
                     return
                 entry[1] = loop.create_future()
         finally:
-            was_head = bool(self._putters) and self._putters[0] is entry
+            was_head = bool(self.putters) and self.putters[0] is entry
             try:
-                self._putters.remove(entry)
+                self.putters.remove(entry)
             except ValueError:  # pragma: no cover - removed by close()
                 pass
             if was_head:
                 self._wake_putter()
 
     def _wake_putter(self) -> None:
-        if self._putters:
-            cost, fut = self._putters[0]
+        if self.putters:
+            cost, fut = self.putters[0]
             assert isinstance(fut, asyncio.Future)
             assert isinstance(cost, int)
             if not fut.done() and (self.closed or self._fits(cost)):
@@ -120,15 +112,11 @@ class Ledger:
         """Forget resolved records: free their room, wake puts and flushes. (Their payload
         is let go by whoever resolved them.)"""
         opened = self._open
-        if not opened:  # no flush pending: every record is of the current epoch
-            self._current -= len(records)
-        else:
-            current = self._epoch
+        if opened:  # a flush is pending: count the records of the epochs it waits for
+            current = self.epoch
             for record in records:
                 epoch = getattr(record, "epoch", 0)
-                if epoch == current:
-                    self._current -= 1
-                else:
+                if epoch != current:
                     opened[epoch] -= 1
         self.records -= len(records)
         self.bytes -= sum(map(_cost, records))
@@ -142,7 +130,7 @@ class Ledger:
             if opened[epoch]:
                 break
             del opened[epoch]
-        oldest = next(iter(opened)) if opened else self._epoch
+        oldest = next(iter(opened)) if opened else self.epoch
         if self._flushers:
             waiting = []
             for target, fut in self._flushers:
@@ -164,12 +152,12 @@ class Ledger:
         While it waits, :attr:`flushing` is True. Pass it to :meth:`forget_flush_waiter`
         when done with it (also after cancellation).
         """
-        target = self._epoch
-        self._open[target] = self._current
-        self._current = 0
-        self._epoch += 1
+        target = self.epoch
+        # the current epoch's unresolved records: all but those of the closed ones
+        self._open[target] = self.records - sum(self._open.values())
+        self.epoch += 1
         self._retire_epochs()
-        if (next(iter(self._open)) if self._open else self._epoch) > target:
+        if (next(iter(self._open)) if self._open else self.epoch) > target:
             return None
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._flushers.append((target, fut))
@@ -181,7 +169,7 @@ class Ledger:
     def close(self) -> None:
         """Refuse new records; every waiting put raises ProducerClosed."""
         self.closed = True
-        for _, fut in self._putters:
+        for _, fut in self.putters:
             assert isinstance(fut, asyncio.Future)
             if not fut.done():
                 fut.set_result(None)

@@ -42,11 +42,23 @@ from ..aggregation import (
     AggregateBuilder,
     _encode_varint,
     _key_entry,
+    deaggregate,
 )
 from ..limits import KinesisLimits
 from .records import Aggregate, Entry, PendingRecord
 
-__all__ = ["Lane", "OpenAggregate", "Packer", "Run", "take_packed", "take_plain"]
+__all__ = [
+    "HEADERS",
+    "HEADER_INDEXES",
+    "Lane",
+    "OpenAggregate",
+    "Packer",
+    "Run",
+    "header",
+    "plain_entry",
+    "take_packed",
+    "take_plain",
+]
 
 Run = tuple[str, Sequence[PendingRecord]]
 """(partition key, its next records for the lane): an ordered key's records that may
@@ -56,6 +68,7 @@ _b64 = binascii.b2a_base64
 _dumps = orjson.dumps
 _size = attrgetter("size")
 _deadline = attrgetter("deadline")
+_COMPACT = 4096  # taken records a lane's list keeps before it is cut
 _DATA_HEAD = b'{"Data":"'
 _KEY_HEAD = b'","PartitionKey":'
 
@@ -65,6 +78,7 @@ class Lane:
 
     __slots__ = (
         "count",
+        "head",
         "landing",
         "nbytes",
         "open",
@@ -83,7 +97,9 @@ class Lane:
         )
         """The end of an aggregate's entry: the explicit hash key landing it on the shard."""
         self.records: list[PendingRecord] = []
-        """Unordered, unaggregated: the waiting records, in put order."""
+        """Unordered, unaggregated: the records, in put order, from ``head`` on (those
+        before were taken; the list is cut now and then)."""
+        self.head = 0
         self.retried: list[PendingRecord] = []
         """Unordered, unaggregated: records due for another try, oldest first; they go
         before :attr:`records`."""
@@ -103,15 +119,26 @@ class Lane:
         for the next shard map rather than send more aggregates to the wrong shard."""
 
     def __repr__(self) -> str:
-        waiting = self.count or len(self.ready) or len(self.records) + len(self.retried)
+        waiting = self.count or len(self.ready) or self.waiting_plain()
         return f"<Lane {self.shard_id}: {waiting} waiting>"
+
+    def waiting_plain(self) -> int:
+        """Unordered, unaggregated: the records waiting."""
+        return len(self.records) - self.head + len(self.retried)
+
+    def take_fresh(self) -> list[PendingRecord]:
+        """Unordered, unaggregated: remove and return the (not retried) records."""
+        out = self.records[self.head :] if self.head else self.records
+        self.records = []
+        self.head = 0
+        return out
 
     def oldest(self) -> PendingRecord | None:
         """Unordered: the first record in line (the oldest but for retries), or None."""
         if self.retried:
             return self.retried[0]
-        if self.records:
-            return self.records[0]
+        if len(self.records) > self.head:
+            return self.records[self.head]
         if self.sealed:
             first = self.sealed[0]
             return first.records[0] if type(first) is Aggregate else first  # type: ignore[return-value]
@@ -123,12 +150,40 @@ class Lane:
 # --- put-time aggregation --------------------------------------------------------------
 
 
+HEADER_INDEXES = _TABLE_SIZE
+"""Key indexes below this have cached headers (:data:`HEADERS`)."""
+HEADERS: list[dict[int, bytes]] = [{} for _ in range(_TABLE_SIZE)]
+"""For a partition key index *i* (< 4096) and a data length *n*: the protobuf bytes of a
+``Record`` that come before its data (tag, length, key index, data tag and length), so
+encoding a record is one lookup and one concatenation. Bounded (see :func:`header`)."""
+_HEADERS_LIMIT = 256
+
+
+def header(index: int, dl: int) -> bytes:
+    """The bytes before the data of a ``Record`` with key ``index`` and ``dl`` bytes of
+    data (cached for indexes below 4096)."""
+    field = _PK_FIELD[index] if index < _TABLE_SIZE else b"\x08" + _encode_varint(index)
+    dlv = _varint(dl)
+    inner = len(field) + 1 + len(dlv) + dl
+    prefix = b"\x1a%b%b\x1a%b" % (_varint(inner), field, dlv)
+    if index < _TABLE_SIZE:
+        cache = HEADERS[index]
+        if len(cache) >= _HEADERS_LIMIT:
+            cache.clear()
+        cache[dl] = prefix
+    return prefix
+
+
 class OpenAggregate:
     """A KPL aggregate being filled as records are put, for one lane.
 
     Each record is encoded when it is added (one protobuf ``Record`` with its data, one
     key table entry for a key new to the aggregate); :meth:`seal` joins the parts, adds
-    the MD5 and encodes the entry once. ``limit`` bounds the protobuf message.
+    the MD5 and encodes the entry once. ``limit`` bounds the protobuf message; ``key`` is
+    the first record's partition key, which the aggregate carries, ``outer`` its bytes.
+
+    The records it holds keep only their cost and deadline (and epoch): the rest is in
+    the aggregate, and :meth:`Aggregate.unpack` gives it back.
     """
 
     __slots__ = (
@@ -137,16 +192,22 @@ class OpenAggregate:
         "ehk_table",
         "fields",
         "first",
+        "key",
         "limit",
+        "nbytes",
+        "outer",
         "parts",
         "records",
         "table",
     )
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, key: str, outer: int) -> None:
         self.limit = limit
+        self.key = key
+        self.outer = outer
         self.body = 0
-        self.fields: dict[str, bytes] = {}  # partition key -> its index field
+        self.nbytes = 0  # the records' bytes (data and partition keys, as AWS counts)
+        self.fields: dict[str, int] = {}  # partition key -> its index in the table
         self.table: list[bytes] = [MAGIC]  # MAGIC, then the partition key table
         self.ehk_fields: dict[str, bytes] = {}
         self.ehk_table: list[bytes] = []
@@ -158,40 +219,31 @@ class OpenAggregate:
         """Encode ``record`` (``data`` is its data) into the aggregate; False, changing
         nothing, when it would take the aggregate past its limit."""
         key = record.key
-        if record.ehk is not None:
-            return self._add_with_hash_key(record, data)
         fields = self.fields
-        field = fields.get(key)
-        dl = len(data)
-        dlv = _VARINT[dl] if dl < _TABLE_SIZE else _encode_varint(dl)
-        if field is None:
+        index = fields.get(key)
+        entry = b""
+        if index is None:
+            index = len(fields)
             entry = _ENTRIES.get(key) or _key_entry(key)
-            n = len(fields)
-            field = _PK_FIELD[n] if n < _TABLE_SIZE else b"\x08" + _encode_varint(n)
-            inner = len(field) + 1 + len(dlv) + dl
-            part = b"\x1a%b%b\x1a%b%b" % (
-                _VARINT[inner] if inner < _TABLE_SIZE else _encode_varint(inner),
-                field,
-                dlv,
-                data,
+        if record.ehk is None:
+            dl = len(data)
+            prefix = (HEADERS[index].get(dl) if index < _TABLE_SIZE else None) or header(
+                index, dl
             )
-            body = self.body + len(part) + len(entry)
-            if body > self.limit:
-                return False
-            fields[key] = field
-            self.table.append(entry)
+            part = prefix + data
+            ehk_entry = b""
         else:
-            inner = len(field) + 1 + len(dlv) + dl
-            part = b"\x1a%b%b\x1a%b%b" % (
-                _VARINT[inner] if inner < _TABLE_SIZE else _encode_varint(inner),
-                field,
-                dlv,
-                data,
-            )
-            body = self.body + len(part)
-            if body > self.limit:
-                return False
+            part, ehk_entry = self._encode_with_hash_key(index, record.ehk, data)
+        body = self.body + len(part) + len(entry) + len(ehk_entry)
+        if body > self.limit:
+            return False
+        if entry:
+            fields[key] = index
+            self.table.append(entry)
+        if ehk_entry:
+            self.ehk_table.append(ehk_entry)
         self.body = body
+        self.nbytes += record.size
         records = self.records
         if not records:
             self.first = data
@@ -199,46 +251,21 @@ class OpenAggregate:
         self.parts.append(part)
         return True
 
-    def _add_with_hash_key(self, record: PendingRecord, data: bytes) -> bool:
-        fields = self.fields
-        key = record.key
-        ehk = record.ehk
-        assert ehk is not None
-        grow = 0
-        field = fields.get(key)
-        new_key = field is None
-        if field is None:
-            entry = _ENTRIES.get(key) or _key_entry(key)
-            n = len(fields)
-            field = _PK_FIELD[n] if n < _TABLE_SIZE else b"\x08" + _encode_varint(n)
-            grow += len(entry)
+    def _encode_with_hash_key(self, index: int, ehk: str, data: bytes) -> tuple[bytes, bytes]:
+        """(the encoded Record, the hash key's new table entry or b"") of a record with
+        an explicit hash key; the hash key's index is taken (kept if it does not fit)."""
         ehk_field = self.ehk_fields.get(ehk)
-        new_ehk = ehk_field is None
         ehk_entry = b""
         if ehk_field is None:
             raw = ehk.encode()
-            ehk_field = b"\x10" + _varint(len(self.ehk_fields))
+            ehk_field = self.ehk_fields[ehk] = b"\x10" + _varint(len(self.ehk_fields))
             ehk_entry = b"\x12" + _varint(len(raw)) + raw
-            grow += len(ehk_entry)
+        field = _PK_FIELD[index] if index < _TABLE_SIZE else b"\x08" + _encode_varint(index)
         dl = len(data)
-        fields_bytes = field + ehk_field
-        inner = len(fields_bytes) + 1 + len(_varint(dl)) + dl
-        part = b"\x1a" + _varint(inner) + fields_bytes + b"\x1a" + _varint(dl) + data
-        grow += len(part)
-        if self.body + grow > self.limit:
-            return False
-        if new_key:
-            fields[key] = field
-            self.table.append(_ENTRIES.get(key) or _key_entry(key))
-        if new_ehk:
-            self.ehk_fields[ehk] = ehk_field
-            self.ehk_table.append(ehk_entry)
-        self.body += grow
-        if not self.records:
-            self.first = data
-        self.records.append(record)
-        self.parts.append(part)
-        return True
+        dlv = _varint(dl)
+        fields = field + ehk_field
+        inner = len(fields) + 1 + len(dlv) + dl
+        return b"\x1a" + _varint(inner) + fields + b"\x1a" + dlv + data, ehk_entry
 
     def seal(self, tail: bytes, landing: bytes, shard_id: str) -> Entry:
         """The entry of what was added: an :class:`Aggregate` for ``shard_id``, or the
@@ -246,17 +273,36 @@ class OpenAggregate:
         key's JSON after ``","PartitionKey":``, then ``}``), ``landing`` the end of an
         aggregate's entry (its explicit hash key)."""
         records = self.records
-        first = records[0]
         if len(records) == 1:
-            return plain_entry(first, self.first, tail)
+            record = records[0]
+            if not hasattr(record, "key"):  # (an aggregated record keeps no key)
+                self._restore(record)
+            return plain_entry(record, self.first, tail)
         table = self.table
         table += self.ehk_table
         table += self.parts
         blob = b"".join(table)
         blob += md5(memoryview(blob)[4:]).digest()
         fragment = b"".join((_DATA_HEAD, _b64(blob, newline=False), tail[:-1], landing))
-        size = len(blob) + first.size - len(self.first)
-        return Aggregate(records, fragment, size, shard_id, records[-1].deadline)
+        return Aggregate(
+            records, fragment, len(blob) + self.outer, shard_id, records[-1].deadline, self.nbytes
+        )
+
+    def _restore(self, record: PendingRecord) -> None:
+        """Give the only record its key, explicit hash key and size back."""
+        (key, ehk, data), = _decode_one(self)
+        record.key = key
+        record.ehk = ehk
+        record.size = len(data) + len(key.encode())
+
+
+def _decode_one(agg: OpenAggregate) -> list[tuple[str, str | None, bytes]]:
+    """The records of an open aggregate, decoded (a rare path)."""
+    blob = b"".join([*agg.table, *agg.ehk_table, *agg.parts])
+    blob += md5(memoryview(blob)[4:]).digest()
+    decoded = deaggregate(blob)
+    assert decoded is not None
+    return decoded
 
 
 def _varint(value: int) -> bytes:
@@ -295,24 +341,37 @@ def take_plain(
     cap_b = room_b if tokens_b >= room_b else tokens_b
     n = used = 0
     if lane.retried:
-        n, used = _take_one_by_one(lane.retried, out, cap_n, cap_b, room_b, now, expired, 0, 0)
+        n, used, i = _take_one_by_one(
+            lane.retried, 0, out, cap_n, cap_b, room_b, now, expired, 0, 0
+        )
+        del lane.retried[:i]
     records = lane.records
-    k = min(cap_n - n, len(records))
+    head = lane.head
+    k = min(cap_n - n, len(records) - head)
     if k > 0:
-        chunk = records[:k]
+        # The records are in put order, so in deadline order: if the first did not
+        # expire, none did (the periodic sweep catches any exception to the rule).
+        chunk = records[head : head + k]
         nbytes = sum(map(_size, chunk))
-        if used + nbytes <= cap_b and min(map(_deadline, chunk)) > now:
-            del records[:k]
+        if used + nbytes <= cap_b and chunk[0].deadline > now:
+            head += k
             out += chunk
             n += k
             used += nbytes
         else:
-            n, used = _take_one_by_one(records, out, cap_n, cap_b, room_b, now, expired, n, used)
+            n, used, head = _take_one_by_one(
+                records, head, out, cap_n, cap_b, room_b, now, expired, n, used
+            )
+        if head >= _COMPACT and head * 2 >= len(records):
+            del records[:head]
+            head = 0
+        lane.head = head
     return n, used, used
 
 
 def _take_one_by_one(
     records: list[PendingRecord],
+    i: int,
     out: list[Entry],
     cap_n: int,
     cap_b: float,
@@ -321,10 +380,9 @@ def _take_one_by_one(
     expired: list[PendingRecord],
     n: int,
     used: int,
-) -> tuple[int, int]:
-    """Take ``records`` from the front one at a time, within the caps; the expired ones
-    go to ``expired`` (and leave the lane's counts)."""
-    i = 0
+) -> tuple[int, int, int]:
+    """Take ``records`` from index ``i`` on, one at a time, within the caps; the expired
+    ones go to ``expired``. Returns (records taken, bytes, the index reached)."""
     while i < len(records) and n < cap_n:
         record = records[i]
         size = record.size
@@ -337,8 +395,7 @@ def _take_one_by_one(
         used += size
         n += 1
         out.append(record)
-    del records[:i]
-    return n, used
+    return n, used, i
 
 
 def take_packed(
@@ -369,7 +426,7 @@ def take_packed(
         used += size
         if type(entry) is Aggregate:
             taken += len(entry.records)
-            taken_bytes += sum(map(_size, entry.records))
+            taken_bytes += entry.nbytes
         else:
             taken += 1
             taken_bytes += size

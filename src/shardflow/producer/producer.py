@@ -23,6 +23,7 @@ from .accumulator import Accumulator
 from .encoding import AGGREGATED_OVERHEAD, RecordMaker, record_cost
 from .encoding import RECORD_OVERHEAD as RECORD_OVERHEAD
 from .ledger import Ledger
+from .packing import HEADER_INDEXES, HEADERS, header
 from .ratelimit import ShardRateLimiter
 from .records import PendingRecord
 from .sender import Sender
@@ -456,16 +457,16 @@ class Producer:
             return None
         if cached is None:
             return None
-        tail, key_bytes = cached
+        tail, key_bytes, _ = cached
         size = len(data) + key_bytes
         fragment = _join((_DATA_HEAD, _b64(data, newline=False), tail))
         cost = len(fragment) + RECORD_OVERHEAD
         ledger = self._ledger
         if (
             size > self._max_record_bytes
+            or ledger.putters
             or ledger.records >= ledger.max_records
             or ledger.bytes + cost > ledger.max_bytes
-            or ledger.has_putters()
         ):
             return None
         record = PendingRecord(loop=self._loop)
@@ -477,12 +478,29 @@ class Producer:
         record.deadline = _monotonic() + self.record_ttl
         ledger.records += 1
         ledger.bytes += cost
-        ledger.count(record)
-        if self._acc.add(record):
+        if ledger.epoch:
+            record.epoch = ledger.epoch
+        acc = self._acc
+        key_lanes = acc.key_lanes
+        lane = acc.default if key_lanes is None else key_lanes.get(partition_key)
+        if lane is None or self.ordered:
+            queue_now = acc.add(record)
+        else:
+            if key_lanes is not None:
+                record.shard = lane.shard_id
+            lane.records.append(record)
+            acc.waiting += 1
+            n = acc.queued = acc.queued + 1
+            before = acc.queued_bytes
+            acc.queued_bytes = before + size
+            queue_now = n == 1 or n == acc.full_records or before < acc.max_bytes <= before + size
+        if queue_now:
             self._sender.notify()  # type: ignore[union-attr]
         return record
 
     def _fast_packed(self, obj: Any, partition_key: str) -> PendingRecord | None:
+        # (Accumulator.add() and OpenAggregate.add() for a record that fits its lane's open
+        # aggregate, which keeps the record's key, hash key and size for it)
         if type(obj) is dict:
             try:
                 data = _dumps(obj)
@@ -492,35 +510,67 @@ class Producer:
             data = obj
         else:
             return None
+        acc = self._acc
+        key_lanes = acc.key_lanes
+        if key_lanes is None:
+            return None
         try:
             cached = self._keys.get(partition_key)
+            lane = key_lanes.get(partition_key)
         except TypeError:
             return None
-        lane = self._acc.lane_of(partition_key)
-        if cached is None or lane is None or lane.open is None:
+        if cached is None or lane is None:
             return None
-        size = len(data) + cached[1]
+        agg = lane.open
+        if agg is None:
+            return None
+        dl = len(data)
+        size = dl + cached[1]
         cost = size + 4 * ((size + 2) // 3) + AGGREGATED_OVERHEAD
         ledger = self._ledger
         if (
             size > self._max_record_bytes
+            or ledger.putters
             or ledger.records >= ledger.max_records
             or ledger.bytes + cost > ledger.max_bytes
-            or ledger.has_putters()
         ):
             return None
+        fields = agg.fields
+        index = fields.get(partition_key)
+        if index is None:
+            index = len(fields)
+            if index >= HEADER_INDEXES:
+                return None
+            entry = cached[2]
+        else:
+            entry = b""
+        part = (HEADERS[index].get(dl) or header(index, dl)) + data
+        body = agg.body + len(part) + len(entry)
+        if body > agg.limit:
+            return None
         record = PendingRecord(loop=self._loop)
-        record.key = partition_key
-        record.ehk = None
-        record.size = size
         record.cost = cost
         record.deadline = _monotonic() + self.record_ttl
+        if entry:
+            fields[partition_key] = index
+            agg.table.append(entry)
+        agg.body = body
+        agg.nbytes += size
+        agg.parts.append(part)
+        agg.records.append(record)
         ledger.records += 1
         ledger.bytes += cost
-        ledger.count(record)
-        if self._acc.add_packed(lane, record, data):
+        if ledger.epoch:
+            record.epoch = ledger.epoch
+        acc.waiting += 1
+        lane.count += 1
+        lane.nbytes += size
+        n = acc.queued = acc.queued + 1
+        before = acc.queued_bytes
+        acc.queued_bytes = before + size
+        if n == 1 or n == acc.full_records or before < acc.max_bytes <= before + size:
             self._sender.notify()  # type: ignore[union-attr]
-            self._yield = self._acc.waiting > 1
+            self._yield = acc.waiting > 1
         return record
 
     def put_nowait(

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["Aggregate", "Answer", "Entry", "Landing", "PendingRecord", "positions"]
 
 _deadline = attrgetter("deadline")
+_size = attrgetter("size")
 _DATA_HEAD = b'{"Data":"'
 
 _POSITIONS: tuple[int, ...] = tuple(range(8192))
@@ -165,7 +166,7 @@ class Aggregate:
     it on ``shard``. Its records share its fate: delivered together, retried together.
     """
 
-    __slots__ = ("deadline", "fragment", "records", "shard", "size")
+    __slots__ = ("deadline", "fragment", "nbytes", "records", "shard", "size")
 
     def __init__(
         self,
@@ -174,6 +175,7 @@ class Aggregate:
         size: int,
         shard: str,
         deadline: float | None = None,
+        nbytes: int | None = None,
     ) -> None:
         self.records = records
         self.fragment = fragment
@@ -182,10 +184,13 @@ class Aggregate:
         self.shard: str | None = shard
         self.deadline = max(map(_deadline, records)) if deadline is None else deadline
         """The latest deadline of its records (bounds the request's timeout)."""
+        self.nbytes = sum(map(_size, records)) if nbytes is None else nbytes
+        """Its records' bytes (data and partition keys)."""
 
     def unpack(self) -> list[PendingRecord]:
-        """Give every record its data back (decoded from the entry) for packing again,
-        unless they kept it; return the records."""
+        """Give every record its data back (and its key, explicit hash key and size, which
+        records packed at ``put()`` do not keep), decoded from the entry, for packing
+        again; return the records."""
         records = self.records
         if not hasattr(records[0], "data"):
             fragment = self.fragment
@@ -194,8 +199,11 @@ class Aggregate:
             decoded = deaggregate(blob)
             assert decoded is not None
             assert len(decoded) == len(records)
-            for record, (_, _, data) in zip(records, decoded, strict=True):
+            for record, (key, ehk, data) in zip(records, decoded, strict=True):
                 record.data = data
+                record.key = key
+                record.ehk = ehk
+                record.size = len(data) + len(key.encode())
         return records
 
     def __repr__(self) -> str:
