@@ -466,6 +466,9 @@ class Accumulator:
         # batch then spans the oldest records of every lane), then what is left over.
         share_n = -(-room_n // len(lanes))
         share_b = -(-room_b // len(lanes))
+        # (aggregating) open aggregates go only when they lingered, when flushing, or when
+        # nothing sealed waits: a full queue fills aggregates before they go
+        seal = flushing or not any(lane.sealed for lane in lanes)
         sent: set[int] = set()  # lanes with an entry in the request (their first went)
         for rest in (False, True) if len(lanes) > 1 else (True,):
             for lane in lanes:
@@ -487,7 +490,7 @@ class Accumulator:
                     used = sum(e.size for e in entries[first:])
                 elif self.packing:
                     n, nbytes, used = self._take_packed(
-                        lane, entries, room_n_lane, room_b_lane, tokens_n, tokens_b, now
+                        lane, entries, room_n_lane, room_b_lane, tokens_n, tokens_b, now, seal
                     )
                     taken += n
                     self.queued -= n
@@ -521,21 +524,25 @@ class Accumulator:
         tokens_n: float,
         tokens_b: float,
         now: float,
+        seal: bool,
     ) -> tuple[int, int, int]:
         """Unordered, aggregating: take a lane's sealed entries, then its open aggregate
-        (sealed now) if the request and the tokens have room left for it. Expired
-        records go to :attr:`expired` (counted out by the caller)."""
+        (sealed now) if it lingered or ``seal``, and the request and the tokens have room
+        left for it. Expired records go to :attr:`expired` (counted out by the caller)."""
         head = lane.oldest()
         if head is not None and head.deadline <= now:
             self._drop_expired(lane, now)
         before = len(entries)
         n, nbytes, used = take_packed(lane, entries, room_n, room_b, tokens_n, tokens_b)
         added = len(entries) - before
-        if lane.sealed or lane.open is None or added >= room_n or used >= room_b:
+        agg = lane.open
+        if lane.sealed or agg is None or added >= room_n or used >= room_b:
+            return n, nbytes, used
+        if not seal and agg.records[0].deadline + self._linger_offset > now:
             return n, nbytes, used
         if added and (added >= tokens_n or used >= tokens_b):
             return n, nbytes, used
-        lane.sealed.append(self._seal(lane, lane.open))
+        lane.sealed.append(self._seal(lane, agg))
         lane.open = None
         more = take_packed(
             lane, entries, room_n - added, room_b - used, tokens_n - added, tokens_b - used
