@@ -37,6 +37,7 @@ from botocore.config import Config
 
 from shardflow import Consumer, _aws
 from shardflow.aggregation import aggregate
+from shardflow.shardmap import hash_key
 
 from benchmarks.common import (
     Timer,
@@ -138,6 +139,24 @@ async def read_all(url: str, name: str, expected: int, mode: str) -> dict[str, A
     }
 
 
+Entries = list[tuple[str, bytes]]
+
+
+def by_shard(url: str, name: str, entries: Entries) -> list[Entries]:
+    """``entries`` grouped by the open shard whose hash-key range holds their key."""
+    shards = client(url).list_shards(StreamName=name)["Shards"]
+    ranges = sorted(
+        (int(s["HashKeyRange"]["StartingHashKey"]), int(s["HashKeyRange"]["EndingHashKey"]))
+        for s in shards
+    )
+    groups: list[Entries] = [[] for _ in ranges]
+    for key, data in entries:
+        value = hash_key(key)
+        index = next(i for i, (low, high) in enumerate(ranges) if low <= value <= high)
+        groups[index].append((key, data))
+    return groups
+
+
 def throughput(ep: Endpoint, records: int, shards: int) -> list[dict[str, Any]]:
     events = make_events(records)
     plain = [(key, orjson.dumps(event)) for key, event in events]
@@ -148,12 +167,14 @@ def throughput(ep: Endpoint, records: int, shards: int) -> list[dict[str, Any]]:
         print(f"[{ep.name}] reading {records:,} records ({mode}) ...", file=sys.stderr)
         row = anyio.run(read_all, ep.url, name, records, mode)
         rows.append({"endpoint": ep.name, "input": "plain", **row})
-    # KPL aggregates of 100 user records each.
+    # KPL aggregates of 100 user records each, packed per shard as a KPL does (the
+    # consumer drops sub-records whose key hashes outside the shard, like the KCL).
     name = create_stream(ep.url, shards)
     blobs = []
-    for start in range(0, len(plain), 100):
-        chunk = plain[start:start + 100]
-        blobs.append((chunk[0][0], aggregate([(k, None, d) for k, d in chunk])))
+    for group in by_shard(ep.url, name, plain):
+        for start in range(0, len(group), 100):
+            chunk = group[start:start + 100]
+            blobs.append((chunk[0][0], aggregate([(k, None, d) for k, d in chunk])))
     fill(ep.url, name, blobs, 100)
     print(f"[{ep.name}] reading {records:,} aggregated records ...", file=sys.stderr)
     row = anyio.run(read_all, ep.url, name, records, "records")

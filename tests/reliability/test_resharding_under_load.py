@@ -135,15 +135,6 @@ async def test_split_and_merge_while_producing_and_consuming(
     assert {f"shardId-00000000000{i}" for i in (0, 1, 2, 4)} <= {r.shard_id for r in got}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="producer bug (reported; aggregation is work in progress): an aggregate packed "
-    "for a shard that split meanwhile lands on a child, is reported WrongShard, and every "
-    "sub-record is sent again although the aggregate was written: all 200 records are "
-    "in the stream twice. Sub-records whose hash key the landing shard covers are "
-    "delivered; only the others need another try (and a KCL-like consumer then drops "
-    "the misplaced copies, which shardflow's Consumer does not do).",
-)
 async def test_a_split_while_aggregates_linger_writes_each_record_once(
     kinesalite_url: str,
 ) -> None:

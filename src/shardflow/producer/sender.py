@@ -433,12 +433,19 @@ class Sender:
     def _holds_all(self, agg: Aggregate, shard_id: str) -> bool:
         """Whether ``shard_id``'s hash-key range holds every record of ``agg`` (False
         while the range is unknown)."""
+        inside = self._inside(agg, shard_id)
+        return inside is not None and all(inside)
+
+    def _inside(self, agg: Aggregate, shard_id: str) -> list[bool] | None:
+        """For each record of ``agg``: whether ``shard_id``'s hash-key range holds it
+        (None while the range is unknown)."""
         assert self._tracker is not None
         found = self._tracker.ranges.get(shard_id)
         if found is None:
-            return False
+            return None
         low, high = found
         hashes: dict[str, int] = {}
+        inside: list[bool] = []
         for record in agg.unpack():  # (records packed at put() keep no key of their own)
             if record.ehk is not None:
                 value = int(record.ehk)
@@ -446,29 +453,51 @@ class Sender:
                 value = hashes.get(record.key, -1)
                 if value < 0:
                     value = hashes[record.key] = hash_key(record.key)
-            if not low <= value <= high:
-                return False
-        return True
+            inside.append(low <= value <= high)
+        return inside
 
-    def _wrong_shard(self, agg: Aggregate, landing: Landing) -> None:
-        """Send ``agg``'s records again: a KCL consumer drops the copy on ``shard_id``."""
+    def _wrong_shard(
+        self,
+        agg: Aggregate,
+        landing: Landing,
+        inside: list[bool] | None,
+        done: list[PendingRecord],
+    ) -> None:
+        """``agg`` landed on a shard whose range does not hold all its records: those it
+        holds (``inside``; None: the range is unknown) are delivered there (into
+        ``done``; a KCL consumer keeps them), the others are sent again (a KCL consumer
+        drops their copy on ``landing.shard_id``)."""
+        if inside is None:
+            inside = [False] * len(agg.records)
+        again = [r for r, kept in zip(agg.records, inside, strict=True) if not kept]
         log.info(
             "an aggregate of %d records predicted for %s landed on %s, which does not hold "
-            "them all: sending them again",
+            "%d of them: sending those again",
             len(agg.records),
             agg.shard,
             landing.shard_id,
+            len(again),
         )
+        for record, position, kept in zip(
+            agg.records, positions(len(agg.records)), inside, strict=False
+        ):
+            if kept:
+                record._res = landing
+                record._pos = position
+                record.data = _EMPTY
+                if not record.done():  # (the caller may have cancelled its future)
+                    record.set_result(None)  # type: ignore[arg-type]  # see PendingRecord
+                done.append(record)
         attempt = Attempt(
             WRONG_SHARD,
             f"the aggregate landed on {landing.shard_id}, whose hash-key range does not hold "
-            "all its records (a KCL consumer drops it); sent again",
+            "this record (a KCL consumer drops it); sent again",
             landing.ok.started_at,
             landing.ok.duration,
         )
-        for record in agg.records:
+        for record in again:
             self._record_attempt(record, attempt)
-        late = self._retry(agg.unpack(), _monotonic(), backoff=False)
+        late = self._retry(again, _monotonic(), backoff=False)
         if late:
             self._fail(late, "record_ttl ran out before a successful try", None)
 
@@ -478,10 +507,11 @@ class Sender:
         parked, self._parked = self._parked, []
         done: list[PendingRecord] = []
         for agg, landing in parked:
-            if self._holds_all(agg, landing.shard_id):
+            inside = self._inside(agg, landing.shard_id)
+            if inside is not None and all(inside):
                 self._deliver_aggregate(agg, landing, done)
             else:
-                self._wrong_shard(agg, landing)
+                self._wrong_shard(agg, landing, inside, done)
         if done:
             self.delivered += len(done)
             self._resolved(done)
