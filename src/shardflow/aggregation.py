@@ -17,9 +17,10 @@ Kinesis Producer Library, which the KCL, AWS Lambda and ``aws-kinesis-agg`` unde
       repeated Tag    tags                    = 4;   // Tag {required key = 1; optional value = 2}
     }
 
-Encoding and decoding are written by hand (proto2 wire format, no protobuf dependency)
-and tuned for CPython: varints come from a precomputed table, every piece is joined once,
-sizes are kept by arithmetic. Encoding writes the key tables first, then the records, as
+Encoding and decoding are written by hand (proto2 wire format, no protobuf dependency:
+the primitives are in ``_protobuf``, the parser in ``_aggregate_parser``) and tuned for
+CPython: varints come from a precomputed table, every piece is joined once, sizes are
+kept by arithmetic. Encoding writes the key tables first, then the records, as
 protobuf serialisers do; decoding accepts any field order, unknown fields and
 non-canonical varints, like a protobuf parser.
 
@@ -31,6 +32,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+
+from . import _protobuf
+from ._aggregate_parser import parse_aggregated_record
+from ._protobuf import varint as _varint
+from ._protobuf import varint_len as _varint_len
 
 __all__ = [
     "MAGIC",
@@ -58,31 +64,19 @@ UserRecord = tuple[str, "str | None", bytes]
 """(partition_key, explicit_hash_key or None, data)."""
 
 _md5 = hashlib.md5
-_MAX_UINT64 = (1 << 64) - 1
-_MAX_DEPTH = 100  # protobuf's default recursion limit, for nested unknown groups
 
-# Protobuf tags (field number << 3 | wire type) of the fields this format uses. The hot
-# paths spell them as literals: 0x0A partition_key_table, 0x12 explicit_hash_key_table,
-# 0x1A records (length-delimited) in AggregatedRecord; in Record:
-_PK_INDEX = 0x08  # partition_key_index = 1, varint
-_EHK_INDEX = 0x10  # explicit_hash_key_index = 2, varint
-_DATA = 0x1A  # data = 3, length-delimited
-_TAGS = 0x22  # tags = 4, length-delimited
-_TAG_KEY = 0x0A  # Tag.key = 1, length-delimited
+# The producer packs records itself with _VARINT, _TABLE_SIZE, _encode_varint, _PK_FIELD,
+# _ENTRIES and _key_entry: keep those names (assigned, so that they are exported).
+_VARINT = _protobuf.VARINT
+_TABLE_SIZE = _protobuf.VARINT_TABLE_SIZE
+_encode_varint = _protobuf.encode_varint
 
+# The encoders spell protobuf tags as literals:
+# 0x0A partition_key_table, 0x12 explicit_hash_key_table, 0x1A records in AggregatedRecord;
+# 0x08 partition_key_index, 0x10 explicit_hash_key_index, 0x1A data in Record.
 
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-_TABLE_SIZE = 4096
-_VARINT: tuple[bytes, ...] = tuple(_encode_varint(n) for n in range(_TABLE_SIZE))
-_PK_FIELD: tuple[bytes, ...] = tuple(b"\x08" + v for v in _VARINT)  # partition_key_index = n
+# Encoded partition_key_index fields (b"\x08" + varint(n)), by index.
+_PK_FIELD: tuple[bytes, ...] = tuple(b"\x08" + v for v in _VARINT)
 
 
 # Encoded partition-key table entries (b"\x0a" + varint(length) + UTF-8), shared by every
@@ -101,14 +95,6 @@ def _key_entry(pk: str) -> bytes:
         _ENTRIES.clear()
     _ENTRIES[pk] = entry
     return entry
-
-
-def _varint(value: int) -> bytes:
-    return _VARINT[value] if value < _TABLE_SIZE else _encode_varint(value)
-
-
-def _varint_len(value: int) -> int:
-    return (value.bit_length() + 6) // 7 or 1
 
 
 def _as_bytes(data: object) -> bytes:
@@ -400,203 +386,6 @@ def deaggregate(blob: bytes) -> list[tuple[str, str | None, bytes]] | None:
     if _md5(memoryview(blob)[4:end]).digest() != blob[end:]:
         return None
     try:
-        return _parse(blob, 4, end)
+        return parse_aggregated_record(blob, 4, end)
     except (IndexError, ValueError):  # read past the end, bad varint, bad UTF-8
         return None
-
-
-def _varint_rest(blob: bytes, i: int, value: int) -> tuple[int, int]:
-    """Finish a varint whose first byte (>= 0x80) was ``value``; return (value, next i)."""
-    value &= 0x7F
-    shift = 7
-    while True:
-        b = blob[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            if value > _MAX_UINT64:
-                raise ValueError("varint too large")
-            return value, i
-        shift += 7
-        if shift >= 70:
-            raise ValueError("varint too long")
-
-
-def _varint_at(blob: bytes, i: int) -> tuple[int, int]:
-    """The varint at ``blob[i]`` and the index after it."""
-    value = blob[i]
-    if value < 0x80:
-        return value, i + 1
-    return _varint_rest(blob, i + 1, value)
-
-
-def _skip(blob: bytes, i: int, tag: int, limit: int, depth: int = 0) -> int:
-    """Skip the value of an unknown field with ``tag``; return the next index.
-
-    Raises ValueError on field number 0, an invalid wire type, an unmatched end-group,
-    groups nested deeper than protobuf's recursion limit, or a value running past
-    ``limit``; IndexError when the bytes run out.
-    """
-    wire = tag & 7
-    if tag >> 3 == 0 or tag > 0xFFFFFFFF:
-        raise ValueError("field number out of range")
-    if wire == 0:
-        _, i = _varint_at(blob, i)
-    elif wire == 2:
-        n, i = _varint_at(blob, i)
-        i += n
-    elif wire == 1:
-        i += 8
-    elif wire == 5:
-        i += 4
-    elif wire == 3:  # a group: fields up to the end-group tag of the same number
-        if depth >= _MAX_DEPTH:
-            raise ValueError("groups nested too deeply")
-        while True:
-            inner, i = _varint_at(blob, i)
-            if inner == tag + 1:
-                break
-            i = _skip(blob, i, inner, limit, depth + 1)
-    else:  # an end-group without its start, or wire type 6 or 7
-        raise ValueError(f"unexpected wire type {wire}")
-    if i > limit:
-        raise ValueError("field runs past its message")
-    return i
-
-
-def _check_tag(blob: bytes, i: int, end: int) -> None:
-    """Validate a Tag message in ``blob[i:end]``: its required key must be present."""
-    has_key = False
-    while i < end:
-        tag, i = _varint_at(blob, i)
-        has_key |= tag == _TAG_KEY
-        i = _skip(blob, i, tag, end)
-    if not has_key:
-        raise ValueError("tag without key")
-
-
-def _parse(blob: bytes, i: int, end: int) -> list[tuple[str, str | None, bytes]] | None:
-    """Parse the protobuf message in ``blob[i:end]``; None when it is not a valid aggregate.
-
-    Raises IndexError or ValueError on malformed input (the caller maps both to None).
-    """
-    pks: list[str] = []
-    ehks: list[str] = []
-    out: list[tuple[str, str | None, bytes]] = []
-    append = out.append
-    # Records whose key index points past the table read so far (the tables may follow
-    # the records): (position in out, pk index, ehk index), resolved at the end.
-    later: list[tuple[int, int, int]] = []
-    pk_count = ehk_count = 0
-    while i < end:
-        tag = blob[i]
-        i += 1
-        if tag >= 0x80:
-            tag, i = _varint_rest(blob, i, tag)
-        if tag == 0x1A:  # records
-            n = blob[i]
-            i += 1
-            if n >= 0x80:
-                b = blob[i]
-                if b < 0x80:
-                    n = (n & 0x7F) | (b << 7)
-                    i += 1
-                else:
-                    n, i = _varint_rest(blob, i, n)
-            stop = i + n
-            if stop > end:
-                return None
-            # Fast path for the layout every encoder writes: 08 pk [10 ehk] 1A len data,
-            # one- or two-byte varints. Anything else goes through _parse_record.
-            if blob[i] == 0x08:
-                p = blob[i + 1]
-                j = i + 2
-                if p >= 0x80:
-                    b = blob[j]
-                    p = (p & 0x7F) | (b << 7) if b < 0x80 else -1
-                    j += 1
-                e = -1
-                if blob[j] == 0x10:
-                    e = blob[j + 1]
-                    j += 2
-                    if e >= 0x80:
-                        b = blob[j]
-                        e = (e & 0x7F) | (b << 7) if b < 0x80 else -2
-                        j += 1
-                if p >= 0 and e >= -1 and blob[j] == 0x1A:
-                    n = blob[j + 1]
-                    j += 2
-                    if n >= 0x80:
-                        b = blob[j]
-                        n = (n & 0x7F) | (b << 7) if b < 0x80 else -1
-                        j += 1
-                    if j + n == stop and n >= 0 and p < pk_count and e < ehk_count:
-                        append((pks[p], None if e < 0 else ehks[e], blob[j:stop]))
-                        i = stop
-                        continue
-            p, e, data = _parse_record(blob, i, stop)
-            if p < pk_count and e < ehk_count:
-                append((pks[p], None if e < 0 else ehks[e], data))
-            else:
-                later.append((len(out), p, e))
-                append(("", None, data))
-            i = stop
-        elif tag == 0x0A or tag == 0x12:  # key tables
-            n = blob[i]
-            i += 1
-            if n >= 0x80:
-                n, i = _varint_rest(blob, i, n)
-            stop = i + n
-            if stop > end:
-                return None
-            # Invalid UTF-8 is replaced, as Java protobuf does for proto2 strings.
-            if tag == 0x0A:
-                pks.append(blob[i:stop].decode("utf-8", "replace"))
-                pk_count += 1
-            else:
-                ehks.append(blob[i:stop].decode("utf-8", "replace"))
-                ehk_count += 1
-            i = stop
-        else:  # unknown field, or a known number with another wire type
-            i = _skip(blob, i, tag, end)
-    if i != end:
-        return None
-    if later:
-        try:
-            for at, p, e in later:
-                out[at] = (pks[p], None if e < 0 else ehks[e], out[at][2])
-        except IndexError:  # a key index beyond its table
-            return None
-    return out
-
-
-def _parse_record(blob: bytes, i: int, stop: int) -> tuple[int, int, bytes]:
-    """Parse one Record message in ``blob[i:stop]`` in full generality: any field order,
-    repeated scalars (the last wins), tags, unknown fields, long varints.
-
-    Returns (partition key index, explicit hash key index or -1, data); raises ValueError
-    or IndexError when the record is malformed or misses a required field.
-    """
-    pk_index = ehk_index = -1
-    data = None
-    while i < stop:
-        tag, i = _varint_at(blob, i)
-        if tag == _PK_INDEX:
-            pk_index, i = _varint_at(blob, i)
-        elif tag == _EHK_INDEX:
-            ehk_index, i = _varint_at(blob, i)
-        elif tag == _DATA:
-            n, i = _varint_at(blob, i)
-            data = blob[i : i + n]
-            i += n
-        elif tag == _TAGS:
-            n, i = _varint_at(blob, i)
-            _check_tag(blob, i, min(i + n, stop))
-            i += n
-        else:
-            i = _skip(blob, i, tag, stop)
-    if i != stop:
-        raise ValueError("field runs past its record")
-    if pk_index < 0 or data is None:
-        raise ValueError("record misses a required field")
-    return pk_index, ehk_index, data
