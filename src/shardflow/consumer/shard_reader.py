@@ -6,13 +6,13 @@ reads again at once after a non-empty response (but never more often than
 ``KinesisLimits.shard_read_calls_per_s``), and waits ``poll_interval`` when caught up.
 It stops fetching while the shard's buffer is full, so a slow application costs no
 memory. Kinesis records become user records in exactly one place, :func:`to_records`
-(which is where KPL aggregates are unpacked).
+in ``record_conversion`` (which is where KPL aggregates are unpacked); ``pacing`` holds
+the backoff and the signals the task waits on.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -22,10 +22,11 @@ from typing import Any, Protocol, TypeVar
 import anyio
 
 from .. import _aws, errors
-from ..aggregation import MAGIC, deaggregate
 from ..models import Record, Shard
-from ..shardmap import hash_key
 from .checkpoint import END_POSITION, SHARD_END, Checkpoint, CheckpointSession
+from .pacing import Signal as Signal  # re-exported: the coordinator and leases use these
+from .pacing import backoff_delay as backoff_delay
+from .record_conversion import child_shard, to_records
 
 __all__ = ["Counters", "ReadContext", "ReaderConfig", "ReaderEvents", "ShardReader", "to_records"]
 
@@ -34,29 +35,7 @@ log = logging.getLogger("shardflow.consumer")
 _T = TypeVar("_T")
 
 _NO_POSITION: tuple[int, int] = (-1, -1)
-_BACKOFF_BASE = 0.2
-_BACKOFF_CAP = 10.0
-
-
-def backoff_delay(attempt: int, base: float = _BACKOFF_BASE, cap: float = _BACKOFF_CAP) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
-    return random.uniform(0.0, min(cap, base * (1 << min(attempt, 30))))
-
-
-class Signal:
-    """Wakes every task waiting at the moment it fires (edge-triggered, reusable)."""
-
-    __slots__ = ("_event",)
-
-    def __init__(self) -> None:
-        self._event = anyio.Event()
-
-    def fire(self) -> None:
-        self._event.set()
-        self._event = anyio.Event()
-
-    async def wait(self) -> None:
-        await self._event.wait()
+_UTC = timezone.utc
 
 
 @dataclass(slots=True)
@@ -119,75 +98,6 @@ class ReadContext:
     events: ReaderEvents
     per_shard: bool = False
     """Delivered through ShardReader iterators: a shard is done when its iterator ends."""
-
-
-# --- Kinesis records -> user records: the one place ---------------------------------------
-
-_UTC = timezone.utc
-
-
-def to_records(
-    shard: Shard, raw_records: Sequence[dict[str, Any]], skip_to: tuple[int, int] | None
-) -> tuple[list[Record], int]:
-    """User records from GetRecords' ``Records``, aggregates unpacked, in order, and how
-    many sub-records were dropped for hashing outside the shard.
-
-    Records at or before ``skip_to`` (a position) are left out: that is how a reader
-    resumes inside an aggregate. As the KCL does, a sub-record of an aggregate whose hash
-    key falls outside ``shard``'s range is dropped: it landed there through a stale shard
-    map, and its producer sends it again to the right shard (shardflow's and the KPL do).
-    """
-    shard_id, low, high = shard.shard_id, shard.starting_hash_key, shard.ending_hash_key
-    out: list[Record] = []
-    append = out.append
-    dropped = 0
-    for raw in raw_records:
-        seq: str = raw["SequenceNumber"]
-        data: bytes = raw["Data"]
-        arrival: datetime = raw["ApproximateArrivalTimestamp"].astimezone(_UTC)
-        # A KPL aggregate (magic, protobuf, MD5) becomes its user records; one that fails
-        # the checks is delivered as plain data, as the KCL does.
-        subs = deaggregate(data) if data.startswith(MAGIC) else None
-        if subs is None:
-            if skip_to is not None and (int(seq), -1) <= skip_to:
-                continue
-            append(Record(data, raw["PartitionKey"], seq, None, shard_id, arrival))
-            continue
-        first = 0
-        if skip_to is not None and int(seq) <= skip_to[0]:
-            first = skip_to[1] + 1 if int(seq) == skip_to[0] else len(subs)
-        in_range: dict[tuple[str, str | None], bool] = {}  # keys repeat within an aggregate
-        for index in range(first, len(subs)):
-            key, explicit, sub_data = subs[index]
-            fits = in_range.get((key, explicit))
-            if fits is None:
-                fits = in_range[(key, explicit)] = _hashes_within(key, explicit, low, high)
-            if fits:
-                append(Record(sub_data, key, seq, index, shard_id, arrival, explicit))
-            else:
-                dropped += 1
-    return out, dropped
-
-
-def _hashes_within(key: str, explicit: str | None, low: int, high: int) -> bool:
-    if explicit is None:
-        return low <= hash_key(key) <= high
-    try:
-        return low <= int(explicit) <= high
-    except ValueError:  # not a number: nothing to judge by, so keep the record
-        return True
-
-
-def _child_shard(item: dict[str, Any]) -> Shard:
-    parents = list(item.get("ParentShards") or ())
-    hash_range = item["HashKeyRange"]
-    return Shard(
-        shard_id=item["ShardId"],
-        starting_hash_key=int(hash_range["StartingHashKey"]),
-        ending_hash_key=int(hash_range["EndingHashKey"]),
-        parent_shard_id=parents[0] if parents else None,
-        adjacent_parent_shard_id=parents[1] if len(parents) > 1 else None,
-    )
 
 
 class ShardReader:
@@ -488,7 +398,7 @@ class ShardReader:
                     self._push(batch)
             iterator = response.get("NextShardIterator")
             if iterator is None:
-                children = [_child_shard(c) for c in response.get("ChildShards") or ()]
+                children = [child_shard(c) for c in response.get("ChildShards") or ()]
                 await self._reach_end(children)
                 return
             # Caught up: wait poll_interval. A full response, or an empty one that says
