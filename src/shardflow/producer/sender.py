@@ -11,13 +11,11 @@ Nothing is retried past a record's deadline (``record_ttl`` after ``put``). Ever
 recorded as an :class:`Attempt`.
 
 An entry that lands on a shard other than the predicted one means the shard map is stale:
-the tracker refreshes it. A plain record is delivered wherever it landed. An aggregate
-was written too, but a KCL consumer drops an aggregate holding any record outside its
-shard's hash-key range: its records are delivered if the landed shard's range holds them
-all, and otherwise wait for the refreshed map and are sent again (re-packed with it),
-after a ``WrongShard`` attempt: at least once, as every retry (a reader that does not
-drop such aggregates, as shardflow's Consumer, sees those records twice). Meanwhile the
-records predicted for that shard wait too, so that no more aggregates go astray.
+it is counted as misrouted and the tracker refreshes the map. A plain record is
+delivered wherever it landed; so is an aggregate whose records the landed shard's range
+all holds. Any other aggregate is parked in :mod:`.offshard` until the refreshed map
+comes, which then resolves it through the sender (:meth:`Sender.deliver_aggregate`,
+:meth:`Sender.retry`, :meth:`Sender.fail`).
 
 If the loop crashes, every record not yet resolved fails with
 :class:`errors.DeliveryFailed` before the error propagates, so no delivery is left
@@ -40,9 +38,10 @@ from anyio.abc import TaskStatus
 from .. import _aws, errors
 from .._putrecords import PutRecordsTransport, all_written, all_written_raw, parse_response
 from ..models import Attempt
-from ..shardmap import ShardMap, hash_key
 from .accumulator import Accumulator
 from .ledger import Ledger
+from .offshard import WRONG_SHARD as WRONG_SHARD
+from .offshard import OffShardAggregates
 from .records import Aggregate, Answer, Entry, Landing, PendingRecord, positions
 from .shards import ShardTracker
 
@@ -57,8 +56,6 @@ BACKOFF_CAP = 5.0
 REQUEST_TIMEOUT = 30.0
 """Longest a request may wait for its answer (it is also cut at its records' deadline)."""
 MIN_REQUEST_TIMEOUT = 0.2
-WRONG_SHARD = "WrongShard"
-"""Error code of the attempt of an aggregate that landed where a KCL consumer drops it."""
 
 _monotonic = time.monotonic  # the producer's clock for deadlines and linger
 
@@ -110,14 +107,12 @@ class Sender:
         self._max_in_flight = max_in_flight
         self._sweep_interval = min(1.0, max(0.05, record_ttl / 20))
         self._tracker = tracker
+        self._off_shard = OffShardAggregates(self, accumulator, tracker)
         if tracker is not None:
-            tracker.on_refresh = self._map_refreshed
+            tracker.on_refresh = self._off_shard.map_refreshed
         self._tracker_scope = anyio.CancelScope()
         self._wake: asyncio.Future[None] | None = None
         self._flying: dict[int, tuple[list[Entry], int]] = {}
-        # aggregates that landed where a KCL consumer may drop them, waiting for the next
-        # shard map: (aggregate, where it landed)
-        self._parked: list[tuple[Aggregate, Landing]] = []
         self._next_id = 0
         self._closing = False
         self._scope = anyio.CancelScope()
@@ -157,7 +152,7 @@ class Sender:
     @property
     def parked_records(self) -> int:
         """Records of aggregates waiting for a shard map refresh to be judged."""
-        return sum(len(agg.records) for agg, *_ in self._parked)
+        return self._off_shard.records
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -190,10 +185,11 @@ class Sender:
         acc = self._acc
         ledger = self._ledger
         tracker = self._tracker
+        off_shard = self._off_shard
         next_sweep = _monotonic() + self._sweep_interval
         while True:
             now = _monotonic()
-            if self._closing and acc.waiting == 0 and not self._flying and not self._parked:
+            if self._closing and acc.waiting == 0 and not self._flying and not off_shard.parked:
                 return
             flushing = self._closing or ledger.flushing
             if now >= next_sweep:
@@ -201,16 +197,16 @@ class Sender:
                 expired = acc.expire(now)
                 if expired:
                     # expire() already took them out of their key queues
-                    self._fail(
+                    self.fail(
                         expired, "record_ttl ran out while the record was queued", None, taken=False
                     )
-                if self._parked:
-                    self._expire_parked(now)
+                if off_shard.parked:
+                    off_shard.expire(now)
             while len(self._flying) < self._max_in_flight:
                 cut = acc.next_batch(now, flushing)
                 if acc.expired:
                     expired, acc.expired = acc.expired, []
-                    self._fail(
+                    self.fail(
                         expired,
                         "record_ttl ran out before the record could be sent",
                         None,
@@ -225,7 +221,7 @@ class Sender:
             wake_at: float | None = None
             if len(self._flying) < self._max_in_flight:
                 wake_at = acc.wake_time(now, flushing)
-            if acc.waiting or self._parked:
+            if acc.waiting or off_shard.parked:
                 wake_at = next_sweep if wake_at is None else min(wake_at, next_sweep)
             await self._sleep(loop, wake_at)
 
@@ -307,7 +303,7 @@ class Sender:
             _deliver(plain, answer)
             self.kinesis_records += len(plain)
             self.delivered += len(plain)
-            self._resolved(plain)
+            self.resolved(plain)
             return
         done: list[PendingRecord] = []
         failed: list[tuple[Entry, dict[str, Any]]] = []
@@ -335,7 +331,7 @@ class Sender:
         self.kinesis_records += len(batch) - len(failed)
         if done:
             self.delivered += len(done)
-            self._resolved(done)
+            self.resolved(done)
         if not failed:
             return
         now = _monotonic()
@@ -348,42 +344,42 @@ class Sender:
             attempt = Attempt(code, message, started_at, duration)
             records = _records(entry)
             for record in records:
-                self._record_attempt(record, attempt)
+                self.record_attempt(record, attempt)
             if not _retriable(code):
                 rejected.setdefault((code, message), []).extend(records)
             else:
-                late = self._retry(_unpacked(entry), now)
+                late = self.retry(_unpacked(entry), now)
                 if late:
                     expired.setdefault((code, message), []).extend(late)
         for (code, message), records in rejected.items():
             cause = _aws.error_for_code(code, message, "PutRecords")
-            self._fail(records, f"Kinesis rejected the record: {code}", cause)
+            self.fail(records, f"Kinesis rejected the record: {code}", cause)
         for (code, message), records in expired.items():
             cause = _aws.error_for_code(code, message, "PutRecords")
-            self._fail(records, "record_ttl ran out before a successful try", cause)
+            self.fail(records, "record_ttl ran out before a successful try", cause)
 
     def _request_failed(
         self, batch: list[Entry], attempt: Attempt, exc: errors.AWSError, now: float
     ) -> None:
         records = [r for entry in batch for r in _records(entry)]
         for record in records:
-            self._record_attempt(record, attempt)
+            self.record_attempt(record, attempt)
         if not exc.retriable:
-            self._fail(records, f"PutRecords failed: {exc}", exc)
+            self.fail(records, f"PutRecords failed: {exc}", exc)
             return
         log.debug("PutRecords failed (%s); retrying %d records", exc.code, len(records))
-        expired = [r for entry in batch for r in self._retry(_unpacked(entry), now)]
+        expired = [r for entry in batch for r in self.retry(_unpacked(entry), now)]
         if expired:
-            self._fail(expired, "record_ttl ran out before a successful try", exc)
+            self.fail(expired, "record_ttl ran out before a successful try", exc)
 
     @staticmethod
-    def _record_attempt(record: PendingRecord, attempt: Attempt) -> None:
+    def record_attempt(record: PendingRecord, attempt: Attempt) -> None:
         try:
             record.attempts.append(attempt)
         except AttributeError:  # the first failure
             record.attempts = [attempt]
 
-    def _retry(
+    def retry(
         self, records: list[PendingRecord], now: float, *, backoff: bool = True
     ) -> list[PendingRecord]:
         """Schedule another try of ``records`` (one entry's) together, after a jittered
@@ -400,22 +396,20 @@ class Sender:
             return []
         return [r for r in records if when >= r.deadline]
 
-    # --- aggregates off their predicted shard -------------------------------------------
+    # --- aggregates ----------------------------------------------------------------------
 
     def _landed(self, agg: Aggregate, landing: Landing, done: list[PendingRecord]) -> None:
-        """An aggregate was written (``landing``): deliver its records, or park them
-        until the refreshed shard map tells where to send them again (sending them with
-        the stale map would only land them on the wrong shard once more)."""
+        """An aggregate was written (``landing``): deliver its records, or, if it went
+        to a shard whose range may not hold them all, park them (:mod:`.offshard`)."""
         shard_id = landing.shard_id
         if shard_id != agg.shard:
             self._misrouted()
-            if not self._holds_all(agg, shard_id):
-                self._parked.append((agg, landing))
-                self._acc.suspend(agg.shard)  # no more aggregates to where it went wrong
+            if not self._off_shard.holds_all(agg, shard_id):
+                self._off_shard.park(agg, landing)
                 return
-        self._deliver_aggregate(agg, landing, done)
+        self.deliver_aggregate(agg, landing, done)
 
-    def _deliver_aggregate(
+    def deliver_aggregate(
         self, agg: Aggregate, landing: Landing, done: list[PendingRecord]
     ) -> None:
         """Resolve ``agg``'s records as delivered where it landed (into ``done``)."""
@@ -430,125 +424,9 @@ class Sender:
         if self._tracker is not None:
             self._tracker.mark_stale()
 
-    def _holds_all(self, agg: Aggregate, shard_id: str) -> bool:
-        """Whether ``shard_id``'s hash-key range holds every record of ``agg`` (False
-        while the range is unknown)."""
-        inside = self._inside(agg, shard_id)
-        return inside is not None and all(inside)
-
-    def _inside(self, agg: Aggregate, shard_id: str) -> list[bool] | None:
-        """For each record of ``agg``: whether ``shard_id``'s hash-key range holds it
-        (None while the range is unknown)."""
-        assert self._tracker is not None
-        found = self._tracker.ranges.get(shard_id)
-        if found is None:
-            return None
-        low, high = found
-        hashes: dict[str, int] = {}
-        inside: list[bool] = []
-        for record in agg.unpack():  # (records packed at put() keep no key of their own)
-            if record.ehk is not None:
-                value = int(record.ehk)
-            else:
-                value = hashes.get(record.key, -1)
-                if value < 0:
-                    value = hashes[record.key] = hash_key(record.key)
-            inside.append(low <= value <= high)
-        return inside
-
-    def _wrong_shard(
-        self,
-        agg: Aggregate,
-        landing: Landing,
-        inside: list[bool] | None,
-        done: list[PendingRecord],
-    ) -> None:
-        """``agg`` landed on a shard whose range does not hold all its records: those it
-        holds (``inside``; None: the range is unknown) are delivered there (into
-        ``done``; a KCL consumer keeps them), the others are sent again (a KCL consumer
-        drops their copy on ``landing.shard_id``)."""
-        if inside is None:
-            inside = [False] * len(agg.records)
-        again = [r for r, kept in zip(agg.records, inside, strict=True) if not kept]
-        log.info(
-            "an aggregate of %d records predicted for %s landed on %s, which does not hold "
-            "%d of them: sending those again",
-            len(agg.records),
-            agg.shard,
-            landing.shard_id,
-            len(again),
-        )
-        for record, position, kept in zip(
-            agg.records, positions(len(agg.records)), inside, strict=False
-        ):
-            if kept:
-                record._res = landing
-                record._pos = position
-                record.data = _EMPTY
-                if not record.done():  # (the caller may have cancelled its future)
-                    record.set_result(None)  # type: ignore[arg-type]  # see PendingRecord
-                done.append(record)
-        attempt = Attempt(
-            WRONG_SHARD,
-            f"the aggregate landed on {landing.shard_id}, whose hash-key range does not hold "
-            "this record (a KCL consumer drops it); sent again",
-            landing.ok.started_at,
-            landing.ok.duration,
-        )
-        for record in again:
-            self._record_attempt(record, attempt)
-        late = self._retry(again, _monotonic(), backoff=False)
-        if late:
-            self._fail(late, "record_ttl ran out before a successful try", None)
-
-    def _map_refreshed(self, shard_map: ShardMap) -> None:
-        """A new shard map: pack with it from now on, judge the parked aggregates."""
-        self._acc.set_map(shard_map)
-        parked, self._parked = self._parked, []
-        done: list[PendingRecord] = []
-        for agg, landing in parked:
-            inside = self._inside(agg, landing.shard_id)
-            if inside is not None and all(inside):
-                self._deliver_aggregate(agg, landing, done)
-            else:
-                self._wrong_shard(agg, landing, inside, done)
-        if done:
-            self.delivered += len(done)
-            self._resolved(done)
-        self.notify()
-
-    def _expire_parked(self, now: float) -> None:
-        """Fail the parked records whose deadline passed before the map could be refreshed."""
-        keep: list[tuple[Aggregate, Landing]] = []
-        late: list[PendingRecord] = []
-        for item in self._parked:
-            agg, landing = item
-            if min(r.deadline for r in agg.records) > now:
-                keep.append(item)
-                continue
-            attempt = Attempt(
-                WRONG_SHARD,
-                f"the aggregate landed on {landing.shard_id}, which may not hold all its "
-                "records",
-                landing.ok.started_at,
-                landing.ok.duration,
-            )
-            for record in agg.records:
-                self._record_attempt(record, attempt)
-            late.extend(agg.records)
-        self._parked = keep
-        if late:
-            self._fail(
-                late,
-                "record_ttl ran out: the aggregate landed on an unexpected shard, and the shard "
-                "map could not be refreshed in time to send it again where a KCL consumer "
-                "keeps it",
-                None,
-            )
-
     # --- resolution ---------------------------------------------------------------------
 
-    def _resolved(self, records: list[PendingRecord], *, taken: bool = True) -> None:
+    def resolved(self, records: list[PendingRecord], *, taken: bool = True) -> None:
         """Release resolved records; ``taken``: they came from next_batch() (key heads)."""
         if taken and self._acc.ordered:
             done = self._acc.done
@@ -556,7 +434,7 @@ class Sender:
                 done(record)
         self._ledger.release(records)
 
-    def _fail(
+    def fail(
         self,
         records: list[PendingRecord],
         message: str,
@@ -568,7 +446,7 @@ class Sender:
             _set_failed(record, errors.DeliveryFailed(message, _attempts(record), cause))
         self.failed += len(records)
         log.warning("%d record(s) not delivered: %s", len(records), message)
-        self._resolved(records, taken=taken)
+        self.resolved(records, taken=taken)
 
     def fail_all(self, error: errors.DeliveryFailed) -> None:
         """Fail every record not yet resolved (queued, backing off, in flight or parked)."""
@@ -576,10 +454,10 @@ class Sender:
         for batch, _ in self._flying.values():
             for entry in batch:
                 pending.extend(_records(entry))
-        for agg, *_ in self._parked:
+        for agg, *_ in self._off_shard.parked:
             pending.extend(agg.records)
         self._flying.clear()
-        self._parked.clear()
+        self._off_shard.parked.clear()
         unique = list({id(r): r for r in pending}.values())
         for record in unique:
             _set_failed(
