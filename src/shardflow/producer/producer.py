@@ -1,29 +1,39 @@
-"""The asyncio Kinesis producer: bounded queue, batching, retries, per-record results."""
+"""The asyncio Kinesis producer: bounded queue, batching, retries, per-record results.
+
+:class:`Producer` checks its options, starts and stops the pipeline, and accepts records.
+A record goes through these modules of the package:
+
+- :mod:`.hotpath` (a record of a known key, in one call) or :mod:`.encoding` (every
+  other record: validation, serialisation, its entry and cost);
+- :mod:`.ledger`: the queue bounds (``max_queue_records``, ``max_queue_bytes``) and flush;
+- :mod:`.accumulator`: lanes per predicted shard, batch cutting (with :mod:`.packing`
+  for entries and aggregates, :mod:`.ratelimit` for pacing);
+- :mod:`.sender`: the requests in flight, reading answers, retries and resolution (with
+  :mod:`.offshard` for aggregates that landed off their predicted shard, :mod:`.shards`
+  for the shard map, and :mod:`.records` for what travels and where it landed).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import binascii
 import logging
 import math
-import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import anyio
-import orjson
 
 from .. import _aws, aggregation, errors
 from .._putrecords import PutRecordsTransport
 from ..limits import KinesisLimits
 from ..models import PutResult
 from .accumulator import Accumulator
-from .encoding import AGGREGATED_OVERHEAD, RecordMaker, record_cost
 from .encoding import RECORD_OVERHEAD as RECORD_OVERHEAD
+from .encoding import RecordMaker, record_cost
+from .hotpath import HotPath, no_fast
 from .ledger import Ledger
-from .packing import HEADER_INDEXES, HEADERS, header
 from .ratelimit import ShardRateLimiter
 from .records import PendingRecord
 from .sender import Sender
@@ -39,11 +49,6 @@ RATE_BURST = 0.5
 AWS's one-second budget even when a network hiccup bunches two bursts together."""
 _STOP_TIMEOUT = 5.0  # longest wait for the cancelled sender to unwind
 _sleep0 = asyncio.sleep
-_b64 = binascii.b2a_base64
-_dumps = orjson.dumps
-_join = b"".join
-_monotonic = time.monotonic
-_DATA_HEAD = b'{"Data":"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +96,7 @@ def _check_seconds(name: str, value: object, *, positive: bool) -> float:
     return float(value)
 
 
-def _no_fast(obj: Any, partition_key: str) -> None:
-    """The hot path of producers that have none (ordered aggregation): the general one."""
-    return None
-
-
-class Producer:
+class Producer(HotPath):
     """Put records into a Kinesis stream, batched into PutRecords requests.
 
     ``stream`` is a stream name or ARN. Use as ``async with Producer(...) as p``; every
@@ -215,7 +215,7 @@ class Producer:
         self._keys = self._maker.keys
         self._max_record_bytes = self._maker.max_record_bytes
         self._fast = (
-            self._fast_packed if packed else self._fast_plain if not aggregate else _no_fast
+            self._fast_packed if packed else self._fast_plain if not aggregate else no_fast
         )
         self._ledger = Ledger(max_queue_records, max_queue_bytes)
         limiter = None
@@ -431,146 +431,6 @@ class Producer:
             ledger.admit(record)
             ledger.wake_putter()
         self._queue(record)
-        return record
-
-    # --- the hot path ----------------------------------------------------------------------
-    #
-    # put() and put_nowait() first try one of these: a record of a key seen before (so
-    # valid, and cached), dict or bytes data, no explicit hash key, room in the queue,
-    # and, when aggregating, an open aggregate for its shard. They do what make(),
-    # Ledger.try_admit() and Accumulator.add() do, in one go; None means "not this
-    # record": the general path then does it (and raises what must be raised).
-
-    def _fast_plain(self, obj: Any, partition_key: str) -> PendingRecord | None:
-        if type(obj) is dict:
-            try:
-                data = _dumps(obj)
-            except TypeError:
-                return None
-        elif type(obj) is bytes:
-            data = obj
-        else:
-            return None
-        try:
-            cached = self._keys.get(partition_key)
-        except TypeError:
-            return None
-        if cached is None:
-            return None
-        tail, key_bytes, _ = cached
-        size = len(data) + key_bytes
-        fragment = _join((_DATA_HEAD, _b64(data, newline=False), tail))
-        cost = len(fragment) + RECORD_OVERHEAD
-        ledger = self._ledger
-        if (
-            size > self._max_record_bytes
-            or ledger.putters
-            or ledger.records >= ledger.max_records
-            or ledger.bytes + cost > ledger.max_bytes
-        ):
-            return None
-        record = PendingRecord(loop=self._loop)
-        record.fragment = fragment
-        record.key = partition_key
-        record.ehk = None
-        record.size = size
-        record.cost = cost
-        record.deadline = _monotonic() + self.record_ttl
-        ledger.records += 1
-        ledger.bytes += cost
-        if ledger.epoch:
-            record.epoch = ledger.epoch
-        acc = self._acc
-        key_lanes = acc.key_lanes
-        lane = acc.default if key_lanes is None else key_lanes.get(partition_key)
-        if lane is None or self.ordered:
-            queue_now = acc.add(record)
-        else:
-            if key_lanes is not None:
-                record.shard = lane.shard_id
-            lane.records.append(record)
-            acc.waiting += 1
-            n = acc.queued = acc.queued + 1
-            before = acc.queued_bytes
-            acc.queued_bytes = before + size
-            queue_now = n == 1 or n == acc.full_records or before < acc.max_bytes <= before + size
-        if queue_now:
-            self._sender.notify()  # type: ignore[union-attr]
-        return record
-
-    def _fast_packed(self, obj: Any, partition_key: str) -> PendingRecord | None:
-        # (Accumulator.add() and OpenAggregate.add() for a record that fits its lane's open
-        # aggregate, which keeps the record's key, hash key and size for it)
-        if type(obj) is dict:
-            try:
-                data = _dumps(obj)
-            except TypeError:
-                return None
-        elif type(obj) is bytes:
-            data = obj
-        else:
-            return None
-        acc = self._acc
-        key_lanes = acc.key_lanes
-        if key_lanes is None:
-            return None
-        try:
-            cached = self._keys.get(partition_key)
-            lane = key_lanes.get(partition_key)
-        except TypeError:
-            return None
-        if cached is None or lane is None:
-            return None
-        agg = lane.open
-        if agg is None:
-            return None
-        dl = len(data)
-        size = dl + cached[1]
-        cost = size + 4 * ((size + 2) // 3) + AGGREGATED_OVERHEAD
-        ledger = self._ledger
-        if (
-            size > self._max_record_bytes
-            or ledger.putters
-            or ledger.records >= ledger.max_records
-            or ledger.bytes + cost > ledger.max_bytes
-        ):
-            return None
-        fields = agg.fields
-        index = fields.get(partition_key)
-        if index is None:
-            index = len(fields)
-            if index >= HEADER_INDEXES:
-                return None
-            entry = cached[2]
-        else:
-            entry = b""
-        part = (HEADERS[index].get(dl) or header(index, dl)) + data
-        body = agg.body + len(part) + len(entry)
-        if body > agg.limit:
-            return None
-        record = PendingRecord(loop=self._loop)
-        record.cost = cost
-        record.deadline = _monotonic() + self.record_ttl
-        if entry:
-            fields[partition_key] = index
-            agg.table.append(entry)
-        agg.body = body
-        agg.nbytes += size
-        agg.parts.append(part)
-        agg.records.append(record)
-        ledger.records += 1
-        ledger.bytes += cost
-        if ledger.epoch:
-            record.epoch = ledger.epoch
-        acc.waiting += 1
-        lane.count += 1
-        lane.nbytes += size
-        n = acc.queued = acc.queued + 1
-        before = acc.queued_bytes
-        acc.queued_bytes = before + size
-        if n == 1 or n == acc.full_records or before < acc.max_bytes <= before + size:
-            self._sender.notify()  # type: ignore[union-attr]
-            self._yield = acc.waiting > 1
         return record
 
     def put_nowait(
