@@ -6,8 +6,10 @@ A record goes through these modules of the package:
 - :mod:`.hotpath` (a record of a known key, in one call) or :mod:`.encoding` (every
   other record: validation, serialisation, its entry and cost);
 - :mod:`.ledger`: the queue bounds (``max_queue_records``, ``max_queue_bytes``) and flush;
-- :mod:`.accumulator`: lanes per predicted shard, batch cutting (with :mod:`.packing`
-  for entries and aggregates, :mod:`.ratelimit` for pacing);
+- :mod:`.queues`: lanes per predicted shard, where records wait (packed at ``put()``
+  when aggregating unordered), come back for another try, or expire;
+- :mod:`.accumulator`: batch cutting (with :mod:`.packing` for entries and aggregates,
+  :mod:`.ratelimit` for pacing);
 - :mod:`.sender`: the requests in flight, reading answers, retries and resolution (with
   :mod:`.offshard` for aggregates that landed off their predicted shard, :mod:`.shards`
   for the shard map, and :mod:`.records` for what travels and where it landed).
