@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .encoding import AGGREGATED_OVERHEAD, RECORD_OVERHEAD
-from .packing import HEADER_INDEXES, HEADERS, header
+from .open_aggregate import HEADER_INDEXES, HEADERS, header
 from .records import PendingRecord
 
 if TYPE_CHECKING:

@@ -6,11 +6,10 @@ A :class:`Lane` holds what waits for one predicted shard. Unordered producers fi
 - without aggregation, with records whose entry was encoded at ``put()``; a batch takes
   them in bulk (:func:`take_plain`);
 - with aggregation, with entries ready to go: KPL aggregates packed record by record as
-  they are put (an :class:`OpenAggregate` per lane, sealed when the next record would
-  take it past ``max_aggregate_bytes``, or when a batch takes it), and records that go on
-  their own (too large for an aggregate, or for no known shard). A batch takes entries
-  as they are (:func:`take_packed`). The MD5 and the base64 of an aggregate are computed
-  once, when it is sealed.
+  they are put (an :class:`.open_aggregate.OpenAggregate` per lane, sealed when the next
+  record would take it past ``max_aggregate_bytes``, or when a batch takes it), and
+  records that go on their own (too large for an aggregate, or for no known shard). A
+  batch takes entries as they are (:func:`take_packed`).
 
 Ordered producers keep their records per key; :class:`Packer` packs the ready keys' next
 records when a batch is cut (``pack_runs``), so that a key's records share one entry.
@@ -26,39 +25,17 @@ from __future__ import annotations
 
 import binascii
 from collections.abc import Iterable, Sequence
-from hashlib import md5
 from operator import attrgetter
 
 import orjson
 
 from .._putrecords import encode_entry
-from ..aggregation import (
-    _ENTRIES,
-    _PK_FIELD,
-    _TABLE_SIZE,
-    _VARINT,
-    MAGIC,
-    OVERHEAD,
-    AggregateBuilder,
-    _encode_varint,
-    _key_entry,
-    deaggregate,
-)
+from ..aggregation import OVERHEAD, AggregateBuilder
 from ..limits import KinesisLimits
+from .open_aggregate import OpenAggregate
 from .records import Aggregate, Entry, PendingRecord
 
-__all__ = [
-    "HEADERS",
-    "HEADER_INDEXES",
-    "Lane",
-    "OpenAggregate",
-    "Packer",
-    "Run",
-    "header",
-    "plain_entry",
-    "take_packed",
-    "take_plain",
-]
+__all__ = ["Lane", "Packer", "Run", "take_packed", "take_plain"]
 
 Run = tuple[str, Sequence[PendingRecord]]
 """(partition key, its next records for the lane): an ordered key's records that may
@@ -145,177 +122,6 @@ class Lane:
         if self.open is not None and self.open.records:
             return self.open.records[0]
         return None
-
-
-# --- put-time aggregation --------------------------------------------------------------
-
-
-HEADER_INDEXES = _TABLE_SIZE
-"""Key indexes below this have cached headers (:data:`HEADERS`)."""
-HEADERS: list[dict[int, bytes]] = [{} for _ in range(_TABLE_SIZE)]
-"""For a partition key index *i* (< 4096) and a data length *n*: the protobuf bytes of a
-``Record`` that come before its data (tag, length, key index, data tag and length), so
-encoding a record is one lookup and one concatenation. Bounded (see :func:`header`)."""
-_HEADERS_LIMIT = 256
-
-
-def header(index: int, dl: int) -> bytes:
-    """The bytes before the data of a ``Record`` with key ``index`` and ``dl`` bytes of
-    data (cached for indexes below 4096)."""
-    field = _PK_FIELD[index] if index < _TABLE_SIZE else b"\x08" + _encode_varint(index)
-    dlv = _varint(dl)
-    inner = len(field) + 1 + len(dlv) + dl
-    prefix = b"\x1a%b%b\x1a%b" % (_varint(inner), field, dlv)
-    if index < _TABLE_SIZE:
-        cache = HEADERS[index]
-        if len(cache) >= _HEADERS_LIMIT:
-            cache.clear()
-        cache[dl] = prefix
-    return prefix
-
-
-class OpenAggregate:
-    """A KPL aggregate being filled as records are put, for one lane.
-
-    Each record is encoded when it is added (one protobuf ``Record`` with its data, one
-    key table entry for a key new to the aggregate); :meth:`seal` joins the parts, adds
-    the MD5 and encodes the entry once. ``limit`` bounds the protobuf message; ``key`` is
-    the first record's partition key, which the aggregate carries, ``outer`` its bytes.
-
-    The records it holds keep only their cost and deadline (and epoch): the rest is in
-    the aggregate, and :meth:`Aggregate.unpack` gives it back.
-    """
-
-    __slots__ = (
-        "body",
-        "ehk_fields",
-        "ehk_table",
-        "fields",
-        "first",
-        "key",
-        "limit",
-        "nbytes",
-        "outer",
-        "parts",
-        "records",
-        "table",
-    )
-
-    def __init__(self, limit: int, key: str, outer: int) -> None:
-        self.limit = limit
-        self.key = key
-        self.outer = outer
-        self.body = 0
-        self.nbytes = 0  # the records' bytes (data and partition keys, as AWS counts)
-        self.fields: dict[str, int] = {}  # partition key -> its index in the table
-        self.table: list[bytes] = [MAGIC]  # MAGIC, then the partition key table
-        self.ehk_fields: dict[str, bytes] = {}
-        self.ehk_table: list[bytes] = []
-        self.parts: list[bytes] = []  # one encoded Record each
-        self.records: list[PendingRecord] = []
-        self.first = b""  # the first record's data (an aggregate of one goes as it is)
-
-    def add(self, record: PendingRecord, data: bytes) -> bool:
-        """Encode ``record`` (``data`` is its data) into the aggregate; False, changing
-        nothing, when it would take the aggregate past its limit."""
-        key = record.key
-        fields = self.fields
-        index = fields.get(key)
-        entry = b""
-        if index is None:
-            index = len(fields)
-            entry = _ENTRIES.get(key) or _key_entry(key)
-        if record.ehk is None:
-            dl = len(data)
-            prefix = (HEADERS[index].get(dl) if index < _TABLE_SIZE else None) or header(
-                index, dl
-            )
-            part = prefix + data
-            ehk_entry = b""
-        else:
-            part, ehk_entry = self._encode_with_hash_key(index, record.ehk, data)
-        body = self.body + len(part) + len(entry) + len(ehk_entry)
-        if body > self.limit:
-            return False
-        if entry:
-            fields[key] = index
-            self.table.append(entry)
-        if ehk_entry:
-            self.ehk_table.append(ehk_entry)
-        self.body = body
-        self.nbytes += record.size
-        records = self.records
-        if not records:
-            self.first = data
-        records.append(record)
-        self.parts.append(part)
-        return True
-
-    def _encode_with_hash_key(self, index: int, ehk: str, data: bytes) -> tuple[bytes, bytes]:
-        """(the encoded Record, the hash key's new table entry or b"") of a record with
-        an explicit hash key; the hash key's index is taken (kept if it does not fit)."""
-        ehk_field = self.ehk_fields.get(ehk)
-        ehk_entry = b""
-        if ehk_field is None:
-            raw = ehk.encode()
-            ehk_field = self.ehk_fields[ehk] = b"\x10" + _varint(len(self.ehk_fields))
-            ehk_entry = b"\x12" + _varint(len(raw)) + raw
-        field = _PK_FIELD[index] if index < _TABLE_SIZE else b"\x08" + _encode_varint(index)
-        dl = len(data)
-        dlv = _varint(dl)
-        fields = field + ehk_field
-        inner = len(fields) + 1 + len(dlv) + dl
-        return b"\x1a" + _varint(inner) + fields + b"\x1a" + dlv + data, ehk_entry
-
-    def seal(self, tail: bytes, landing: bytes, shard_id: str) -> Entry:
-        """The entry of what was added: an :class:`Aggregate` for ``shard_id``, or the
-        only record as it is. ``tail`` is the first record's entry tail (its partition
-        key's JSON after ``","PartitionKey":``, then ``}``), ``landing`` the end of an
-        aggregate's entry (its explicit hash key)."""
-        records = self.records
-        if len(records) == 1:
-            record = records[0]
-            if not hasattr(record, "key"):  # (an aggregated record keeps no key)
-                self._restore(record)
-            return plain_entry(record, self.first, tail)
-        table = self.table
-        table += self.ehk_table
-        table += self.parts
-        blob = b"".join(table)
-        blob += md5(memoryview(blob)[4:]).digest()
-        fragment = b"".join((_DATA_HEAD, _b64(blob, newline=False), tail[:-1], landing))
-        return Aggregate(
-            records, fragment, len(blob) + self.outer, shard_id, records[-1].deadline, self.nbytes
-        )
-
-    def _restore(self, record: PendingRecord) -> None:
-        """Give the only record its key, explicit hash key and size back."""
-        (key, ehk, data), = _decode_one(self)
-        record.key = key
-        record.ehk = ehk
-        record.size = len(data) + len(key.encode())
-
-
-def _decode_one(agg: OpenAggregate) -> list[tuple[str, str | None, bytes]]:
-    """The records of an open aggregate, decoded (a rare path)."""
-    blob = b"".join([*agg.table, *agg.ehk_table, *agg.parts])
-    blob += md5(memoryview(blob)[4:]).digest()
-    decoded = deaggregate(blob)
-    assert decoded is not None
-    return decoded
-
-
-def _varint(value: int) -> bytes:
-    return _VARINT[value] if value < _TABLE_SIZE else _encode_varint(value)
-
-
-def plain_entry(record: PendingRecord, data: bytes, tail: bytes) -> PendingRecord:
-    """``record`` as an entry of its own: its fragment built from ``data`` and ``tail``."""
-    if record.ehk is None:
-        record.fragment = b"".join((_DATA_HEAD, _b64(data, newline=False), tail))
-    else:
-        record.fragment = encode_entry(data, tail[len(_KEY_HEAD) : -1], record.ehk)
-    return record
 
 
 # --- taking entries into a request -------------------------------------------------------

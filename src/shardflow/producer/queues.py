@@ -35,7 +35,8 @@ from .. import aggregation
 from ..errors import UnmappedHashKey
 from ..limits import KinesisLimits
 from ..shardmap import ShardMap
-from .packing import Lane, OpenAggregate, plain_entry
+from .open_aggregate import OpenAggregate, plain_entry
+from .packing import Lane
 from .ratelimit import ShardRateLimiter
 from .records import Aggregate, Entry, PendingRecord
 
