@@ -7,7 +7,8 @@ A record goes through these modules of the package:
   other record: validation, serialisation, its entry and cost);
 - :mod:`.ledger`: the queue bounds (``max_queue_records``, ``max_queue_bytes``) and flush;
 - :mod:`.queues`: lanes per predicted shard, where records wait (packed at ``put()``
-  when aggregating unordered), come back for another try, or expire;
+  into :mod:`.open_aggregate` when aggregating unordered), come back for another try,
+  or expire;
 - :mod:`.accumulator`: batch cutting (with :mod:`.packing` for entries and aggregates,
   :mod:`.ratelimit` for pacing);
 - :mod:`.sender`: the requests in flight, reading answers, retries and resolution (with
