@@ -9,7 +9,8 @@ delivered if the landed shard's range holds them all, and otherwise are *parked*
 until the refreshed map comes (:meth:`OffShardAggregates.map_refreshed`). The records the
 landed shard holds are then delivered there; the others get a ``WrongShard`` attempt and
 are sent again (re-packed with the new map): at least once, as every retry (a reader
-that does not drop such aggregates, as shardflow's Consumer, sees those records twice).
+that keeps sub-records outside its shard's range sees those twice; shardflow's Consumer
+drops them, as the KCL does).
 Meanwhile the records predicted for that shard wait too (their lane is suspended), so
 that no more aggregates go astray. A parked record whose deadline passes before the map
 is refreshed fails (:meth:`OffShardAggregates.expire`).
