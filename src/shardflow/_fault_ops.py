@@ -23,6 +23,7 @@ from aiohttp import web
 
 from . import _aws, _faults, errors
 from ._faults import EXPIRED_ITERATOR, INTERNAL_FAILURE, THROTTLED
+from ._validate import as_float, shown
 from .limits import KinesisLimits
 from .shardmap import ShardMap
 
@@ -69,7 +70,7 @@ def _fraction(name: str, value: object) -> None:
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number between 0 and 1, got {value!r}")
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
+        raise ValueError(f"{name} must be between 0 and 1, got {shown(value)}")
 
 
 def _operations(value: object) -> frozenset[str] | None:
@@ -127,6 +128,7 @@ class FaultConfig:
         latency = self.latency
         if not isinstance(latency, int | float) or isinstance(latency, bool):
             raise TypeError(f"latency must be a number of seconds, got {latency!r}")
+        latency = as_float("latency", latency, "finite and >= 0 seconds")
         if not (latency >= 0 and math.isfinite(latency)):
             raise ValueError(f"latency must be finite and >= 0 seconds, got {latency!r}")
         for name in ("enforce_write_limits", "enforce_read_limits", "stall"):

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import _aws, errors
+from ._validate import as_float
 
 __all__ = ["CognitoCredentials", "Logins"]
 
@@ -83,7 +84,7 @@ class CognitoCredentials:
         if logins is not None and not (isinstance(logins, Mapping) or callable(logins)):
             raise TypeError("logins must be a mapping of provider to token, a callable, or None")
         if isinstance(refresh_margin, bool) or not isinstance(refresh_margin, int | float) or (
-            refresh_margin <= 0
+            as_float("refresh_margin", refresh_margin, "> 0 seconds") <= 0
         ):
             raise ValueError(f"refresh_margin must be > 0 seconds, got {refresh_margin!r}")
         self.identity_pool_id = identity_pool_id

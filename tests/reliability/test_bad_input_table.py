@@ -146,6 +146,8 @@ CASES: list[Case] = [
          lambda x: Producer("s", max_queue_bytes=1000), "max_queue_bytes"),
     Case(P, "linger < 0, record_ttl <= 0, NaN or infinite", ValueError,
          lambda x: Producer("s", record_ttl=math.inf), "record_ttl"),
+    Case(P, "linger / record_ttl / rate_limit, or aclose() grace, an int beyond float range "
+         "(10**400)", ValueError, lambda x: Producer("s", linger=10**400), "linger"),
     Case(P, "linger / record_ttl not a number", TypeError,
          lambda x: Producer("s", linger="0.1"), "linger"),
     Case(P, "aggregate / ordered not a bool", TypeError,
@@ -192,6 +194,11 @@ CASES: list[Case] = [
     Case("Consumer, S3Sink, DynamoDBLeases, CognitoCredentials",
          "region_name not a region name ('', 'us east 1'), or not a str", ValueError,
          lambda x: DynamoDBLeases("leases", region_name="us east 1"), "region_name"),
+    Case("Consumer, SQLiteCheckpointer, DynamoDBLeases, BufferedOutput, S3Sink, "
+         "TumblingWindows, CognitoCredentials, FaultProxy",
+         "a number of seconds or a fraction given as an int beyond float range (-10**400)",
+         ValueError, lambda x: DynamoDBLeases("leases", failover_time=-(10**400)),
+         "failover_time"),
     Case("checkpoint()", "not a Record", TypeError,
          lambda x: x.consumer.checkpoint("49500000"), "Record"),
     Case("checkpoint()", "a Record of a shard this consumer does not read", ValueError,

@@ -163,7 +163,7 @@ garbage = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),
-    st.sampled_from([0, 1, -1, 2**63, 10**30]),  # (ints beyond float range: OverflowError)
+    st.sampled_from([0, 1, -1, 2**63, 10**30, 10**400, -(10**400)]),  # 10**400: beyond float
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 0.5, 1e-9, 1e300, 1.7e308]),
     st.text(max_size=12),
@@ -200,6 +200,20 @@ def test_a_wrong_type_is_refused_by_name_and_nothing_else_escapes(
     except Exception as exc:  # pragma: no cover - reported by the assertion
         pytest.fail(f"{option!r} with {value!r} raised {type(exc).__name__}: {exc}")
     assert right_type, f"{option!r} accepted {value!r} ({type(value).__name__})"
+
+
+NUMBER_OPTIONS = [o for o in OPTIONS if o.kind in ("number", "number_or_none")]
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400)], ids=["10**400", "-10**400"])
+@pytest.mark.parametrize("option", NUMBER_OPTIONS, ids=repr)
+def test_an_int_beyond_float_range_is_a_value_error_naming_the_option(
+    option: Option, value: int
+) -> None:
+    with pytest.raises(ValueError, match=option.name) as caught:
+        option.build(value)
+    message = str(caught.value)
+    assert len(message) < 200, f"the number is printed in full: {message[:120]}..."
 
 
 def test_every_public_constructor_is_fuzzed() -> None:

@@ -21,6 +21,7 @@ import orjson
 from anyio.abc import TaskGroup
 
 from .. import errors
+from .._validate import as_float
 from .outputs import Event, Output, close_output, start_output
 from .policies import (
     OVERFLOW,
@@ -108,7 +109,7 @@ class BufferedOutput:
         if overflow not in OVERFLOW:
             raise ValueError(f"overflow must be one of {', '.join(OVERFLOW)}; got {overflow!r}")
         if isinstance(close_timeout, bool) or not isinstance(close_timeout, int | float) or (
-            close_timeout < 0
+            as_float("close_timeout", close_timeout, ">= 0 seconds") < 0
         ):
             raise ValueError(f"close_timeout must be >= 0 seconds, got {close_timeout!r}")
         if on_drop is not None and not callable(on_drop):

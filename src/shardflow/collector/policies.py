@@ -32,6 +32,7 @@ from typing import Literal
 
 import orjson
 
+from .._validate import as_float, shown
 from .outputs import Event
 from .spool import Entry
 
@@ -66,9 +67,12 @@ def check_positive(
         and (isinstance(value, int) or not integer)
         and value > 0
     )
+    what = "a positive integer" if integer else "a positive number of seconds"
     if not ok:
-        what = "a positive integer" if integer else "a positive number of seconds"
-        raise ValueError(f"{name} must be {what}{' or None' if optional else ''}, got {value!r}")
+        or_none = " or None" if optional else ""
+        raise ValueError(f"{name} must be {what}{or_none}, got {shown(value)}")
+    if not integer and isinstance(value, int):
+        as_float(name, value, what)
 
 
 @dataclass(frozen=True, slots=True)

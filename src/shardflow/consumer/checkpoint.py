@@ -71,6 +71,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 import anyio
 import anyio.to_thread
 
+from .._validate import as_float, shown
 from ..models import Shard
 
 __all__ = [
@@ -313,12 +314,13 @@ class SQLiteCheckpointer(_Store):
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
         if not isinstance(path, str | os.PathLike) or not os.fspath(path):
             raise ValueError(f"SQLiteCheckpointer path must be a non-empty path, got {path!r}")
+        must = "finite and >= 0 seconds"
         if (
             not isinstance(busy_timeout, int | float)
             or isinstance(busy_timeout, bool)
-            or not 0 <= busy_timeout < float("inf")
+            or not 0 <= as_float("busy_timeout", busy_timeout, must) < float("inf")
         ):
-            raise ValueError(f"busy_timeout must be finite and >= 0 seconds, got {busy_timeout!r}")
+            raise ValueError(f"busy_timeout must be {must}, got {shown(busy_timeout)}")
         self._path = Path(os.fspath(path))
         self._busy_timeout = float(busy_timeout)
         self._conn: sqlite3.Connection | None = None

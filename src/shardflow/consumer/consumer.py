@@ -22,6 +22,7 @@ import anyio
 import anyio.abc
 
 from .. import _aws, errors
+from .._validate import as_float, shown
 from ..limits import KinesisLimits
 from ..models import Record
 from ..shardmap import list_shards
@@ -81,9 +82,11 @@ def _positive(name: str, value: object, *, minimum: float = 0.0, integer: bool =
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind):
         raise TypeError(f"{name} must be {'an int' if integer else 'a number'}, got {value!r}")
-    if not math.isfinite(value) or value <= 0 or value < minimum:
-        bound = f">= {minimum}" if minimum else "> 0"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
+    bound = f">= {minimum}" if minimum else "> 0"
+    if not integer:
+        value = as_float(name, value, f"a finite number {bound}")
+    if (not integer and not math.isfinite(value)) or value <= 0 or value < minimum:
+        raise ValueError(f"{name} must be {bound}, got {shown(value)}")
     return value
 
 

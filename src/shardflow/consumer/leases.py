@@ -52,6 +52,7 @@ from typing import Any
 import anyio
 
 from .. import _aws
+from .._validate import as_float
 from .checkpoint import AssignmentListener, CheckpointSession, ConsumerScope
 from .lease_session import LeaseSession
 from .lease_table import KeyScheme, LeaseTable
@@ -101,6 +102,9 @@ class DynamoDBLeases:
             raise ValueError(f"worker_id must be a non-empty string, got {worker_id!r}")
         if isinstance(failover_time, bool) or not isinstance(failover_time, int | float):
             raise TypeError(f"failover_time must be a number of seconds, got {failover_time!r}")
+        failover_time = as_float(
+            "failover_time", failover_time, f"a finite number of seconds >= {MIN_FAILOVER_TIME}"
+        )
         if not math.isfinite(failover_time) or failover_time < MIN_FAILOVER_TIME:
             raise ValueError(
                 f"failover_time must be >= {MIN_FAILOVER_TIME} seconds, got {failover_time!r}"

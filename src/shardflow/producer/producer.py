@@ -30,6 +30,7 @@ import anyio
 
 from .. import _aws, aggregation, errors
 from .._putrecords import PutRecordsTransport
+from .._validate import as_float, shown
 from ..limits import KinesisLimits
 from ..models import PutResult
 from .accumulator import Accumulator
@@ -94,9 +95,11 @@ def _check_int(name: str, value: object, low: int, high: int | None = None) -> i
 def _check_seconds(name: str, value: object, *, positive: bool) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    must = f"a finite number of seconds {'> 0' if positive else '>= 0'}"
+    value = as_float(name, value, must)
     if math.isnan(value) or math.isinf(value) or value < 0 or (positive and value == 0):
         raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} seconds, got {value}")
-    return float(value)
+    return value
 
 
 class Producer(HotPath):
@@ -204,7 +207,7 @@ class Producer(HotPath):
             if not isinstance(rate_limit, int | float) or isinstance(rate_limit, bool):
                 raise TypeError(f"rate_limit must be a fraction or None, got {rate_limit!r}")
             if not 0 < rate_limit <= 1:
-                raise ValueError(f"rate_limit must be in (0, 1] or None, got {rate_limit}")
+                raise ValueError(f"rate_limit must be in (0, 1] or None, got {shown(rate_limit)}")
         self.rate_limit = rate_limit
         self._endpoint_url = endpoint_url
         self._region_name = region_name

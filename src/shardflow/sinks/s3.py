@@ -21,6 +21,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .. import _aws, errors
+from .._validate import as_float, shown
 from ..models import Record
 from .base import Durable
 from .s3_buffers import SealedObject, ShardBuffer, ShardBuffers
@@ -95,15 +96,15 @@ class S3Sink:
             raise TypeError(f"max_bytes must be an int, got {type(max_bytes).__name__}")
         if not 1 <= max_bytes <= _MAX_OBJECT_BYTES:
             raise ValueError(f"max_bytes must be in [1, 5 GiB], got {max_bytes}")
-        if not _positive(max_interval):
+        if not _positive("max_interval", max_interval):
             raise ValueError(
-                f"max_interval must be a positive number of seconds, got {max_interval!r}"
+                f"max_interval must be a positive number of seconds, got {shown(max_interval)}"
             )
         if compression not in ("gzip", None):
             raise ValueError(f"compression must be 'gzip' or None, got {compression!r}")
-        if not _positive(close_timeout):
+        if not _positive("close_timeout", close_timeout):
             raise ValueError(
-                f"close_timeout must be a positive number of seconds, got {close_timeout!r}"
+                f"close_timeout must be a positive number of seconds, got {shown(close_timeout)}"
             )
         _aws.check_endpoint(endpoint_url, region_name)
         if stream is not None:
@@ -500,10 +501,8 @@ class S3Sink:
         return taken
 
 
-def _positive(value: object) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value * 1e6)  # also in microseconds (max_interval)
-        and value > 0
-    )
+def _positive(name: str, value: object) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    seconds = as_float(name, value, "a positive number of seconds")
+    return math.isfinite(seconds * 1e6) and seconds > 0  # also in microseconds (max_interval)

@@ -33,6 +33,7 @@ from typing import Any, Generic, TypeVar, overload
 import anyio
 
 from .. import errors
+from .._validate import as_float, shown
 from ..models import Record
 
 __all__ = ["Aggregation", "TumblingWindows", "Window"]
@@ -187,12 +188,12 @@ class TumblingWindows(Generic[E, K, A]):
         on_late: Callable[[E], object] | None = None,
         max_buffered: int = 10_000,
     ) -> None:
-        if not _nonneg(size) or size <= 0:
-            raise ValueError(f"size must be a positive number of seconds, got {size!r}")
-        if not _nonneg(allowed_lateness):
+        if not _nonneg("size", size) or size <= 0:
+            raise ValueError(f"size must be a positive number of seconds, got {shown(size)}")
+        if not _nonneg("allowed_lateness", allowed_lateness):
             raise ValueError(
                 "allowed_lateness must be a non-negative number of seconds, "
-                f"got {allowed_lateness!r}"
+                f"got {shown(allowed_lateness)}"
             )
         self._size_us = round(size * 1_000_000)
         if self._size_us < 1:
@@ -368,8 +369,10 @@ async def _call(fn: Callable[[Any], object], arg: object) -> None:
         await result
 
 
-def _nonneg(value: object) -> bool:
-    """A number of seconds >= 0 whose microseconds are finite (ints of any size)."""
+def _nonneg(name: str, value: object) -> bool:
+    """A number of seconds >= 0 whose microseconds are finite (an int beyond float range
+    is a ValueError naming the option)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
-    return value >= 0 and (isinstance(value, int) or math.isfinite(value * 1_000_000))
+    seconds = as_float(name, value, "a finite number of seconds")
+    return value >= 0 and (isinstance(value, int) or math.isfinite(seconds * 1_000_000))

@@ -1,0 +1,46 @@
+"""Checks shared by the constructors' option validation (private).
+
+Used only on validation paths, never per record.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["as_float", "shown"]
+
+_SHORT_BITS = 128
+"""Ints longer than this (about 39 digits) are not printed in full in messages."""
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for an error message, with a huge int shortened.
+
+    An int of more than 128 bits is shown as ``10**400`` (or ``-10**400``) when it is a
+    power of ten, else as ``a 401-digit int``, so that a message never carries hundreds
+    of digits (and never hits the interpreter's int-to-str digit limit).
+    """
+    if not isinstance(value, int) or isinstance(value, bool) or value.bit_length() <= _SHORT_BITS:
+        return repr(value)
+    size = abs(value)
+    exponent = int(math.log10(size))  # may be one off for huge ints: correct it exactly
+    while 10**exponent > size:
+        exponent -= 1
+    while 10 ** (exponent + 1) <= size:
+        exponent += 1
+    sign = "-" if value < 0 else ""
+    if size == 10**exponent:
+        return f"{sign}10**{exponent}"
+    return f"a {'negative ' if sign else ''}{exponent + 1}-digit int"
+
+
+def as_float(name: str, value: float, must: str) -> float:
+    """``float(value)`` of an option already checked to be an int or a float.
+
+    An int beyond float range (``10**400``) raises ValueError naming the option:
+    "``{name} must be {must}, got 10**400, beyond float range``" (no OverflowError).
+    """
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be {must}, got {shown(value)}, beyond float range") from None
