@@ -5,13 +5,16 @@
 Throughput: ~200-byte JSON events with 1,000 user ids as partition keys
 (:func:`benchmarks.common.make_events`), into a 4-shard stream of the fast fake Kinesis
 (its own process) and of moto, each run in its own process through
-:func:`benchmarks.compare.run_contender`. Five runs per endpoint, in the same
+:func:`benchmarks.compare.run_contender`. Seven runs per endpoint, in the same
 invocation: ``shardflow`` (put every event, flush, check every delivery),
 ``shardflow_results`` (the same, then read every record's PutResult),
 ``shardflow_paced`` (``shardflow`` with per-shard pacing on, under limits that never
 bind: what shard prediction and token buckets cost), ``shardflow_aggregated`` (KPL
 aggregation; the fake counts the user records inside aggregates, and sub-records outside
-their aggregate's shard, which must be none) and, for comparison, ``aiobotocore_naive``
+their aggregate's shard, which must be none), ``shardflow_gc_tuned`` and
+``shardflow_aggregated_gc_tuned`` (the same in a process that froze its start-up objects
+and raised the garbage collector's first threshold: what the collector's scans of the
+live delivery futures cost) and, for comparison, ``aiobotocore_naive``
 (a put_records loop, 500 per call). Client CPU is getrusage user+system of the client
 process over its timed region, divided by the records.
 
@@ -60,7 +63,7 @@ from .compare import (
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENDERS = ("shardflow", "shardflow_results", "shardflow_paced", "shardflow_aggregated",
-              "aiobotocore_naive")
+              "shardflow_gc_tuned", "shardflow_aggregated_gc_tuned", "aiobotocore_naive")
 SHARDS = 4
 STALLED_QUEUE_BYTES = 64 * 1024 * 1024
 
