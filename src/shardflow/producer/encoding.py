@@ -84,27 +84,8 @@ class RecordMaker:
 
     def _plain(self, obj: Any, partition_key: str, explicit_hash_key: Any) -> PendingRecord:
         """A new record with its PutRecords entry (unaggregated producers)."""
-        if type(obj) is dict:
-            try:
-                data = _dumps(obj)
-            except TypeError:
-                data = _serialise(obj)  # raises SerializationError
-        elif type(obj) is bytes:
-            data = obj
-        elif isinstance(obj, _BYTES_LIKE):
-            data = bytes(obj)
-        else:
-            try:
-                data = _dumps(obj)
-            except TypeError:
-                data = _serialise(obj)  # raises SerializationError
-        try:
-            cached = self.keys.get(partition_key)
-        except TypeError:  # unhashable: not a str
-            cached = None
-        if cached is None:
-            cached = self._key_entry(partition_key)
-        tail, key_bytes, _ = cached
+        data = _data(obj)
+        tail, key_bytes, _ = self._key(partition_key)
         size = len(data) + key_bytes
         if size > self.max_record_bytes:
             raise self._too_large(data, key_bytes)
@@ -124,27 +105,23 @@ class RecordMaker:
 
     def _aggregated(self, obj: Any, partition_key: str, explicit_hash_key: Any) -> PendingRecord:
         """A new record keeping its data, to be packed when sent (aggregating producers)."""
-        if type(obj) is bytes:
-            data = obj
-        elif isinstance(obj, _BYTES_LIKE):
-            data = bytes(obj)
-        else:
-            try:
-                data = _dumps(obj)
-            except TypeError:
-                data = _serialise(obj)  # raises SerializationError
+        data = _data(obj)
+        if not isinstance(obj, _BYTES_LIKE):
             # orjson's result keeps a 4 KiB allocation alive: a record that waits to be
             # packed holds a compact copy instead (cheaper than the memory it saves)
             data = data.join(_EMPTY_PAIR)
-        try:
-            cached = self.keys.get(partition_key)
-        except TypeError:  # unhashable: not a str
-            cached = None
-        if cached is None:
-            cached = self._key_entry(partition_key)
-        size = len(data) + cached[1]
+        return self._keeping(data, partition_key, explicit_hash_key)
+
+    def _packed(self, obj: Any, partition_key: str, explicit_hash_key: Any) -> PendingRecord:
+        """A new record with its data, packed at once (unordered aggregating producers)."""
+        return self._keeping(_data(obj), partition_key, explicit_hash_key)
+
+    def _keeping(self, data: bytes, partition_key: str, explicit_hash_key: Any) -> PendingRecord:
+        """A new record that keeps ``data`` (and its key) until it is packed."""
+        key_bytes = self._key(partition_key)[1]
+        size = len(data) + key_bytes
         if size > self.max_record_bytes:
-            raise self._too_large(data, cached[1])
+            raise self._too_large(data, key_bytes)
         record = PendingRecord(loop=self.loop)
         record.ehk = None if explicit_hash_key is None else _hash_key(explicit_hash_key)
         record.data = data
@@ -154,34 +131,13 @@ class RecordMaker:
         record.deadline = _monotonic() + self.record_ttl
         return record
 
-    def _packed(self, obj: Any, partition_key: str, explicit_hash_key: Any) -> PendingRecord:
-        """A new record with its data, packed at once (unordered aggregating producers)."""
-        if type(obj) is bytes:
-            data = obj
-        elif isinstance(obj, _BYTES_LIKE):
-            data = bytes(obj)
-        else:
-            try:
-                data = _dumps(obj)
-            except TypeError:
-                data = _serialise(obj)  # raises SerializationError
+    def _key(self, partition_key: str) -> tuple[bytes, int, bytes]:
+        """The cached entry of ``partition_key``, validated and cached on first use."""
         try:
             cached = self.keys.get(partition_key)
         except TypeError:  # unhashable: not a str
             cached = None
-        if cached is None:
-            cached = self._key_entry(partition_key)
-        size = len(data) + cached[1]
-        if size > self.max_record_bytes:
-            raise self._too_large(data, cached[1])
-        record = PendingRecord(loop=self.loop)
-        record.ehk = None if explicit_hash_key is None else _hash_key(explicit_hash_key)
-        record.data = data
-        record.key = partition_key
-        record.size = size
-        record.cost = size + 4 * ((size + 2) // 3) + AGGREGATED_OVERHEAD
-        record.deadline = _monotonic() + self.record_ttl
-        return record
+        return cached if cached is not None else self._key_entry(partition_key)
 
     def _too_large(self, data: bytes, key_bytes: int) -> errors.RecordTooLarge:
         return errors.RecordTooLarge(
@@ -214,6 +170,19 @@ class RecordMaker:
             self.keys.clear()
         entry = self.keys[key] = (_KEY_HEAD + key_json + b"}", len(encoded), table_entry(key))
         return entry
+
+
+def _data(obj: Any) -> bytes:
+    """The record's data: bytes as they are, other bytes-like objects copied, anything
+    else serialised to JSON by orjson (:class:`errors.SerializationError` if it cannot)."""
+    if type(obj) is bytes:
+        return obj
+    if isinstance(obj, _BYTES_LIKE):
+        return bytes(obj)
+    try:
+        return _dumps(obj)
+    except TypeError:
+        return _serialise(obj)  # raises SerializationError
 
 
 def _serialise(obj: Any) -> bytes:

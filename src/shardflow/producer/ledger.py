@@ -55,13 +55,9 @@ class Ledger:
 
     def try_admit(self, record: PendingRecord) -> bool:
         """Admit ``record`` if it fits now without overtaking a waiting put."""
-        cost = record.cost
-        if self.putters or self.records >= self.max_records or self.bytes + cost > self.max_bytes:
+        if self.putters or not self._fits(record.cost):
             return False
-        self.records += 1
-        self.bytes += cost
-        if self.epoch:
-            record.epoch = self.epoch
+        self.admit(record)
         return True
 
     async def wait_room(self, cost: int) -> None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from ..models import Attempt
 from ..shardmap import ShardMap, hash_key
 from .accumulator import Accumulator
-from .records import Aggregate, Landing, PendingRecord, positions
+from .records import Aggregate, Landing, PendingRecord, deliver
 from .shards import ShardTracker
 
 if TYPE_CHECKING:
@@ -116,16 +116,12 @@ class OffShardAggregates:
             landing.shard_id,
             len(again),
         )
-        for record, position, kept in zip(
-            agg.records, positions(len(agg.records)), inside, strict=False
-        ):
-            if kept:
-                record._res = landing
-                record._pos = position
-                record.data = _EMPTY
-                if not record.done():  # (the caller may have cancelled its future)
-                    record.set_result(None)  # type: ignore[arg-type]  # see PendingRecord
-                done.append(record)
+        held = [i for i, kept in enumerate(inside) if kept]
+        delivered = [agg.records[i] for i in held]
+        for record in delivered:
+            record.data = _EMPTY
+        deliver(delivered, landing, held)
+        done.extend(delivered)
         attempt = Attempt(
             WRONG_SHARD,
             f"the aggregate landed on {landing.shard_id}, whose hash-key range does not hold "

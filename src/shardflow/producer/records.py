@@ -30,7 +30,7 @@ from ..models import PutResult as _put_result
 if TYPE_CHECKING:
     from ..models import Attempt, PutResult
 
-__all__ = ["Aggregate", "Answer", "Entry", "Landing", "PendingRecord", "positions"]
+__all__ = ["Aggregate", "Answer", "Entry", "Landing", "PendingRecord", "deliver", "positions"]
 
 _deadline = attrgetter("deadline")
 _size = attrgetter("size")
@@ -212,3 +212,22 @@ class Aggregate:
 
 Entry = PendingRecord | Aggregate
 """One entry of a PutRecords request."""
+
+
+def deliver(
+    records: list[PendingRecord],
+    where: Answer | Landing,
+    indexes: Sequence[int] | None = None,
+) -> None:
+    """Resolve ``records`` as delivered at ``where``, record *i* at index ``indexes[i]``
+    there (default: its place in ``records``); their entries are let go. A record whose
+    caller cancelled its future stays cancelled."""
+    at = positions(len(records)) if indexes is None else indexes
+    for record, position in zip(records, at, strict=False):
+        record._res = where
+        record._pos = position
+        record.fragment = b""
+        try:
+            record.set_result(None)  # type: ignore[arg-type]  # see PendingRecord
+        except asyncio.InvalidStateError:  # the caller cancelled it
+            pass

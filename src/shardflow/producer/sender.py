@@ -42,7 +42,7 @@ from .accumulator import Accumulator
 from .ledger import Ledger
 from .offshard import WRONG_SHARD as WRONG_SHARD
 from .offshard import OffShardAggregates
-from .records import Aggregate, Answer, Entry, Landing, PendingRecord, positions
+from .records import Aggregate, Answer, Entry, Landing, PendingRecord, deliver, positions
 from .shards import ShardTracker
 
 __all__ = ["Sender"]
@@ -300,7 +300,7 @@ class Sender:
                 map(dict.get, results, _repeat_shard_id)
             ):
                 self._misrouted()
-            _deliver(plain, answer)
+            deliver(plain, answer)
             self.kinesis_records += len(plain)
             self.delivered += len(plain)
             self.resolved(plain)
@@ -413,7 +413,7 @@ class Sender:
         self, agg: Aggregate, landing: Landing, done: list[PendingRecord]
     ) -> None:
         """Resolve ``agg``'s records as delivered where it landed (into ``done``)."""
-        _deliver_all(agg.records, landing)
+        deliver(agg.records, landing)
         if self._holds_data or hasattr(agg.records[0], "data"):  # (unpacked to be judged)
             for record in agg.records:
                 record.data = _EMPTY
@@ -469,30 +469,6 @@ class Sender:
             log.warning("%d record(s) not delivered: %s", len(unique), error)
         self.in_flight_records = 0
         self._ledger.release(unique)
-
-
-def _deliver(records: list[PendingRecord], answer: Answer) -> None:
-    """Resolve the records of a request as delivered, each pointing at its entry (their
-    entries are let go)."""
-    for record, position in zip(records, positions(len(records)), strict=False):
-        record._res = answer
-        record._pos = position
-        record.fragment = _EMPTY
-        try:
-            record.set_result(None)  # type: ignore[arg-type]  # see PendingRecord
-        except asyncio.InvalidStateError:  # the caller cancelled it
-            pass
-
-
-def _deliver_all(records: list[PendingRecord], landing: Landing) -> None:
-    """Resolve an aggregate's records as delivered, each with its index in it."""
-    for record, position in zip(records, positions(len(records)), strict=False):
-        record._res = landing
-        record._pos = position
-        try:
-            record.set_result(None)  # type: ignore[arg-type]  # see PendingRecord
-        except asyncio.InvalidStateError:  # the caller cancelled it
-            pass
 
 
 def _attempts(record: PendingRecord) -> tuple[Attempt, ...]:

@@ -305,10 +305,7 @@ class S3Sink:
         if st is None:
             return 0
         async with st.lock:
-            dropped = sum(obj.count for obj in st.sealed) + len(st.lines)
-            st.sealed.clear()
-            st.lines, st.size, st.first, st.last, st.target = [], 0, None, None, None
-            st.opened_at = st.retry_at = None
+            dropped = st.clear()
             if self._buffers.shards.get(shard_id) is st:
                 del self._buffers.shards[shard_id]
             self._unreported.pop(shard_id, None)

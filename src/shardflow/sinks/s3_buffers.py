@@ -106,6 +106,15 @@ class ShardBuffer:
         has lines and is not rewriting an earlier object."""
         return bool(self.lines) and self.target is None
 
+    def clear(self) -> int:
+        """Forget, unwritten, every record held (sealed objects and the open one);
+        return how many that was."""
+        dropped = sum(obj.count for obj in self.sealed) + len(self.lines)
+        self.sealed.clear()
+        self.lines, self.size, self.first, self.last, self.target = [], 0, None, None, None
+        self.opened_at = self.retry_at = None
+        return dropped
+
     def duplicate(self, position: Position) -> bool:
         """True for a position at or before the last one accepted (a repeat)."""
         return self.accepted is not None and position <= self.accepted
