@@ -102,10 +102,12 @@ async def wait_for(
 ) -> Any:
     """Poll ``condition`` (sync) until it returns something truthy; fail after ``within`` s.
 
-    Sleeps with anyio between polls, so the code under test keeps running meanwhile."""
+    ``condition`` runs in a worker thread, so a blocking call to the single-threaded moto
+    server cannot stall the loop while the code under test is half-way through sending it
+    a request (that deadlock lasts until botocore's 60 s read timeout)."""
     deadline = time.monotonic() + within
     while True:
-        value = condition()
+        value = await anyio.to_thread.run_sync(condition)
         if value:
             return value
         if time.monotonic() > deadline:

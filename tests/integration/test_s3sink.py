@@ -255,8 +255,9 @@ async def test_bucket_gone_mid_run_loses_nothing_accepted(moto_url: str) -> None
     records = make_records(4)
     async with S3Sink(bucket, max_bytes=1, endpoint_url=moto_url) as sink:
         await sink.write(records[:1])
-        client.delete_object(Bucket=bucket, Key=list_keys(moto_url, bucket)[0])
-        client.delete_bucket(Bucket=bucket)
+        (key,) = await anyio.to_thread.run_sync(list_keys, moto_url, bucket)
+        await anyio.to_thread.run_sync(lambda: client.delete_object(Bucket=bucket, Key=key))
+        await anyio.to_thread.run_sync(lambda: client.delete_bucket(Bucket=bucket))
         with pytest.raises(errors.ResourceNotFound, match=bucket):
             await sink.write(records[1:3])  # accepted, but the objects cannot be stored
         assert sink.stats().pending_objects == 2
