@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from . import errors
+from ._validate import shown
 
 __all__ = [
     "DEFAULT_LOCAL_REGION",
@@ -96,10 +97,10 @@ def refreshable_credentials(
 def stream_params(stream: str) -> dict[str, str]:
     """Request parameters naming a stream: ``StreamARN`` for an ARN, else ``StreamName``."""
     if not isinstance(stream, str) or not stream:
-        raise ValueError(f"stream must be a non-empty stream name or ARN, got {stream!r}")
+        raise ValueError(f"stream must be a non-empty stream name or ARN, got {shown(stream)}")
     if stream.startswith("arn:"):
         if not _STREAM_ARN.match(stream):
-            raise ValueError(f"not a Kinesis stream ARN: {stream!r}")
+            raise ValueError(f"not a Kinesis stream ARN: {shown(stream)}")
         return {"StreamARN": stream}
     return {"StreamName": stream}
 
@@ -109,7 +110,7 @@ def stream_name(stream: str) -> str:
     if stream.startswith("arn:"):
         match = _STREAM_ARN.match(stream)
         if not match:
-            raise ValueError(f"not a Kinesis stream ARN: {stream!r}")
+            raise ValueError(f"not a Kinesis stream ARN: {shown(stream)}")
         return match.group(1)
     return stream
 
@@ -128,7 +129,7 @@ def check_endpoint(endpoint_url: object, region_name: object) -> None:
     """
     if endpoint_url is not None:
         if not isinstance(endpoint_url, str):
-            raise TypeError(f"endpoint_url must be a URL string or None, got {endpoint_url!r}")
+            raise TypeError(f"endpoint_url must be a URL string or None, got {shown(endpoint_url)}")
         try:
             parts = urlsplit(endpoint_url)
             ok = parts.scheme in ("http", "https") and bool(parts.hostname)
@@ -137,14 +138,15 @@ def check_endpoint(endpoint_url: object, region_name: object) -> None:
             ok = False
         if not ok:
             raise ValueError(
-                f"endpoint_url must be an http:// or https:// URL with a host, got {endpoint_url!r}"
+                "endpoint_url must be an http:// or https:// URL with a host, "
+                f"got {shown(endpoint_url)}"
             )
     if region_name is not None:
         if not isinstance(region_name, str):
-            raise TypeError(f"region_name must be a str or None, got {region_name!r}")
+            raise TypeError(f"region_name must be a str or None, got {shown(region_name)}")
         if not _REGION.fullmatch(region_name):
             raise ValueError(
-                f"region_name must be a region such as 'us-east-1', got {region_name!r}"
+                f"region_name must be a region such as 'us-east-1', got {shown(region_name)}"
             )
 
 

@@ -68,7 +68,7 @@ COUNTS: Mapping[str, str] = {
 
 def _fraction(name: str, value: object) -> None:
     if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number between 0 and 1, got {value!r}")
+        raise TypeError(f"{name} must be a number between 0 and 1, got {shown(value)}")
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be between 0 and 1, got {shown(value)}")
 
@@ -79,12 +79,12 @@ def _operations(value: object) -> frozenset[str] | None:
     if isinstance(value, str | bytes) or not isinstance(value, set | frozenset | list | tuple):
         raise TypeError(
             f"operations must be a set of operation names such as {{'PutRecords'}}, or None; "
-            f"got {value!r}"
+            f"got {shown(value)}"
         )
     names = frozenset(value)
     for name in names:
         if not isinstance(name, str) or not name:
-            raise TypeError(f"operations must hold non-empty operation names, got {name!r}")
+            raise TypeError(f"operations must hold non-empty operation names, got {shown(name)}")
     return names
 
 
@@ -127,16 +127,16 @@ class FaultConfig:
                 raise ValueError(f"{' + '.join(group)} must not exceed 1")
         latency = self.latency
         if not isinstance(latency, int | float) or isinstance(latency, bool):
-            raise TypeError(f"latency must be a number of seconds, got {latency!r}")
+            raise TypeError(f"latency must be a number of seconds, got {shown(latency)}")
         latency = as_float("latency", latency, "finite and >= 0 seconds")
         if not (latency >= 0 and math.isfinite(latency)):
-            raise ValueError(f"latency must be finite and >= 0 seconds, got {latency!r}")
+            raise ValueError(f"latency must be finite and >= 0 seconds, got {shown(latency)}")
         for name in ("enforce_write_limits", "enforce_read_limits", "stall"):
             if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+                raise TypeError(f"{name} must be a bool, got {shown(getattr(self, name))}")
         object.__setattr__(self, "operations", _operations(self.operations))
         if not isinstance(self.limits, KinesisLimits):
-            raise TypeError(f"limits must be a KinesisLimits, got {self.limits!r}")
+            raise TypeError(f"limits must be a KinesisLimits, got {shown(self.limits)}")
 
     def applies_to(self, operation: str) -> bool:
         """True if request-level faults (5xx, resets, latency, stall) apply to it."""

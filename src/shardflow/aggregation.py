@@ -37,6 +37,7 @@ from . import _protobuf
 from ._aggregate_parser import parse_aggregated_record
 from ._protobuf import varint as _varint
 from ._protobuf import varint_len as _varint_len
+from ._validate import shown
 
 __all__ = [
     "MAGIC",
@@ -137,9 +138,9 @@ class AggregateBuilder:
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         if not isinstance(max_bytes, int) or isinstance(max_bytes, bool):
-            raise TypeError(f"max_bytes must be an int, got {max_bytes!r}")
+            raise TypeError(f"max_bytes must be an int, got {shown(max_bytes)}")
         if max_bytes <= OVERHEAD:
-            raise ValueError(f"max_bytes must be more than {OVERHEAD}, got {max_bytes}")
+            raise ValueError(f"max_bytes must be more than {OVERHEAD}, got {shown(max_bytes)}")
         self.max_bytes = max_bytes
         self.clear()
 

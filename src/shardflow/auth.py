@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import _aws, errors
-from ._validate import as_float
+from ._validate import as_float, shown
 
 __all__ = ["CognitoCredentials", "Logins"]
 
@@ -74,11 +74,11 @@ class CognitoCredentials:
     ) -> None:
         if not isinstance(identity_pool_id, str) or ":" not in identity_pool_id:
             raise ValueError(
-                f"identity_pool_id must look like 'region:uuid', got {identity_pool_id!r}"
+                f"identity_pool_id must look like 'region:uuid', got {shown(identity_pool_id)}"
             )
         if not isinstance(region_name, str) or not region_name:
             raise ValueError(
-                f"region_name must be a region such as 'us-east-1', got {region_name!r}"
+                f"region_name must be a region such as 'us-east-1', got {shown(region_name)}"
             )
         _aws.check_endpoint(endpoint_url, region_name)
         if logins is not None and not (isinstance(logins, Mapping) or callable(logins)):
@@ -86,7 +86,7 @@ class CognitoCredentials:
         if isinstance(refresh_margin, bool) or not isinstance(refresh_margin, int | float) or (
             as_float("refresh_margin", refresh_margin, "> 0 seconds") <= 0
         ):
-            raise ValueError(f"refresh_margin must be > 0 seconds, got {refresh_margin!r}")
+            raise ValueError(f"refresh_margin must be > 0 seconds, got {shown(refresh_margin)}")
         self.identity_pool_id = identity_pool_id
         self.region_name = region_name
         self._logins = logins

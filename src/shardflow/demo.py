@@ -45,6 +45,7 @@ from ._demo_report import (
     percentile,
     read_archive,
 )
+from ._validate import shown
 from .collector import BufferedOutput, Collector, KinesisOutput, add_fields
 from .producer import Producer
 from .sinks import TumblingWindows
@@ -97,7 +98,7 @@ class DemoOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(
-                    f"{name} must be a whole number from {low:,} to {high:,}, got {value!r}"
+                    f"{name} must be a whole number from {low:,} to {high:,}, got {shown(value)}"
                 )
         if self.use_aws and self.endpoint_url:
             raise ValueError("use either --endpoint-url or --aws, not both")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ._validate import shown
+
 __all__ = ["KinesisLimits"]
 
 KiB = 1024
@@ -51,7 +53,7 @@ class KinesisLimits:
         }
         for name, (value, low, high) in checks.items():
             if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"KinesisLimits.{name} must be an int, got {value!r}")
+                raise TypeError(f"KinesisLimits.{name} must be an int, got {shown(value)}")
             if value < low or (high is not None and value > high):
                 bound = f"between {low} and {high}" if high is not None else f">= {low}"
-                raise ValueError(f"KinesisLimits.{name} must be {bound}, got {value}")
+                raise ValueError(f"KinesisLimits.{name} must be {bound}, got {shown(value)}")

@@ -54,10 +54,10 @@ def parse_explicit_hash_key(value: str) -> int:
             f"explicit_hash_key must be a str of decimal digits, got {type(value).__name__}"
         )
     if not _DECIMAL.fullmatch(value):
-        shown = value if len(value) <= 60 else value[:60] + "..."
+        short = value if len(value) <= 60 else value[:60] + "..."
         raise InvalidHashKey(
             "explicit_hash_key must be a decimal integer in [0, 2**128) written without "
-            f"sign, spaces or leading zeros, got {shown!r}"
+            f"sign, spaces or leading zeros, got {short!r}"
         )
     number = int(value)
     if number > MAX_HASH_KEY:

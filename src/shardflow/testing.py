@@ -91,6 +91,7 @@ from . import _faults
 from ._fault_ops import COUNTS as COUNTS
 from ._fault_ops import KEEP_SEED, FaultEngine, Reply
 from ._fault_ops import FaultConfig as FaultConfig
+from ._validate import shown
 from .errors import InvalidShardMap
 from .limits import KinesisLimits
 from .models import Shard
@@ -140,9 +141,9 @@ class FaultProxy:
     ) -> None:
         parts = urlsplit(upstream_url) if isinstance(upstream_url, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"upstream_url must be an http(s) URL, got {upstream_url!r}")
+            raise ValueError(f"upstream_url must be an http(s) URL, got {shown(upstream_url)}")
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
-            raise ValueError(f"port must be an int between 0 and 65535, got {port!r}")
+            raise ValueError(f"port must be an int between 0 and 65535, got {shown(port)}")
         _check_seed(seed)
         config = FaultConfig(
             throttle_fraction=throttle_fraction,
@@ -384,7 +385,7 @@ def _reset(request: web.BaseRequest) -> web.StreamResponse:
 
 def _check_seed(seed: object) -> None:
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise TypeError(f"seed must be an int or None, got {seed!r}")
+        raise TypeError(f"seed must be an int or None, got {shown(seed)}")
 
 
 # --- command line -----------------------------------------------------------------------

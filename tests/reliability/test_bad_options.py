@@ -224,3 +224,20 @@ def test_every_public_constructor_is_fuzzed() -> None:
         "CognitoCredentials", "TumblingWindows", "FaultProxy", "KinesisLimits",
     }
     assert StdoutOutput  # takes only an optional text stream: nothing to fuzz
+
+
+@pytest.mark.parametrize("value", [10**5000, -(10**5000)], ids=["10**5000", "-10**5000"])
+@pytest.mark.parametrize("option", OPTIONS, ids=repr)
+def test_an_int_of_thousands_of_digits_is_refused_by_name_or_accepted(
+    option: Option, value: int
+) -> None:
+    """Beyond 4,300 digits ``repr(int)`` itself raises (Python's int-to-str limit): a
+    message must still name the option, and not print the number in full."""
+    try:
+        option.build(value)
+    except (TypeError, ValueError) as exc:
+        message = str(exc)
+        assert option.name in message, f"{option!r}: the message does not name it: {message}"
+        assert len(message) < 250, f"the number is printed in full: {message[:120]}..."
+        return
+    assert KINDS[option.kind](value), f"{option!r} accepted a {type(value).__name__}"

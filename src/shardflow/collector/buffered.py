@@ -21,7 +21,7 @@ import orjson
 from anyio.abc import TaskGroup
 
 from .. import errors
-from .._validate import as_float
+from .._validate import as_float, shown
 from .outputs import Event, Output, close_output, start_output
 from .policies import (
     OVERFLOW,
@@ -95,7 +95,9 @@ class BufferedOutput:
         if max_retries is not None and (
             isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0
         ):
-            raise ValueError(f"max_retries must be an integer >= 0 or None, got {max_retries!r}")
+            raise ValueError(
+                f"max_retries must be an integer >= 0 or None, got {shown(max_retries)}"
+            )
         check_positive("backoff_base", backoff_base)
         check_positive("backoff_cap", backoff_cap)
         if backoff_cap < backoff_base:
@@ -107,17 +109,19 @@ class BufferedOutput:
         check_positive("max_spool_records", max_spool_records, integer=True, optional=True)
         check_positive("max_spool_bytes", max_spool_bytes, integer=True, optional=True)
         if overflow not in OVERFLOW:
-            raise ValueError(f"overflow must be one of {', '.join(OVERFLOW)}; got {overflow!r}")
+            raise ValueError(
+                f"overflow must be one of {', '.join(OVERFLOW)}; got {shown(overflow)}"
+            )
         if isinstance(close_timeout, bool) or not isinstance(close_timeout, int | float) or (
             as_float("close_timeout", close_timeout, ">= 0 seconds") < 0
         ):
-            raise ValueError(f"close_timeout must be >= 0 seconds, got {close_timeout!r}")
+            raise ValueError(f"close_timeout must be >= 0 seconds, got {shown(close_timeout)}")
         if on_drop is not None and not callable(on_drop):
             raise TypeError("on_drop must be callable(events, reason) or None")
         if not isinstance(fsync, bool):
-            raise TypeError(f"fsync must be True or False, got {fsync!r}")
+            raise TypeError(f"fsync must be True or False, got {shown(fsync)}")
         if not callable(clock):
-            raise TypeError(f"clock must be callable() -> epoch seconds, got {clock!r}")
+            raise TypeError(f"clock must be callable() -> epoch seconds, got {shown(clock)}")
         self.output = output
         self.spool_path = None if spool is None else os.fspath(spool)
         self.flush_interval = float(flush_interval)

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from .. import errors
+from .._validate import shown
 from .buffered import BufferedOutput
 from .outputs import Event, Output, close_output, start_output
 from .tags import TagPattern, validate_tag
@@ -76,7 +77,7 @@ class Collector:
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         if not callable(clock):
-            raise TypeError(f"clock must be callable() -> epoch seconds, got {clock!r}")
+            raise TypeError(f"clock must be callable() -> epoch seconds, got {shown(clock)}")
         self._clock = clock
         self._filters: list[tuple[TagPattern, Filter]] = []
         self._outputs: list[tuple[TagPattern, Output]] = []
@@ -98,7 +99,7 @@ class Collector:
         """
         compiled = TagPattern(pattern)
         if not callable(fn):
-            raise TypeError(f"filter must be callable(event) -> event | None, got {fn!r}")
+            raise TypeError(f"filter must be callable(event) -> event | None, got {shown(fn)}")
         self._filters.append((compiled, fn))
         self._routes.clear()
 
@@ -183,7 +184,7 @@ class Collector:
                     return None
                 if not isinstance(result, dict):
                     raise TypeError(
-                        f"filter {fn!r} (for {pattern.pattern!r}) returned "
+                        f"filter {shown(fn)} (for {pattern.pattern!r}) returned "
                         f"{type(result).__name__}; expected a dict, or None to drop the event"
                     )
                 stamped = result

@@ -11,6 +11,7 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .._validate import shown
 from .outputs import Event
 
 __all__ = ["add_fields", "redact", "sample"]
@@ -29,7 +30,7 @@ def add_fields(
     extra = {**(fields or {}), **more}
     for name in extra:
         if not isinstance(name, str) or not name:
-            raise ValueError(f"field names must be non-empty strings, got {name!r}")
+            raise ValueError(f"field names must be non-empty strings, got {shown(name)}")
 
     def add(event: Event) -> Event:
         for name, value in extra.items():
@@ -51,11 +52,11 @@ def sample(
     together, in every process. Events without the field are kept.
     """
     if isinstance(fraction, bool) or not isinstance(fraction, int | float):
-        raise TypeError(f"fraction must be a number in [0, 1], got {fraction!r}")
+        raise TypeError(f"fraction must be a number in [0, 1], got {shown(fraction)}")
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
+        raise ValueError(f"fraction must be in [0, 1], got {shown(fraction)}")
     if key is not None and (not isinstance(key, str) or not key):
-        raise ValueError(f"key must be a non-empty field name or None, got {key!r}")
+        raise ValueError(f"key must be a non-empty field name or None, got {shown(key)}")
     if key is None:
         rng = random.Random(seed)
 
@@ -90,7 +91,7 @@ def redact(
     split: list[tuple[str, ...]] = []
     for path in paths:
         if not isinstance(path, str) or not path or any(not p for p in path.split(".")):
-            raise ValueError(f"invalid field path {path!r}: use names joined by '.'")
+            raise ValueError(f"invalid field path {shown(path)}: use names joined by '.'")
         split.append(tuple(path.split(".")))
 
     def hide(event: Event) -> Event:

@@ -33,6 +33,7 @@ import anyio.to_thread
 import orjson
 
 from .. import errors
+from .._validate import shown
 from ..models import PutResult
 
 __all__ = [
@@ -114,11 +115,11 @@ class FileOutput:
 
     def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False) -> None:
         if not isinstance(path, str | os.PathLike):
-            raise TypeError(f"path must be a str or os.PathLike, got {path!r}")
+            raise TypeError(f"path must be a str or os.PathLike, got {shown(path)}")
         if not os.fspath(path):
             raise ValueError("path must not be empty")
         if not isinstance(fsync, bool):
-            raise TypeError(f"fsync must be True or False, got {fsync!r}")
+            raise TypeError(f"fsync must be True or False, got {shown(fsync)}")
         self.path = Path(path)
         self.fsync = fsync
         self._file: IO[bytes] | None = None
@@ -218,7 +219,7 @@ class KinesisOutput:
         ):
             raise TypeError(
                 "partition_key must be a non-empty field name, a callable event -> str, "
-                f"or None, got {partition_key!r}"
+                f"or None, got {shown(partition_key)}"
             )
         self._partition_key = partition_key
 
@@ -272,7 +273,7 @@ class KinesisOutput:
                     key = self.key_for(event)
                 except Exception as exc:
                     raise ValueError(
-                        f"partition key for event {event.get('event_id')!r} failed: {exc!r}"
+                        f"partition key for event {event.get('event_id')!r} failed: {shown(exc)}"
                     ) from exc
                 data = orjson.dumps(event)
                 pending.append((i, await producer.put(data, partition_key=key)))

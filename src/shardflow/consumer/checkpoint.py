@@ -111,11 +111,11 @@ class Checkpoint:
         if not isinstance(seq, str) or not (seq.isdigit() or seq == _SHARD_END):
             raise ValueError(
                 f"Checkpoint.sequence_number must be a decimal string or 'SHARD_END', "
-                f"got {seq!r}"
+                f"got {shown(seq)}"
             )
         if sub is not None and (not isinstance(sub, int) or isinstance(sub, bool) or sub < 0):
             raise ValueError(
-                f"Checkpoint.sub_sequence_number must be None or an int >= 0, got {sub!r}"
+                f"Checkpoint.sub_sequence_number must be None or an int >= 0, got {shown(sub)}"
             )
         if seq == _SHARD_END and sub is not None:
             raise ValueError("a SHARD_END Checkpoint has no sub_sequence_number")
@@ -313,7 +313,7 @@ class SQLiteCheckpointer(_Store):
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
         if not isinstance(path, str | os.PathLike) or not os.fspath(path):
-            raise ValueError(f"SQLiteCheckpointer path must be a non-empty path, got {path!r}")
+            raise ValueError(f"SQLiteCheckpointer path must be a non-empty path, got {shown(path)}")
         must = "finite and >= 0 seconds"
         if (
             not isinstance(busy_timeout, int | float)

@@ -68,20 +68,20 @@ def _validate_start_at(start_at: object) -> str | datetime:
         if start_at.tzinfo is None or start_at.utcoffset() is None:
             raise ValueError(
                 "start_at datetime must be timezone-aware (e.g. datetime.now(timezone.utc)); "
-                f"got naive {start_at!r}"
+                f"got naive {shown(start_at)}"
             )
         return start_at.astimezone(timezone.utc)
     if isinstance(start_at, str) and start_at in _START_NAMES:
         return start_at
     raise ValueError(
-        f"start_at must be 'TRIM_HORIZON', 'LATEST' or an aware datetime, got {start_at!r}"
+        f"start_at must be 'TRIM_HORIZON', 'LATEST' or an aware datetime, got {shown(start_at)}"
     )
 
 
 def _positive(name: str, value: object, *, minimum: float = 0.0, integer: bool = False) -> Any:
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind):
-        raise TypeError(f"{name} must be {'an int' if integer else 'a number'}, got {value!r}")
+        raise TypeError(f"{name} must be {'an int' if integer else 'a number'}, got {shown(value)}")
     bound = f">= {minimum}" if minimum else "> 0"
     if not integer:
         value = as_float(name, value, f"a finite number {bound}")
@@ -131,12 +131,12 @@ class Consumer:
         self._stream = stream
         _aws.check_endpoint(endpoint_url, region_name)
         if app_name is not None and (not isinstance(app_name, str) or not app_name):
-            raise ValueError(f"app_name must be a non-empty string, got {app_name!r}")
+            raise ValueError(f"app_name must be a non-empty string, got {shown(app_name)}")
         if checkpointer is not None:
             if not callable(getattr(checkpointer, "bind", None)):
                 raise TypeError(
                     f"checkpointer must implement shardflow.consumer.Checkpointer, "
-                    f"got {checkpointer!r}"
+                    f"got {shown(checkpointer)}"
                 )
             if app_name is None:
                 raise ValueError("app_name is required with a checkpointer: it keys positions")
@@ -148,13 +148,13 @@ class Consumer:
         )
         self._limits = limits if limits is not None else KinesisLimits()
         if not isinstance(self._limits, KinesisLimits):
-            raise TypeError(f"limits must be a KinesisLimits, got {limits!r}")
+            raise TypeError(f"limits must be a KinesisLimits, got {shown(limits)}")
         self._max_buffer = _positive("max_buffer_records", max_buffer_records, integer=True)
         self._get_limit = _positive("get_records_limit", get_records_limit, integer=True)
         if self._get_limit > self._limits.max_get_records:
             raise ValueError(
                 f"get_records_limit must be <= {self._limits.max_get_records}, "
-                f"got {get_records_limit}"
+                f"got {shown(get_records_limit)}"
             )
         self._resync_interval = float(_positive("resync_interval", resync_interval))
         self._close_timeout = float(_positive("close_timeout", close_timeout))

@@ -33,6 +33,7 @@ from typing import Any
 import anyio
 
 from .. import _aws, errors
+from .._validate import shown
 from ..models import Shard
 
 __all__ = [
@@ -288,7 +289,7 @@ class LeaseTable:
         if schema != [(LEASE_KEY, "HASH")] or types.get(LEASE_KEY) != "S":
             raise errors.LeaseTableConflict(
                 f"table {self.table!r} is not a lease table: its key must be the string "
-                f"hash key {LEASE_KEY!r}, got {schema}"
+                f"hash key {shown(LEASE_KEY)}, got {schema}"
             )
 
     async def scan(self) -> tuple[list[Lease], list[str]]:

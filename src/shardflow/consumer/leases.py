@@ -52,7 +52,7 @@ from typing import Any
 import anyio
 
 from .. import _aws
-from .._validate import as_float
+from .._validate import as_float, shown
 from .checkpoint import AssignmentListener, CheckpointSession, ConsumerScope
 from .lease_session import LeaseSession
 from .lease_table import KeyScheme, LeaseTable
@@ -94,23 +94,26 @@ class DynamoDBLeases:
     ) -> None:
         if not isinstance(table, str) or not _TABLE_NAME.match(table):
             raise ValueError(
-                f"table must be a DynamoDB table name (3-255 of A-Z a-z 0-9 _ . -), got {table!r}"
+                "table must be a DynamoDB table name (3-255 of A-Z a-z 0-9 _ . -), "
+                f"got {shown(table)}"
             )
         if worker_id is None:
             worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         if not isinstance(worker_id, str) or not worker_id.strip() or len(worker_id) > 1024:
-            raise ValueError(f"worker_id must be a non-empty string, got {worker_id!r}")
+            raise ValueError(f"worker_id must be a non-empty string, got {shown(worker_id)}")
         if isinstance(failover_time, bool) or not isinstance(failover_time, int | float):
-            raise TypeError(f"failover_time must be a number of seconds, got {failover_time!r}")
+            raise TypeError(
+                f"failover_time must be a number of seconds, got {shown(failover_time)}"
+            )
         failover_time = as_float(
             "failover_time", failover_time, f"a finite number of seconds >= {MIN_FAILOVER_TIME}"
         )
         if not math.isfinite(failover_time) or failover_time < MIN_FAILOVER_TIME:
             raise ValueError(
-                f"failover_time must be >= {MIN_FAILOVER_TIME} seconds, got {failover_time!r}"
+                f"failover_time must be >= {MIN_FAILOVER_TIME} seconds, got {shown(failover_time)}"
             )
         if not isinstance(shared_table, bool):
-            raise TypeError(f"shared_table must be a bool, got {shared_table!r}")
+            raise TypeError(f"shared_table must be a bool, got {shown(shared_table)}")
         if credentials is not None and not isinstance(credentials, _aws.CredentialSource):
             raise TypeError("credentials must provide botocore_credentials()")
         _aws.check_endpoint(endpoint_url, region_name)

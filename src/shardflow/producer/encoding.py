@@ -18,6 +18,7 @@ import orjson
 
 from .. import errors
 from .._putrecords import encode_entry
+from .._validate import shown
 from ..aggregation import _key_entry as table_entry
 from ..limits import KinesisLimits
 from ..shardmap import parse_explicit_hash_key
@@ -150,7 +151,7 @@ class RecordMaker:
         """(the entry's tail with the key's JSON, the key's UTF-8 bytes, its aggregate key
         table entry), cached."""
         if not isinstance(key, str):
-            raise errors.InvalidPartitionKey(f"partition_key must be a str, got {key!r}")
+            raise errors.InvalidPartitionKey(f"partition_key must be a str, got {shown(key)}")
         try:
             encoded = key.encode()
             key_json = orjson.dumps(key)

@@ -85,16 +85,16 @@ class ProducerStats:
 
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {value!r}")
+        raise TypeError(f"{name} must be an int, got {shown(value)}")
     if value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
+        raise ValueError(f"{name} must be {bound}, got {shown(value)}")
     return value
 
 
 def _check_seconds(name: str, value: object, *, positive: bool) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+        raise TypeError(f"{name} must be a number of seconds, got {shown(value)}")
     must = f"a finite number of seconds {'> 0' if positive else '>= 0'}"
     value = as_float(name, value, must)
     if math.isnan(value) or math.isinf(value) or value < 0 or (positive and value == 0):
@@ -176,16 +176,16 @@ class Producer(HotPath):
         if client is not None and (endpoint_url or region_name or credentials):
             raise ValueError("pass either client or endpoint_url/region_name/credentials, not both")
         if credentials is not None and not isinstance(credentials, _aws.CredentialSource):
-            raise TypeError(f"credentials must be a CredentialSource, got {credentials!r}")
+            raise TypeError(f"credentials must be a CredentialSource, got {shown(credentials)}")
         if limits is None:
             limits = KinesisLimits()
         elif not isinstance(limits, KinesisLimits):
-            raise TypeError(f"limits must be a KinesisLimits, got {limits!r}")
+            raise TypeError(f"limits must be a KinesisLimits, got {shown(limits)}")
         self.limits = limits
         self.max_queue_records = _check_int("max_queue_records", max_queue_records, 1)
         self.max_queue_bytes = _check_int("max_queue_bytes", max_queue_bytes, 1)
         if not isinstance(aggregate, bool):
-            raise TypeError(f"aggregate must be True or False, got {aggregate!r}")
+            raise TypeError(f"aggregate must be True or False, got {shown(aggregate)}")
         largest = record_cost(limits.max_record_bytes, aggregate)
         if max_queue_bytes < largest:
             raise ValueError(
@@ -196,7 +196,7 @@ class Producer(HotPath):
         self.max_in_flight = _check_int("max_in_flight", max_in_flight, 1, 1000)
         self.record_ttl = _check_seconds("record_ttl", record_ttl, positive=True)
         if not isinstance(ordered, bool):
-            raise TypeError(f"ordered must be True or False, got {ordered!r}")
+            raise TypeError(f"ordered must be True or False, got {shown(ordered)}")
         self.aggregate = aggregate
         # (an aggregate is also kept within limits.max_record_bytes, partition key included)
         self.max_aggregate_bytes = _check_int(
@@ -205,7 +205,7 @@ class Producer(HotPath):
         self.ordered = ordered
         if rate_limit is not None:
             if not isinstance(rate_limit, int | float) or isinstance(rate_limit, bool):
-                raise TypeError(f"rate_limit must be a fraction or None, got {rate_limit!r}")
+                raise TypeError(f"rate_limit must be a fraction or None, got {shown(rate_limit)}")
             if not 0 < rate_limit <= 1:
                 raise ValueError(f"rate_limit must be in (0, 1] or None, got {shown(rate_limit)}")
         self.rate_limit = rate_limit

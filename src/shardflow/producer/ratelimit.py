@@ -15,6 +15,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
+from .._validate import shown
+
 __all__ = ["ShardRateLimiter", "TokenBucket"]
 
 Clock = Callable[[], float]
@@ -27,17 +29,17 @@ _SLACK = 1e-6
 
 def _positive(name: str, value: float) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {value!r}")
+        raise TypeError(f"{name} must be a number, got {shown(value)}")
     if not value > 0 or value == float("inf"):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        raise ValueError(f"{name} must be a positive finite number, got {shown(value)}")
     return float(value)
 
 
 def _amount(value: float) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"amount must be a number, got {value!r}")
+        raise TypeError(f"amount must be a number, got {shown(value)}")
     if not value >= 0 or value == float("inf"):
-        raise ValueError(f"amount must be a finite number >= 0, got {value!r}")
+        raise ValueError(f"amount must be a finite number >= 0, got {shown(value)}")
     return value
 
 

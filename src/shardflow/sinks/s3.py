@@ -89,19 +89,19 @@ class S3Sink:
         close_timeout: float = 30.0,
     ) -> None:
         if not isinstance(bucket, str) or not bucket or "/" in bucket:
-            raise ValueError(f"bucket must be a bucket name, got {bucket!r}")
+            raise ValueError(f"bucket must be a bucket name, got {shown(bucket)}")
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
             raise TypeError(f"max_bytes must be an int, got {type(max_bytes).__name__}")
         if not 1 <= max_bytes <= _MAX_OBJECT_BYTES:
-            raise ValueError(f"max_bytes must be in [1, 5 GiB], got {max_bytes}")
+            raise ValueError(f"max_bytes must be in [1, 5 GiB], got {shown(max_bytes)}")
         if not _positive("max_interval", max_interval):
             raise ValueError(
                 f"max_interval must be a positive number of seconds, got {shown(max_interval)}"
             )
         if compression not in ("gzip", None):
-            raise ValueError(f"compression must be 'gzip' or None, got {compression!r}")
+            raise ValueError(f"compression must be 'gzip' or None, got {shown(compression)}")
         if not _positive("close_timeout", close_timeout):
             raise ValueError(
                 f"close_timeout must be a positive number of seconds, got {shown(close_timeout)}"
