@@ -21,7 +21,7 @@ from .._putrecords import encode_entry
 from .._validate import shown
 from ..aggregation import _key_entry as table_entry
 from ..limits import KinesisLimits
-from ..shardmap import parse_explicit_hash_key
+from ..shardmap import MAX_HASH_KEY, parse_explicit_hash_key
 from .records import PendingRecord
 
 __all__ = ["AGGREGATED_OVERHEAD", "ENTRY_OVERHEAD", "RECORD_OVERHEAD", "RecordMaker", "record_cost"]
@@ -197,6 +197,12 @@ def _serialise(obj: Any) -> bytes:
 
 def _hash_key(value: object) -> str:
     """The explicit hash key as AWS wants it: a decimal string in [0, 2**128)."""
-    text = str(value) if type(value) is int else value
+    if type(value) is int:
+        if not 0 <= value <= MAX_HASH_KEY:  # (and no str() of an int of 5,000 digits)
+            raise errors.InvalidHashKey(
+                f"explicit_hash_key must be in [0, 2**128), got {shown(value)}"
+            )
+        value = str(value)
+    text = value
     parse_explicit_hash_key(text)  # type: ignore[arg-type]  # raises InvalidHashKey
     return text  # type: ignore[return-value]
