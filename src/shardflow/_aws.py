@@ -100,7 +100,7 @@ def stream_params(stream: str) -> dict[str, str]:
         raise ValueError(f"stream must be a non-empty stream name or ARN, got {shown(stream)}")
     if stream.startswith("arn:"):
         if not _STREAM_ARN.match(stream):
-            raise ValueError(f"not a Kinesis stream ARN: {shown(stream)}")
+            raise ValueError(f"not a Kinesis stream ARN: {stream!r}")
         return {"StreamARN": stream}
     return {"StreamName": stream}
 
@@ -110,7 +110,7 @@ def stream_name(stream: str) -> str:
     if stream.startswith("arn:"):
         match = _STREAM_ARN.match(stream)
         if not match:
-            raise ValueError(f"not a Kinesis stream ARN: {shown(stream)}")
+            raise ValueError(f"not a Kinesis stream ARN: {stream!r}")
         return match.group(1)
     return stream
 
@@ -138,15 +138,14 @@ def check_endpoint(endpoint_url: object, region_name: object) -> None:
             ok = False
         if not ok:
             raise ValueError(
-                "endpoint_url must be an http:// or https:// URL with a host, "
-                f"got {shown(endpoint_url)}"
+                f"endpoint_url must be an http:// or https:// URL with a host, got {endpoint_url!r}"
             )
     if region_name is not None:
         if not isinstance(region_name, str):
             raise TypeError(f"region_name must be a str or None, got {shown(region_name)}")
         if not _REGION.fullmatch(region_name):
             raise ValueError(
-                f"region_name must be a region such as 'us-east-1', got {shown(region_name)}"
+                f"region_name must be a region such as 'us-east-1', got {region_name!r}"
             )
 
 

@@ -24,7 +24,6 @@ import anyio.to_thread
 import orjson
 
 from . import _aws, _resources, errors
-from ._validate import shown
 from .consumer import Consumer
 from .models import PutResult, Record
 from .producer import Producer
@@ -229,7 +228,7 @@ def parse_start(text: str) -> str | datetime:
     except ValueError:
         raise ValueError(
             f"--from takes trim, latest or an ISO 8601 time such as 2024-05-01T12:00:00Z; "
-            f"got {shown(text)}"
+            f"got {text!r}"
         ) from None
     return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
 

@@ -1,6 +1,7 @@
 """Checks shared by the constructors' option validation (private).
 
-Used only on validation paths, never per record.
+as_float() runs when options are validated, shown() only while an error message is
+built: nothing here runs per accepted record.
 """
 
 from __future__ import annotations

@@ -184,7 +184,7 @@ class Collector:
                     return None
                 if not isinstance(result, dict):
                     raise TypeError(
-                        f"filter {shown(fn)} (for {pattern.pattern!r}) returned "
+                        f"filter {fn!r} (for {pattern.pattern!r}) returned "
                         f"{type(result).__name__}; expected a dict, or None to drop the event"
                     )
                 stamped = result

@@ -273,7 +273,7 @@ class KinesisOutput:
                     key = self.key_for(event)
                 except Exception as exc:
                     raise ValueError(
-                        f"partition key for event {event.get('event_id')!r} failed: {shown(exc)}"
+                        f"partition key for event {event.get('event_id')!r} failed: {exc!r}"
                     ) from exc
                 data = orjson.dumps(event)
                 pending.append((i, await producer.put(data, partition_key=key)))

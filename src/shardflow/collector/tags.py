@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .._validate import shown
-
 __all__ = ["TagPattern", "validate_tag"]
 
 ONE = "*"
@@ -35,11 +33,11 @@ def validate_tag(tag: object) -> str:
         raise ValueError("tag must not be empty")
     for part in tag.split("."):
         if not part:
-            raise ValueError(f"invalid tag {shown(tag)}: empty part (leading, trailing or '..')")
+            raise ValueError(f"invalid tag {tag!r}: empty part (leading, trailing or '..')")
         if "*" in part:
-            raise ValueError(f"invalid tag {shown(tag)}: '*' is only allowed in patterns")
+            raise ValueError(f"invalid tag {tag!r}: '*' is only allowed in patterns")
         if part != part.strip():
-            raise ValueError(f"invalid tag {shown(tag)}: parts must not start or end with spaces")
+            raise ValueError(f"invalid tag {tag!r}: parts must not start or end with spaces")
     return tag
 
 
@@ -64,11 +62,11 @@ class TagPattern:
         for part in pattern.split("."):
             if rest:
                 raise ValueError(
-                    f"invalid tag pattern {shown(pattern)}: '**' must be the last part"
+                    f"invalid tag pattern {pattern!r}: '**' must be the last part"
                 )
             if not part:
                 raise ValueError(
-                    f"invalid tag pattern {shown(pattern)}: empty part (leading, trailing or '..')"
+                    f"invalid tag pattern {pattern!r}: empty part (leading, trailing or '..')"
                 )
             if part == ANY:
                 rest = True
@@ -76,17 +74,17 @@ class TagPattern:
                 ones += 1
             elif "*" in part:
                 raise ValueError(
-                    f"invalid tag pattern {shown(pattern)}: {shown(part)} mixes '*' with text; "
+                    f"invalid tag pattern {pattern!r}: {part!r} mixes '*' with text; "
                     "a wildcard must be a whole part ('*' or '**')"
                 )
             elif ones:
                 raise ValueError(
-                    f"invalid tag pattern {shown(pattern)}: wildcards must come last "
-                    f"(literal part {shown(part)} after '*')"
+                    f"invalid tag pattern {pattern!r}: wildcards must come last "
+                    f"(literal part {part!r} after '*')"
                 )
             elif part != part.strip():
                 raise ValueError(
-                    f"invalid tag pattern {shown(pattern)}: parts must not start or end with spaces"
+                    f"invalid tag pattern {pattern!r}: parts must not start or end with spaces"
                 )
             else:
                 literal.append(part)

@@ -68,7 +68,7 @@ def _validate_start_at(start_at: object) -> str | datetime:
         if start_at.tzinfo is None or start_at.utcoffset() is None:
             raise ValueError(
                 "start_at datetime must be timezone-aware (e.g. datetime.now(timezone.utc)); "
-                f"got naive {shown(start_at)}"
+                f"got naive {start_at!r}"
             )
         return start_at.astimezone(timezone.utc)
     if isinstance(start_at, str) and start_at in _START_NAMES:

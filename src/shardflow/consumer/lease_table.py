@@ -33,7 +33,6 @@ from typing import Any
 import anyio
 
 from .. import _aws, errors
-from .._validate import shown
 from ..models import Shard
 
 __all__ = [
@@ -289,7 +288,7 @@ class LeaseTable:
         if schema != [(LEASE_KEY, "HASH")] or types.get(LEASE_KEY) != "S":
             raise errors.LeaseTableConflict(
                 f"table {self.table!r} is not a lease table: its key must be the string "
-                f"hash key {shown(LEASE_KEY)}, got {schema}"
+                f"hash key {LEASE_KEY!r}, got {schema}"
             )
 
     async def scan(self) -> tuple[list[Lease], list[str]]:

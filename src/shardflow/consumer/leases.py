@@ -103,14 +103,14 @@ class DynamoDBLeases:
             raise ValueError(f"worker_id must be a non-empty string, got {shown(worker_id)}")
         if isinstance(failover_time, bool) or not isinstance(failover_time, int | float):
             raise TypeError(
-                f"failover_time must be a number of seconds, got {shown(failover_time)}"
+                f"failover_time must be a number of seconds, got {failover_time!r}"
             )
         failover_time = as_float(
             "failover_time", failover_time, f"a finite number of seconds >= {MIN_FAILOVER_TIME}"
         )
         if not math.isfinite(failover_time) or failover_time < MIN_FAILOVER_TIME:
             raise ValueError(
-                f"failover_time must be >= {MIN_FAILOVER_TIME} seconds, got {shown(failover_time)}"
+                f"failover_time must be >= {MIN_FAILOVER_TIME} seconds, got {failover_time!r}"
             )
         if not isinstance(shared_table, bool):
             raise TypeError(f"shared_table must be a bool, got {shown(shared_table)}")

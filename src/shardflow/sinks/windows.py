@@ -115,7 +115,7 @@ def _to_us(value: object) -> int:
         return (when - _EPOCH) // _US
     if isinstance(value, int | float) and not isinstance(value, bool):
         if isinstance(value, float) and not math.isfinite(value * 1_000_000):
-            raise ValueError(f"event time must be finite, got {shown(value)}")
+            raise ValueError(f"event time must be finite, got {value!r}")
         return round(value * 1_000_000)
     raise TypeError(
         f"event time must be epoch seconds (int/float) or a datetime, got {type(value).__name__}"
@@ -197,7 +197,7 @@ class TumblingWindows(Generic[E, K, A]):
             )
         self._size_us = round(size * 1_000_000)
         if self._size_us < 1:
-            raise ValueError(f"size must be at least one microsecond, got {shown(size)}")
+            raise ValueError(f"size must be at least one microsecond, got {size!r}")
         for name, fn in (
             ("key", key),
             ("event_time", event_time),
