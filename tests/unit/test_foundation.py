@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import inspect
+import re
+import subprocess
+import sys
 import types
 
 import pytest
@@ -23,6 +27,64 @@ def test_all_matches_exports() -> None:
         and not isinstance(v, types.ModuleType)
     }
     assert stray == set()
+
+
+def test_import_loads_no_tooling_and_no_optional_dependency() -> None:
+    """``import shardflow`` alone loads neither the tooling subpackages (testing, cli,
+    demo) nor aiohttp's server, moto, werkzeug or OpenTelemetry."""
+    code = (
+        "import sys, shardflow\n"
+        "bad = ('shardflow.testing', 'shardflow.cli', 'shardflow.demo', 'aiohttp.web', "
+        "'moto', 'werkzeug', 'flask', 'opentelemetry')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in bad or "
+        "any(m == b or m.startswith(b + '.') for b in bad)))\n"
+        "shardflow.testing.FaultProxy\n"
+        "print('shardflow.testing' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out == ["[]", "True"]
+
+
+# Names from the standard library, typing and type variables that public signatures may use.
+_NOT_OURS = {
+    "A", "Any", "AbstractAsyncContextManager", "AsyncIterator", "Awaitable", "BaseException",
+    "Callable", "Collection", "E", "Future", "IO", "Iterable", "Iterator", "K", "Literal",
+    "Mapping", "None", "Path", "PathLike", "Sequence", "Self", "TracebackType", "V",
+}
+
+
+def _annotation_names(obj: object) -> set[str]:
+    names: set[str] = set()
+    members: list[object] = [obj]
+    if inspect.isclass(obj):
+        members = [v for n, v in vars(obj).items() if not n.startswith("_") or n == "__init__"]
+    for member in members:
+        if isinstance(member, staticmethod | classmethod):
+            member = member.__func__
+        if isinstance(member, property):
+            member = member.fget
+        for annotation in getattr(member, "__annotations__", {}).values():
+            for word in re.findall(r"[A-Za-z_][A-Za-z0-9_.]*", str(annotation)):
+                last = word.rsplit(".", 1)[-1]
+                if last[:1].isupper():
+                    names.add(last)
+    return names
+
+
+def test_every_type_in_a_public_signature_is_exported() -> None:
+    """A user can name every type they pass or get back (anyio's rule)."""
+    missing: dict[str, set[str]] = {}
+    for name in shardflow.__all__:
+        if name in ("testing", "errors"):
+            continue
+        for used in _annotation_names(getattr(shardflow, name)):
+            if used not in shardflow.__all__ and used not in _NOT_OURS:
+                missing.setdefault(used, set()).add(name)
+    # ShardReader objects are made by the consumer; their constructor is not for users.
+    missing.pop("ReadContext", None)
+    assert missing == {}
 
 
 def test_every_error_derives_from_root() -> None:

@@ -34,9 +34,13 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from . import _aws, _resources, errors
-from ._demo_group import APP_NAME, PREFIX, Where, Worker
-from ._demo_report import (
+from .. import _aws, _resources, errors
+from .._validate import shown
+from ..collector import BufferedOutput, Collector, KinesisOutput, add_fields
+from ..producer import Producer
+from ..sinks import TumblingWindows
+from ._group import APP_NAME, PREFIX, Where, Worker
+from ._report import (
     Console,
     Minutes,
     Summary,
@@ -45,10 +49,6 @@ from ._demo_report import (
     percentile,
     read_archive,
 )
-from ._validate import shown
-from .collector import BufferedOutput, Collector, KinesisOutput, add_fields
-from .producer import Producer
-from .sinks import TumblingWindows
 
 __all__ = ["DemoNotAllowed", "DemoOptions", "describe_endpoint", "run_demo"]
 

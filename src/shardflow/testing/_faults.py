@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .shardmap import ShardMap
+from ..shardmap import ShardMap
 
 log = logging.getLogger("shardflow.testing")
 

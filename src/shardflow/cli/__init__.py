@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._cli_tools import add_bench, add_local, add_proxy, usage
+from ._tools import add_bench, add_local, add_proxy, usage
 
 __all__ = ["build_parser", "main"]
 
@@ -103,7 +103,7 @@ def _seconds(text: str) -> float:
 
 
 def _start(text: str) -> Any:
-    from ._cli_records import parse_start
+    from ._records import parse_start
 
     try:
         return parse_start(text)
@@ -115,8 +115,8 @@ def _start(text: str) -> Any:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ._demo_report import format_summary
-    from .demo import DemoNotAllowed, DemoOptions, run_demo
+    from ..demo import DemoNotAllowed, DemoOptions, run_demo
+    from ..demo._report import format_summary
 
     try:
         options = DemoOptions(
@@ -136,7 +136,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if options.remote:
             summary = asyncio.run(run_demo(options, options.endpoint_url))
         else:
-            from .local import local_endpoint
+            from ..local import local_endpoint
 
             with local_endpoint() as url:
                 summary = asyncio.run(run_demo(options, url))
@@ -184,7 +184,7 @@ def _add_demo(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _cmd_put(args: argparse.Namespace) -> int:
-    from ._cli_records import PutOptions, put_lines
+    from ._records import PutOptions, put_lines
 
     if args.file is None and sys.stdin.isatty() and not args.quiet:
         print("reading records from standard input, one per line; end with Ctrl-D",
@@ -239,7 +239,7 @@ def _add_put(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
-    from ._cli_records import TailOptions, tail_stream
+    from ._records import TailOptions, tail_stream
 
     options = TailOptions(
         stream=args.stream,
@@ -326,7 +326,7 @@ def _configure_logging(debug: bool) -> None:
 
 def _message(exc: BaseException, args: argparse.Namespace) -> str | None:
     """A one-line explanation of an expected error, or None for a bug."""
-    from . import errors
+    from .. import errors
 
     where = args.endpoint_url or "AWS"
     stream = getattr(args, "stream", None)

@@ -21,11 +21,12 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
-from . import _aws, _faults, errors
+from .. import _aws, errors
+from .._validate import as_float, shown
+from ..limits import KinesisLimits
+from ..shardmap import ShardMap
+from . import _faults
 from ._faults import EXPIRED_ITERATOR, INTERNAL_FAILURE, THROTTLED
-from ._validate import as_float, shown
-from .limits import KinesisLimits
-from .shardmap import ShardMap
 
 __all__ = ["COUNTS", "DATA_PLANE", "KEEP_SEED", "FaultConfig", "FaultEngine", "Reply"]
 

@@ -21,12 +21,12 @@ import anyio.abc
 import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 
-from . import errors
-from ._demo_report import Tally
-from .consumer import Consumer, DynamoDBLeases
-from .models import Record
-from .sinks import S3Sink
-from .sinks.base import Durable
+from .. import errors
+from ..consumer import Consumer, DynamoDBLeases
+from ..models import Record
+from ..sinks import S3Sink
+from ..sinks.base import Durable
+from ._report import Tally
 
 __all__ = ["APP_NAME", "PREFIX", "ArchiveTap", "Where", "Worker"]
 

@@ -23,10 +23,10 @@ import anyio
 import anyio.to_thread
 import orjson
 
-from . import _aws, _resources, errors
-from .consumer import Consumer
-from .models import PutResult, Record
-from .producer import Producer
+from .. import _aws, _resources, errors
+from ..consumer import Consumer
+from ..models import PutResult, Record
+from ..producer import Producer
 
 __all__ = [
     "CommandFailed",

@@ -19,8 +19,8 @@ import anyio
 import anyio.to_thread
 import orjson
 
-from . import _resources
-from .sinks import Window
+from .. import _resources
+from ..sinks import Window
 
 __all__ = [
     "ArchiveContents",

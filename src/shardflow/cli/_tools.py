@@ -28,7 +28,7 @@ def usage(command: str, message: str) -> int:
 def _benchmarks_root() -> Path | None:
     """The folder holding the ``benchmarks`` package: the current directory or the
     checkout this shardflow is installed from (``pip install -e .``)."""
-    candidates = [Path.cwd(), Path(__file__).resolve().parents[2]]
+    candidates = [Path.cwd(), Path(__file__).resolve().parents[3]]
     for root in candidates:
         if (root / "benchmarks" / "__main__.py").is_file():
             return root
@@ -78,7 +78,7 @@ def add_bench(sub: Any) -> None:
 
 
 def _cmd_local(args: argparse.Namespace) -> int:
-    from .local import serve_forever
+    from ..local import serve_forever
 
     def announce(url: str) -> None:
         print(url, flush=True)
@@ -111,7 +111,7 @@ def add_local(sub: Any) -> None:
 def _cmd_proxy(args: argparse.Namespace) -> int:
     from collections.abc import Mapping
 
-    from .testing import FaultProxy, serve_forever
+    from ..testing import FaultProxy, serve_forever
 
     def announce(url: str) -> None:
         print(url, flush=True)

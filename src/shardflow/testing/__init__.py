@@ -87,15 +87,15 @@ import anyio
 import orjson
 from aiohttp import web
 
+from .._validate import shown
+from ..errors import InvalidShardMap
+from ..limits import KinesisLimits
+from ..models import Shard
+from ..shardmap import ShardMap
 from . import _faults
 from ._fault_ops import COUNTS as COUNTS
 from ._fault_ops import KEEP_SEED, FaultEngine, Reply
 from ._fault_ops import FaultConfig as FaultConfig
-from ._validate import shown
-from .errors import InvalidShardMap
-from .limits import KinesisLimits
-from .models import Shard
-from .shardmap import ShardMap
 
 __all__ = ["COUNTS", "FaultConfig", "FaultProxy", "serve_forever"]
 
