@@ -41,6 +41,7 @@ from .consumer import DynamoDBLeases as DynamoDBLeases
 from .consumer import MemoryCheckpointer as MemoryCheckpointer
 from .consumer import ShardReader as ShardReader
 from .consumer import SQLiteCheckpointer as SQLiteCheckpointer
+from .lambda_events import lambda_records as lambda_records
 from .limits import KinesisLimits as KinesisLimits
 from .local import local_endpoint as local_endpoint
 from .models import Attempt as Attempt
@@ -112,6 +113,7 @@ __all__ = [
     "Window",
     "add_fields",
     "errors",
+    "lambda_records",
     "local_endpoint",
     "redact",
     "sample",
