@@ -104,8 +104,8 @@ async def test_resume_inside_an_aggregate(kinesis_url: str, cut: int, sub: int) 
     assert [as_tuple(r) for r in rest] == expected[cut + 1 :]
 
 
-async def test_sub_records_hashing_outside_their_shard_are_dropped_as_the_kcl_does(
-    kinesis_url: str,
+async def test_an_aggregate_with_a_sub_record_outside_its_shard_is_dropped_whole_as_the_kcl_does(
+    kinesis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     name = create_stream(kinesis_url, shards=2)
     shards = sorted(
@@ -118,13 +118,20 @@ async def test_sub_records_hashing_outside_their_shard_are_dropped_as_the_kcl_do
     outside = [k for k in keys if not low.contains(key_hash(k))]
     assert inside
     assert outside
-    # One aggregate that lands on the lower shard (a producer with a stale shard map).
-    pk, _, blob = aggregate([(k, k.encode(), None) for k in keys])
-    put(kinesis_url, name, pk, blob, ehk=str(low.starting_hash_key))
+    # An aggregate of keys the lower shard holds, then one that mixes in keys it does not
+    # (a producer with a stale shard map), both landing on the lower shard: the KCL
+    # (AggregatorUtil.deaggregate) keeps the first and drops the second whole.
+    pk, _, kept = aggregate([(k, k.encode(), None) for k in inside])
+    put(kinesis_url, name, pk, kept, ehk=str(low.starting_hash_key))
+    pk, _, mixed = aggregate([(k, b"mixed:" + k.encode(), None) for k in keys])
+    dropped = put(kinesis_url, name, pk, mixed, ehk=str(low.starting_hash_key))
     async with Consumer(name, endpoint_url=kinesis_url, poll_interval=POLL) as consumer:
         got = await collect(consumer, len(inside))
         assert await no_more(consumer) == []
-        assert consumer.stats().out_of_range_dropped == len(outside)
-    assert [r.partition_key for r in got] == inside
-    assert [r.sub_sequence_number for r in got] == [keys.index(k) for k in inside]
+        assert consumer.stats().out_of_range_dropped == len(keys)
+    assert [r.data for r in got] == [k.encode() for k in inside]
     assert {r.shard_id for r in got} == {low.shard_id}
+    warnings = [r.getMessage() for r in caplog.records if "dropped an aggregate" in r.getMessage()]
+    assert len(warnings) == 1  # once per aggregate, naming the shard and sequence number
+    assert low.shard_id in warnings[0]
+    assert dropped["SequenceNumber"] in warnings[0]

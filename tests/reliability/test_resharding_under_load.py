@@ -15,11 +15,12 @@ import asyncio
 import anyio
 import pytest
 
-from shardflow import Consumer, MemoryCheckpointer, Producer, PutResult, Record
+from shardflow import Consumer, MemoryCheckpointer, Producer, PutResult, Record, errors
 from shardflow.testing import FaultProxy
 
 from support import create_stream, list_shards
 from support_consumer import POLL, collect, no_more, wait_until
+from support_kcl import KclRecord, read_with_kcl_rules
 from support_reliability import (
     faults,
     first_occurrences,
@@ -97,6 +98,7 @@ async def test_split_and_merge_while_producing_and_consuming(
         shards_done = consumer.stats().shards_done
 
     results = await asyncio.gather(*futures)  # every delivery succeeded
+    assert_seen_by_the_kcl(sent, list(results), await read_with_kcl_rules(url, name))
     stored, aggregates = await read_user_records(url, name)
     in_stream = tally(sent, [r.data for r in stored])
     end_to_end = tally(sent, [r.data for r in got])
@@ -135,30 +137,75 @@ async def test_split_and_merge_while_producing_and_consuming(
     assert {f"shardId-00000000000{i}" for i in (0, 1, 2, 4)} <= {r.shard_id for r in got}
 
 
-async def test_a_split_while_aggregates_linger_writes_each_record_once(
+def assert_seen_by_the_kcl(
+    sent: list[bytes], outcomes: list[object], seen: list[KclRecord]
+) -> tuple[int, int]:
+    """Every accepted record resolved (delivered or DeliveryFailed), and every one
+    reported delivered is where its PutResult says, as a KCL application reads it
+    (support_kcl: the whole aggregate is dropped on a hash-range miss). Returns
+    (delivered, failed)."""
+    by_where = {r.where: r.data for r in seen}
+    delivered = failed = 0
+    unseen: list[tuple[str, str, int | None]] = []
+    for data, outcome in zip(sent, outcomes, strict=True):
+        if isinstance(outcome, errors.DeliveryFailed):
+            failed += 1
+            continue
+        assert isinstance(outcome, PutResult), outcome
+        delivered += 1
+        where = (outcome.shard_id, outcome.sequence_number, outcome.sub_sequence_number)
+        if by_where.get(where) != data:
+            unseen.append(where)
+    assert unseen == [], f"{len(unseen)} records reported delivered that the KCL does not see"
+    return delivered, failed
+
+
+async def test_split_and_merge_while_aggregates_linger_deliver_only_what_the_kcl_sees(
     kinesalite_url: str,
 ) -> None:
     url = kinesalite_url
-    name = create_stream(url, shards=1)
-    sent = [b"key-%d:%d" % (i % 20, i) for i in range(200)]
+    name = create_stream(url, shards=2)
+    sent: list[bytes] = []
+    futures: list[asyncio.Future[PutResult]] = []
+
+    async def put_batch(tag: str) -> None:
+        for i in range(150):
+            data = b"%s:key-%d:%d" % (tag.encode(), i % 30, i)
+            sent.append(data)
+            futures.append(await producer.put(data, partition_key=f"key-{i % 30}"))
+
     async with Producer(name, endpoint_url=url, aggregate=True, linger=5.0) as producer:
-        warm = await producer.put(b"warm", partition_key="warm")
+        sent.append(b"warm")
+        futures.append(await producer.put(b"warm", partition_key="warm"))
         await producer.flush()
-        await warm  # the shard map is known: one shard
-        futures = [await producer.put(d, partition_key=d.split(b":")[0].decode())
-                   for d in sent]
-        # The records wait in their aggregate (linger) while the shard splits.
+        await futures[0]  # the shard map is known: two shards
+        # The records wait in their aggregates (linger) while shard 0 splits ...
+        await put_batch("split")
         await anyio.to_thread.run_sync(split_in_half, url, name, "shardId-000000000000")
         await producer.flush()
-        await asyncio.gather(*futures)
+        # ... and while the split's upper child merges with shard 1.
+        await put_batch("merge")
+        _, upper, right = (s["ShardId"] for s in open_shards(url, name))
+        await anyio.to_thread.run_sync(merge, url, name, upper, right)
+        await producer.flush()
+        stats = producer.stats()
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    seen = await read_with_kcl_rules(url, name)
+    delivered, failed = assert_seen_by_the_kcl(sent, outcomes, seen)
     async with Consumer(name, endpoint_url=url, poll_interval=POLL) as consumer:
-        got = await collect(consumer, len(sent) + 1, within=30)
+        got = await collect(consumer, delivered, within=30)
         extra = await no_more(consumer)
     stored, _ = await read_user_records(url, name)
-    in_stream = tally([*sent, b"warm"], [r.data for r in stored])
-    delivered = tally([*sent, b"warm"], [r.data for r in got + extra])
-    report("split while aggregates linger (kinesalite)", records=len(sent),
-           stream_duplicates=in_stream.duplicates, consumer_repeats=delivered.duplicates,
-           lost=len(delivered.missing))
-    assert not delivered.missing
-    assert delivered.duplicates == 0
+    in_stream = tally(sent, [r.data for r in stored])
+    kcl = tally(sent, [r.data for r in seen])
+    end_to_end = tally(sent, [r.data for r in got + extra])
+    report("split and merge while aggregates linger (kinesalite, KCL-rule reader)",
+           records=len(sent), misrouted=stats.misrouted, delivered=delivered, failed=failed,
+           stream_duplicates=in_stream.duplicates, kcl_duplicates=kcl.duplicates,
+           consumer_repeats=end_to_end.duplicates, lost=len(kcl.missing))
+    assert stats.misrouted > 0  # aggregates did land on the split's children
+    assert failed == 0  # a ttl of 30 s leaves time to send every one again
+    assert not kcl.missing
+    # shardflow's Consumer sees what the KCL sees: the same drop rule
+    assert sorted(r.data for r in got + extra) == sorted(r.data for r in seen)
+    assert end_to_end.duplicates == 0

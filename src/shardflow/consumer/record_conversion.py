@@ -1,10 +1,12 @@
 """GetRecords' answer -> shardflow models: the one place Kinesis records become user
-records (:func:`to_records`, where KPL aggregates are unpacked and sub-records hashing
-outside the shard are dropped) and ``ChildShards`` entries become :class:`Shard` values.
+records (:func:`to_records`, where KPL aggregates are unpacked, and an aggregate holding
+a sub-record that hashes outside the shard is dropped whole, as the KCL does) and
+``ChildShards`` entries become :class:`Shard` values.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -15,6 +17,8 @@ from ..shardmap import hash_key
 
 __all__ = ["child_shard", "to_records"]
 
+log = logging.getLogger("shardflow.consumer")
+
 _UTC = timezone.utc
 
 
@@ -22,12 +26,14 @@ def to_records(
     shard: Shard, raw_records: Sequence[dict[str, Any]], skip_to: tuple[int, int] | None
 ) -> tuple[list[Record], int]:
     """User records from GetRecords' ``Records``, aggregates unpacked, in order, and how
-    many sub-records were dropped for hashing outside the shard.
+    many sub-records were dropped with their aggregate for hashing outside the shard.
 
     Records at or before ``skip_to`` (a position) are left out: that is how a reader
-    resumes inside an aggregate. As the KCL does, a sub-record of an aggregate whose hash
-    key falls outside ``shard``'s range is dropped: it landed there through a stale shard
-    map, and its producer sends it again to the right shard (shardflow's and the KPL do).
+    resumes inside an aggregate. As the KCL does (``AggregatorUtil.deaggregate``), an
+    aggregate is dropped WHOLE when the effective hash key (explicit hash key, else the
+    MD5 of the partition key) of any of its sub-records falls outside ``shard``'s range:
+    it landed there through a stale shard map, and its producer sends all of it again
+    (shardflow's and the KPL do). Each such aggregate is logged once, at WARNING.
     """
     shard_id, low, high = shard.shard_id, shard.starting_hash_key, shard.ending_hash_key
     out: list[Record] = []
@@ -36,38 +42,54 @@ def to_records(
     for raw in raw_records:
         seq: str = raw["SequenceNumber"]
         data: bytes = raw["Data"]
-        arrival: datetime = raw["ApproximateArrivalTimestamp"].astimezone(_UTC)
         # A KPL aggregate (magic, protobuf, MD5) becomes its user records; one that fails
         # the checks is delivered as plain data, as the KCL does.
         subs = deaggregate(data) if data.startswith(MAGIC) else None
         if subs is None:
             if skip_to is not None and (int(seq), -1) <= skip_to:
                 continue
+            arrival: datetime = raw["ApproximateArrivalTimestamp"].astimezone(_UTC)
             append(Record(data, raw["PartitionKey"], seq, None, shard_id, arrival))
+            continue
+        if not _all_within(subs, low, high):
+            dropped += len(subs)
+            log.warning(
+                "dropped an aggregate of %d records at sequence number %s of %s: a sub-record "
+                "hashes outside the shard's range (a producer's stale shard map; the KCL drops "
+                "it whole too)",
+                len(subs),
+                seq,
+                shard_id,
+            )
             continue
         first = 0
         if skip_to is not None and int(seq) <= skip_to[0]:
             first = skip_to[1] + 1 if int(seq) == skip_to[0] else len(subs)
-        in_range: dict[tuple[str, str | None], bool] = {}  # keys repeat within an aggregate
+        arrival = raw["ApproximateArrivalTimestamp"].astimezone(_UTC)
         for index in range(first, len(subs)):
             key, explicit, sub_data = subs[index]
-            fits = in_range.get((key, explicit))
-            if fits is None:
-                fits = in_range[(key, explicit)] = _hashes_within(key, explicit, low, high)
-            if fits:
-                append(Record(sub_data, key, seq, index, shard_id, arrival, explicit))
-            else:
-                dropped += 1
+            append(Record(sub_data, key, seq, index, shard_id, arrival, explicit))
     return out, dropped
 
 
-def _hashes_within(key: str, explicit: str | None, low: int, high: int) -> bool:
-    if explicit is None:
-        return low <= hash_key(key) <= high
-    try:
-        return low <= int(explicit) <= high
-    except ValueError:  # not a number: nothing to judge by, so keep the record
-        return True
+def _all_within(subs: Sequence[tuple[str, str | None, bytes]], low: int, high: int) -> bool:
+    """Whether every sub-record's effective hash key lies in [low, high] (an explicit hash
+    key that is not a number counts as outside: the KCL cannot place it either)."""
+    seen: set[tuple[str, str | None]] = set()  # keys repeat within an aggregate
+    for key, explicit, _ in subs:
+        if (key, explicit) in seen:
+            continue
+        seen.add((key, explicit))
+        if explicit is None:
+            value = hash_key(key)
+        else:
+            try:
+                value = int(explicit)
+            except ValueError:
+                return False
+        if not low <= value <= high:
+            return False
+    return True
 
 
 def child_shard(item: dict[str, Any]) -> Shard:

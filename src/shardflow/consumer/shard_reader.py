@@ -387,11 +387,8 @@ class ShardReader:
             if raw:
                 self._last_seq = raw[-1]["SequenceNumber"]
                 batch, dropped = to_records(self.shard, raw, self._skip_to)
-                if dropped:
+                if dropped:  # (to_records logs each dropped aggregate)
                     ctx.counters.out_of_range_dropped += dropped
-                    log.warning("dropped %d sub-records that hash outside %s (stale producer"
-                                " shard map; they are re-sent to the right shard)",
-                                dropped, self.shard_id)
                 self._skip_to = None
                 if batch:
                     self._last_position = batch[-1].position

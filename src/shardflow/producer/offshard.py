@@ -4,13 +4,14 @@
 An entry that lands on a shard other than the predicted one means the shard map is stale:
 the sender counts it as misrouted and the tracker refreshes the map. A plain record is
 delivered wherever it landed. An aggregate was written too, but a KCL consumer drops an
-aggregate holding any record outside its shard's hash-key range: its records are
-delivered if the landed shard's range holds them all, and otherwise are *parked* here
-until the refreshed map comes (:meth:`OffShardAggregates.map_refreshed`). The records the
-landed shard holds are then delivered there; the others get a ``WrongShard`` attempt and
-are sent again (re-packed with the new map): at least once, as every retry (a reader
-that keeps sub-records outside its shard's range sees those twice; shardflow's Consumer
-drops them, as the KCL does).
+aggregate WHOLE when any of its records' effective hash keys falls outside the shard's
+hash-key range (``AggregatorUtil.deaggregate`` in the KCL), and so does shardflow's
+Consumer: its records are delivered only if the landed shard's range holds them all.
+Otherwise the aggregate is *parked* here until the refreshed map comes
+(:meth:`OffShardAggregates.map_refreshed`), and then every one of its records gets a
+``WrongShard`` attempt and is sent again (re-packed with the new map). Nothing is
+reported delivered that a KCL consumer would not see; a reader that keeps misplaced
+aggregates (aws-kinesis-agg without a range check) may see those records twice.
 Meanwhile the records predicted for that shard wait too (their lane is suspended), so
 that no more aggregates go astray. A parked record whose deadline passes before the map
 is refreshed fails (:meth:`OffShardAggregates.expire`).
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING
 from ..models import Attempt
 from ..shardmap import ShardMap, hash_key
 from .accumulator import Accumulator
-from .records import Aggregate, Landing, PendingRecord, deliver
+from .records import Aggregate, Landing, PendingRecord
 from .shards import ShardTracker
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ WRONG_SHARD = "WrongShard"
 """Error code of the attempt of an aggregate that landed where a KCL consumer drops it."""
 
 _monotonic = time.monotonic  # the producer's clock for deadlines
-_EMPTY = b""
 
 
 class OffShardAggregates:
@@ -68,70 +68,49 @@ class OffShardAggregates:
         self._acc.suspend(agg.shard)
 
     def holds_all(self, agg: Aggregate, shard_id: str) -> bool:
-        """Whether ``shard_id``'s hash-key range holds every record of ``agg`` (False
-        while the range is unknown)."""
-        inside = self._inside(agg, shard_id)
-        return inside is not None and all(inside)
-
-    def _inside(self, agg: Aggregate, shard_id: str) -> list[bool] | None:
-        """For each record of ``agg``: whether ``shard_id``'s hash-key range holds it
-        (None while the range is unknown)."""
+        """Whether ``shard_id``'s hash-key range holds the effective hash key of every
+        record of ``agg`` (its explicit hash key, else the MD5 of its partition key, as
+        the KCL judges it); False while the range is unknown."""
         assert self._tracker is not None
         found = self._tracker.ranges.get(shard_id)
         if found is None:
-            return None
+            return False
         low, high = found
-        hashes: dict[str, int] = {}
-        inside: list[bool] = []
+        seen: set[str] = set()
         for record in agg.unpack():  # (records packed at put() keep no key of their own)
             if record.ehk is not None:
                 value = int(record.ehk)
+            elif record.key in seen:
+                continue
             else:
-                value = hashes.get(record.key, -1)
-                if value < 0:
-                    value = hashes[record.key] = hash_key(record.key)
-            inside.append(low <= value <= high)
-        return inside
+                seen.add(record.key)
+                value = hash_key(record.key)
+            if not low <= value <= high:
+                return False
+        return True
 
-    def _wrong_shard(
-        self,
-        agg: Aggregate,
-        landing: Landing,
-        inside: list[bool] | None,
-        done: list[PendingRecord],
-    ) -> None:
-        """``agg`` landed on a shard whose range does not hold all its records: those it
-        holds (``inside``; None: the range is unknown) are delivered there (into
-        ``done``; a KCL consumer keeps them), the others are sent again (a KCL consumer
-        drops their copy on ``landing.shard_id``)."""
+    def _wrong_shard(self, agg: Aggregate, landing: Landing) -> None:
+        """``agg`` landed on a shard whose range does not hold all its records (or whose
+        range is unknown): a KCL consumer drops it whole, so every record goes again."""
         sender = self._sender
-        if inside is None:
-            inside = [False] * len(agg.records)
-        again = [r for r, kept in zip(agg.records, inside, strict=True) if not kept]
+        records = agg.unpack()
         log.info(
-            "an aggregate of %d records predicted for %s landed on %s, which does not hold "
-            "%d of them: sending those again",
-            len(agg.records),
+            "an aggregate of %d records predicted for %s landed on %s, whose hash-key range "
+            "does not hold them all (a KCL consumer drops it whole): sending all again",
+            len(records),
             agg.shard,
             landing.shard_id,
-            len(again),
         )
-        held = [i for i, kept in enumerate(inside) if kept]
-        delivered = [agg.records[i] for i in held]
-        for record in delivered:
-            record.data = _EMPTY
-        deliver(delivered, landing, held)
-        done.extend(delivered)
         attempt = Attempt(
             WRONG_SHARD,
             f"the aggregate landed on {landing.shard_id}, whose hash-key range does not hold "
-            "this record (a KCL consumer drops it); sent again",
+            "all its records (a KCL consumer drops it whole); sent again",
             landing.ok.started_at,
             landing.ok.duration,
         )
-        for record in again:
+        for record in records:
             sender.record_attempt(record, attempt)
-        late = sender.retry(again, _monotonic(), backoff=False)
+        late = sender.retry(records, _monotonic(), backoff=False)
         if late:
             sender.fail(late, "record_ttl ran out before a successful try", None)
 
@@ -142,11 +121,10 @@ class OffShardAggregates:
         parked, self.parked = self.parked, []
         done: list[PendingRecord] = []
         for agg, landing in parked:
-            inside = self._inside(agg, landing.shard_id)
-            if inside is not None and all(inside):
+            if self.holds_all(agg, landing.shard_id):
                 sender.deliver_aggregate(agg, landing, done)
             else:
-                self._wrong_shard(agg, landing, inside, done)
+                self._wrong_shard(agg, landing)
         if done:
             sender.delivered += len(done)
             sender.resolved(done)

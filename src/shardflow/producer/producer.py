@@ -144,11 +144,11 @@ class Producer(HotPath):
     With ``aggregate`` or ``rate_limit``, the producer loads the stream's shard map
     (ListShards) when it starts, and refreshes it (in the background, at most once a
     second) when a record lands on a shard other than the predicted one, e.g. after a
-    reshard. An aggregate that landed on a shard whose hash-key range does not hold all
-    its records (a KCL consumer drops it whole) is sent again with the new map, and the
-    records predicted for its shard wait for that map; one that landed within range is
-    delivered. Readers that keep misplaced aggregates (shardflow's Consumer,
-    aws-kinesis-agg) may then see those records twice: delivery is at least once.
+    reshard. An aggregate counts as delivered only when the shard it landed on holds all
+    its records: one that landed on a shard whose hash-key range does not (the KCL and
+    shardflow's Consumer drop it whole) has ALL its records sent again with the new map,
+    and the records predicted for its shard wait for that map. Readers that keep
+    misplaced aggregates (aws-kinesis-agg alone) may see those records twice.
     """
 
     def __init__(

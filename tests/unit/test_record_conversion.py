@@ -1,0 +1,81 @@
+"""The consumer's record conversion against the KCL's rules (AggregatorUtil.deaggregate):
+an aggregate is dropped WHOLE when any sub-record's effective hash key (explicit hash
+key, else MD5 of the partition key) falls outside the shard; one that fails the MD5
+check is handed over raw. Checked against tests/support_kcl.py, the reference reader."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from aws_kinesis_agg.aggregator import RecordAggregator
+
+from shardflow import Shard
+from shardflow.consumer.record_conversion import to_records
+
+from support_kcl import deaggregate as kcl_deaggregate
+
+HALF = 2**127
+
+
+def agg(records: list[tuple[str, bytes, str | None]]) -> bytes:
+    """One KPL aggregate made by aws-kinesis-agg (the AWS library)."""
+    aggregator = RecordAggregator()
+    for key, data, ehk in records:
+        assert aggregator.add_user_record(key, data, explicit_hash_key=ehk) is None
+    return bytes(aggregator.clear_and_get().get_contents()[2])
+
+
+def raw(seq: int, data: bytes, key: str = "outer") -> dict[str, Any]:
+    return {
+        "SequenceNumber": str(seq),
+        "Data": data,
+        "PartitionKey": key,
+        "ApproximateArrivalTimestamp": datetime(2026, 1, 1, tzinfo=timezone.utc),
+    }
+
+
+def md5(key: str) -> int:
+    return int(hashlib.md5(key.encode()).hexdigest(), 16)
+
+
+LOW = Shard("shardId-000000000000", 0, HALF - 1)
+INSIDE = [k for k in (f"k{i}" for i in range(60)) if md5(k) < HALF][:5]
+OUTSIDE = [k for k in (f"k{i}" for i in range(60)) if md5(k) >= HALF][:1]
+
+
+def test_an_aggregate_with_one_key_outside_is_dropped_whole_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    good = agg([(k, k.encode(), None) for k in INSIDE])
+    mixed = agg([(k, b"m" + k.encode(), None) for k in INSIDE[:2] + OUTSIDE + INSIDE[2:]])
+    by_ehk = agg([("any", b"e1", str(HALF - 1)), ("any", b"e2", str(HALF))])
+    records = [raw(1, good), raw(2, mixed), raw(3, b"plain"), raw(4, by_ehk)]
+    with caplog.at_level(logging.WARNING, logger="shardflow.consumer"):
+        out, dropped = to_records(LOW, records, None)
+    assert [(r.sequence_number, r.sub_sequence_number, r.data) for r in out] == [
+        ("1", i, k.encode()) for i, k in enumerate(INSIDE)
+    ] + [("3", None, b"plain")]
+    assert dropped == len(INSIDE) + 1 + 2  # every sub-record of both dropped aggregates
+    lines = [r for r in caplog.records if "dropped an aggregate" in r.getMessage()]
+    assert len(lines) == 2
+    assert all(r.levelno == logging.WARNING and LOW.shard_id in r.getMessage() for r in lines)
+    assert "sequence number 2 " in lines[0].getMessage()
+    # the same records as the KCL's rules give
+    kcl = kcl_deaggregate(LOW.shard_id, records, LOW.starting_hash_key, LOW.ending_hash_key)
+    assert [(r.sequence_number, r.data) for r in kcl] == [
+        (r.sequence_number, r.data) for r in out
+    ]
+
+
+def test_an_aggregate_failing_the_md5_check_is_handed_over_raw() -> None:
+    blob = bytearray(agg([(k, k.encode(), None) for k in INSIDE]))
+    blob[-1] ^= 0xFF  # the MD5 no longer matches
+    out, dropped = to_records(LOW, [raw(7, bytes(blob))], None)
+    assert [(r.data, r.sub_sequence_number) for r in out] == [(bytes(blob), None)]
+    assert dropped == 0
+    kcl = kcl_deaggregate(LOW.shard_id, [raw(7, bytes(blob))], 0, HALF - 1)
+    assert [(r.data, r.aggregated) for r in kcl] == [(bytes(blob), False)]
