@@ -1,7 +1,7 @@
 """Each example in examples/ runs end to end on the embedded endpoint and shows its result.
 
-(collector_quickstart.py and consumer_group.py have their own tests:
-test_collector_quickstart.py and test_leases_example.py.)
+(collector_quickstart.py, consumer_group.py and lambda_handler.py have their own tests:
+test_collector_quickstart.py, test_leases_example.py and test_lambda_events.py.)
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def run_example(name: str) -> str:
 
 
 def test_every_example_is_run_by_a_test() -> None:
-    tested_elsewhere = {"collector_quickstart.py", "consumer_group.py"}
+    tested_elsewhere = {"collector_quickstart.py", "consumer_group.py", "lambda_handler.py"}
     here = {"producer_quickstart.py", "consumer_quickstart.py", "archive_to_s3.py",
             "web_service.py"}
     examples = {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")}
