@@ -66,6 +66,11 @@ def expected_errors(obj: Any, key: Any, hash_key: Any) -> set[type[Exception]]:
     data: bytes | None = None
     if isinstance(obj, _BYTES_LIKE):
         data = bytes(obj)
+    elif isinstance(obj, str):  # sent as its UTF-8 bytes
+        try:
+            data = obj.encode()
+        except UnicodeEncodeError:  # a lone surrogate
+            found.add(errors.SerializationError)
     else:
         try:
             data = orjson.dumps(obj)
@@ -156,7 +161,10 @@ async def test_fuzzed_put_arguments_get_the_documented_error_and_poison_nothing(
             sent.append((p.put_nowait(data, partition_key=key), key, data, expected))
 
         def accepted(future: Any, obj: Any, key: str, hash_key: Any) -> None:
-            data = bytes(obj) if isinstance(obj, _BYTES_LIKE) else orjson.dumps(obj)
+            data = (
+                bytes(obj) if isinstance(obj, _BYTES_LIKE)
+                else obj.encode() if isinstance(obj, str) else orjson.dumps(obj)
+            )
             value = int(hash_key) if hash_key is not None else int(
                 hashlib.md5(key.encode()).hexdigest(), 16)
             sent.append((future, key, data, shard_for(value, shards)))

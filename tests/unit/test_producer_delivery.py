@@ -363,3 +363,35 @@ async def test_failures_are_logged_once_per_batch_not_per_unawaited_future(
     assert not [c for c in seen if "never retrieved" in str(c.get("message"))]
     warnings = [r for r in caplog.records if "not delivered" in r.getMessage()]
     assert 1 <= len(warnings) < 20
+
+
+@pytest.mark.parametrize(
+    ("aggregate", "ordered"), [(False, False), (True, False), (True, True)],
+    ids=["plain", "aggregated", "ordered-aggregated"],
+)
+async def test_str_is_sent_as_utf8_dicts_and_lists_as_json_bytes_as_is(
+    aggregate: bool, ordered: bool
+) -> None:
+    # a str is sent as its UTF-8 bytes, as boto3 sends it: put(json.dumps(event)) stores
+    # the JSON document, not a JSON string literal
+    from shardflow.aggregation import deaggregate
+
+    values: list[Any] = ['{"a": 1}', "é✓", {"a": 1}, [1, "x"], b"\x00raw", bytearray(b"ba")]
+    expected = [b'{"a": 1}', "é✓".encode(), b'{"a":1}', b'[1,"x"]', b"\x00raw", b"ba"]
+    async with (
+        ScriptedKinesis("s") as kinesis,
+        Producer(
+            "s", endpoint_url=kinesis.url, aggregate=aggregate, ordered=ordered, linger=0.05
+        ) as producer,
+    ):
+        for _ in range(2):  # the first put of a key takes the general path, then the fast one
+            for value in values:
+                await producer.put(value, partition_key="k")
+        await producer.flush()
+        with pytest.raises(errors.SerializationError):
+            await producer.put("\ud800", partition_key="k")  # a lone surrogate
+    sent: list[bytes] = []
+    for entry in kinesis.accepted:
+        subs = deaggregate(entry.data)
+        sent += [entry.data] if subs is None else [data for _, _, data in subs]
+    assert sent == expected * 2

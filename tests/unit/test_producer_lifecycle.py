@@ -95,7 +95,7 @@ async def test_bad_records_fail_at_put_and_never_affect_others() -> None:
         with pytest.raises(TypeError):  # SerializationError is a TypeError
             await producer.put({1: {2}}, partition_key="k")
         with pytest.raises(ValueError, match="max_record_bytes"):
-            producer.put_nowait("é" * 600, partition_key="k")  # 1202 JSON bytes
+            producer.put_nowait("é" * 600, partition_key="k")  # 1200 UTF-8 bytes
         edge = await producer.put(b"x" * 999, partition_key="k")  # exactly 1000
         after = await producer.put({"json": [1, 2]}, partition_key="k")
         results = await asyncio.gather(before, edge, after)
@@ -103,7 +103,7 @@ async def test_bad_records_fail_at_put_and_never_affect_others() -> None:
     assert [e.data for e in kinesis.accepted] == [b"a", b"x" * 999, b'{"json":[1,2]}']
 
 
-async def test_bytes_like_are_sent_as_is_and_values_as_json() -> None:
+async def test_bytes_like_are_sent_as_is_str_as_utf8_and_values_as_json() -> None:
     async with (
         ScriptedKinesis("s") as kinesis,
         Producer("s", endpoint_url=kinesis.url, linger=0) as producer,
@@ -114,7 +114,7 @@ async def test_bytes_like_are_sent_as_is_and_values_as_json() -> None:
         b"raw",
         b"ba",
         b"mv",
-        b'"text"',
+        b"text",  # a str as its UTF-8 bytes (DESIGN, issue 17 item 3)
         b"7",
         b"[1,null]",
     ]

@@ -174,12 +174,19 @@ class RecordMaker:
 
 
 def _data(obj: Any) -> bytes:
-    """The record's data: bytes as they are, other bytes-like objects copied, anything
-    else serialised to JSON by orjson (:class:`errors.SerializationError` if it cannot)."""
+    """The record's data: bytes as they are, other bytes-like objects copied, a str as
+    its UTF-8 bytes (as boto3 sends it: ``put(json.dumps(event))`` stores the JSON, not a
+    JSON string literal), anything else serialised to JSON by orjson
+    (:class:`errors.SerializationError` if it cannot)."""
     if type(obj) is bytes:
         return obj
     if isinstance(obj, _BYTES_LIKE):
         return bytes(obj)
+    if isinstance(obj, str):
+        try:
+            return obj.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate
+            raise errors.SerializationError(f"cannot encode the str as UTF-8: {exc}") from exc
     try:
         return _dumps(obj)
     except TypeError:

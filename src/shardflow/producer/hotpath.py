@@ -2,7 +2,7 @@
 
 :meth:`Producer.put` and :meth:`Producer.put_nowait` first try the producer's fast path
 (:class:`HotPath`, a base class of :class:`Producer`): a record of a partition key seen
-before (so valid, and cached by :class:`.encoding.RecordMaker`), dict or bytes data, no
+before (so valid, and cached by :class:`.encoding.RecordMaker`), dict, bytes or str data, no
 explicit hash key, room in the queue, and, when aggregating, an open aggregate for its
 shard. It does what ``RecordMaker.make()``, ``Ledger.try_admit()`` and
 ``Accumulator.add()`` (with ``OpenAggregate.add()``) do, in one go, inline: no call per
@@ -69,6 +69,11 @@ class HotPath:
                 return None
         elif type(obj) is bytes:
             data = obj
+        elif type(obj) is str:
+            try:
+                data = obj.encode()
+            except UnicodeEncodeError:
+                return None
         else:
             return None
         try:
@@ -128,6 +133,11 @@ class HotPath:
                 return None
         elif type(obj) is bytes:
             data = obj
+        elif type(obj) is str:
+            try:
+                data = obj.encode()
+            except UnicodeEncodeError:
+                return None
         else:
             return None
         acc = self._acc

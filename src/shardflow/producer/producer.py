@@ -407,7 +407,8 @@ class Producer(HotPath):
     ) -> asyncio.Future[PutResult]:
         """Accept a record; return the future of its delivery.
 
-        ``obj`` is bytes (sent as is) or a value orjson can serialise (sent as JSON).
+        ``obj`` is bytes (sent as is), a str (sent as its UTF-8 bytes, as boto3 sends
+        it) or any other value orjson can serialise (sent as JSON).
         Waits only while the queue is full. The future resolves to a
         :class:`~shardflow.PutResult`, or fails with :class:`errors.DeliveryFailed`.
         Cancelling the future does not withdraw the record.
