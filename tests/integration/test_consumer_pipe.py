@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import anyio
 import anyio.abc
 import orjson
+import pytest
 
-from shardflow import Consumer, DynamoDBLeases, MemoryCheckpointer, S3Sink
+from shardflow import Consumer, DynamoDBLeases, MemoryCheckpointer, Record, S3Sink, errors
+from shardflow.sinks import Durable
 
 from support import create_stream, list_shards, unique_name
-from support_consumer import POLL, GrantingCheckpointer, no_more, put_records, wait_until
+from support_consumer import (
+    POLL,
+    GrantingCheckpointer,
+    collect,
+    no_more,
+    put_records,
+    wait_until,
+)
 from support_leases import wait_loads
-from support_sinks import all_lines, new_bucket
+from support_sinks import all_lines, list_keys, new_bucket, s3, wait_for
 
 
 async def test_pipe_archives_everything_and_resumes_after_it(moto_url: str) -> None:
@@ -135,3 +146,95 @@ async def test_a_revoked_shard_is_discarded_by_the_sink_not_written(
     assert all(shards[0] not in key for key in keys), "the revoked shard was written"
     assert shards[0] not in checkpointer.positions
     assert shards[1] in checkpointer.positions
+
+
+def delete_bucket(url: str, bucket: str) -> None:
+    client = s3(url)
+    for key in list_keys(url, bucket):
+        client.delete_object(Bucket=bucket, Key=key)
+    client.delete_bucket(Bucket=bucket)
+
+
+async def test_an_idle_pipe_raises_when_its_bucket_is_gone(
+    kinesalite_url: str, moto_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The records after the bucket went sit in the sink until its interval timer tries
+    to write them; no record arrives after that, yet pipe() raises the sink's own
+    error (S3Sink classes a missing bucket as permanent), and nothing unstored is
+    checkpointed."""
+    stream = create_stream(kinesalite_url, shards=1)
+    bucket = new_bucket(moto_url)
+    checkpointer = MemoryCheckpointer()
+    put_records(kinesalite_url, stream, [("k", b'{"i":0}')])
+    sink = S3Sink(bucket, max_interval=0.3, stream=stream, endpoint_url=moto_url)
+
+    async def delete_the_bucket_then_write() -> None:
+        await wait_for(lambda: list_keys(moto_url, bucket), what="the first object")
+        await anyio.to_thread.run_sync(delete_bucket, moto_url, bucket)
+        await anyio.to_thread.run_sync(
+            put_records, kinesalite_url, stream, [("k", b'{"i":1}'), ("k", b'{"i":2}')]
+        )
+
+    async with Consumer(
+        stream, app_name="archive", checkpointer=checkpointer, endpoint_url=kinesalite_url,
+        poll_interval=POLL,
+    ) as consumer, anyio.create_task_group() as tg:
+        tg.start_soon(delete_the_bucket_then_write)
+        with pytest.raises(errors.ResourceNotFound, match=bucket), anyio.fail_after(20):
+            await consumer.pipe(sink)
+    assert "stopped retrying" in caplog.text
+    assert caplog.text.count("could not write") == 0  # no retry loop on a permanent error
+    # The two records the bucket never got are read again by the next run.
+    async with Consumer(
+        stream, app_name="archive", checkpointer=checkpointer, endpoint_url=kinesalite_url,
+        poll_interval=POLL,
+    ) as again:
+        assert [r.json()["i"] for r in await collect(again, 2)] == [1, 2]
+
+
+class Broken(Exception):
+    pass
+
+
+class FailingSink:
+    """A Sink whose write() fails on the second batch (it has no discard())."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    async def __aenter__(self) -> FailingSink:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def write(self, records: Sequence[Record]) -> Durable:
+        self.batches += 1
+        if self.batches > 1:
+            raise Broken("the sink broke")
+        return {}
+
+    async def flush(self) -> Durable:
+        return {}
+
+    async def aclose(self) -> Durable:
+        return {}
+
+
+async def test_pipe_raises_the_sinks_own_write_error(
+    kinesalite_url: str, moto_url: str
+) -> None:
+    stream = create_stream(kinesalite_url, shards=2)
+    bucket = new_bucket(moto_url)
+    put_records(kinesalite_url, stream, [(f"k{i}", b"%d" % i) for i in range(20)])
+    async with Consumer(
+        stream, endpoint_url=kinesalite_url, poll_interval=POLL, get_records_limit=5
+    ) as consumer:
+        with pytest.raises(Broken, match="the sink broke"), anyio.fail_after(20):
+            await consumer.pipe(FailingSink())
+    # S3Sink, which has discard() (the pipe forwards revocations to it), with traffic.
+    async with Consumer(stream, endpoint_url=kinesalite_url, poll_interval=POLL) as consumer:
+        sink = S3Sink(bucket, max_bytes=1, endpoint_url=moto_url)
+        await anyio.to_thread.run_sync(delete_bucket, moto_url, bucket)
+        with pytest.raises(errors.ResourceNotFound, match=bucket), anyio.fail_after(20):
+            await consumer.pipe(sink)

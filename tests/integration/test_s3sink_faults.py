@@ -13,7 +13,7 @@ from shardflow import Record, _aws, errors
 from shardflow.sinks import S3Sink, pipe
 from shardflow.testing import FaultProxy
 
-from support_sinks import all_lines, etags, list_keys, make_records, new_bucket, wait_for
+from support_sinks import all_lines, etags, list_keys, make_records, new_bucket, s3, wait_for
 
 SHARD = "shardId-000000000000"
 
@@ -164,3 +164,54 @@ async def test_pipe_raises_a_sink_error(moto_url: str) -> None:
             S3Sink("no-such-bucket-for-pipe", endpoint_url=moto_url),
             checkpoint,
         )
+
+
+def empty_and_delete(url: str, bucket: str) -> None:
+    client = s3(url)
+    for key in list_keys(url, bucket):
+        client.delete_object(Bucket=bucket, Key=key)
+    client.delete_bucket(Bucket=bucket)
+
+
+async def test_an_idle_pipe_raises_what_the_sinks_timer_cannot_get_past(moto_url: str) -> None:
+    """No batch comes after the bucket is gone: the timer's failure to write what the sink
+    holds is permanent (NoSuchBucket), the sink's failed() returns it, pipe() raises it."""
+    bucket = new_bucket(moto_url)
+    records = make_records(3)
+    checkpoints: list[Record] = []
+
+    async def idle_after_two_batches() -> AsyncIterator[Sequence[Record]]:
+        yield records[:1]
+        await wait_for(lambda: list_keys(moto_url, bucket), what="the first object")
+        await anyio.to_thread.run_sync(empty_and_delete, moto_url, bucket)
+        yield records[1:]  # same hour: no listing, so write() buffers them and returns
+        await anyio.sleep_forever()
+        yield []  # pragma: no cover
+
+    async def checkpoint(record: Record) -> None:
+        checkpoints.append(record)
+
+    sink = S3Sink(bucket, max_interval=0.2, endpoint_url=moto_url)
+    with pytest.raises(errors.ResourceNotFound, match=bucket), anyio.fail_after(10):
+        await pipe(idle_after_two_batches(), sink, checkpoint)
+    assert checkpoints == records[:1]
+
+
+async def test_the_sink_writes_again_once_the_cause_is_gone(moto_url: str) -> None:
+    bucket = new_bucket(moto_url)
+    records = make_records(3)
+    async with S3Sink(bucket, max_interval=0.2, endpoint_url=moto_url) as sink:
+        await sink.write(records[:1])
+        await wait_for(lambda: list_keys(moto_url, bucket), what="the first object")
+        await anyio.to_thread.run_sync(empty_and_delete, moto_url, bucket)
+        assert await sink.write(records[1:]) == {SHARD: records[0]}  # the rest is buffered
+        with anyio.fail_after(10):
+            failure = await sink.failed()
+        assert isinstance(failure, errors.ResourceNotFound)
+        assert sink.stats().pending_objects == 1
+        await anyio.to_thread.run_sync(lambda: s3(moto_url).create_bucket(Bucket=bucket))
+        assert await sink.flush() == {SHARD: records[-1]}
+        with anyio.move_on_after(0.3) as scope:  # recovered: failed() waits again
+            await sink.failed()
+        assert scope.cancelled_caught
+    assert [line["n"] for _, line in all_lines(moto_url, bucket)] == [1, 2]

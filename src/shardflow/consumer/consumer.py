@@ -26,7 +26,7 @@ from .._validate import as_float, shown
 from ..limits import KinesisLimits
 from ..models import Record
 from ..shardmap import list_shards
-from ..sinks.base import Sink, pipe
+from ..sinks.base import Sink, first_failure, pipe
 from .checkpoint import Checkpointer, CheckpointSession, ConsumerScope, MemoryCheckpointer
 from .coordinator import Coordinator
 from .shard_reader import Counters, ReadContext, ReaderConfig, ShardReader
@@ -408,12 +408,14 @@ class Consumer:
     async def pipe(self, sink: Sink) -> None:
         """Feed every batch to ``sink`` and checkpoint only what it reports durable.
 
-        Runs until the consumer closes (or the sink or checkpointer fails, which is
-        raised). On close, cancellation or error the sink is closed, which writes what it
-        holds, and the positions it then reports are checkpointed; nothing else is. When a
-        shard's lease moves to another worker, a sink with ``discard(shard_id)`` drops what
-        it holds for that shard, and its checkpoints are skipped (the new owner reads it
-        again).
+        Runs until the consumer closes, or raises the first failure as itself (never an
+        ExceptionGroup): the consumer's error, the sink's (from ``write``, or from the
+        sink's ``failed()`` when its background writing cannot go on, e.g. S3Sink's bucket
+        was deleted: raised even while no records arrive), the checkpointer's. On close,
+        cancellation or error the sink is closed, which writes what it holds, and the
+        positions it then reports are checkpointed; nothing else is. When a shard's lease
+        moves to another worker, a sink with ``discard(shard_id)`` drops what it holds for
+        that shard, and its checkpoints are skipped (the new owner reads it again).
         ``aclose()`` waits (up to ``close_timeout``) for this before its final checkpoints.
         """
         coord = self._running()
@@ -431,19 +433,28 @@ class Consumer:
         discard: Callable[[str], Awaitable[object]] | None = getattr(sink, "discard", None)
         revoked, revocations = anyio.create_memory_object_stream[str](math.inf)
 
-        async def forward_revocations(discard: Callable[[str], Awaitable[object]]) -> None:
+        async def forward_revocations() -> BaseException:
+            """Returns only the exception of a failed ``discard``."""
+            assert discard is not None
             async for shard_id in revocations:
-                await discard(shard_id)
+                try:
+                    await discard(shard_id)
+                except Exception as exc:
+                    return exc
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        async def feed() -> None:
+            await pipe(self.batches(), sink, checkpoint)
 
         drained = anyio.Event()
         self._pipes.append(drained)
         coord.on_revoke.append(revoked.send_nowait)
         try:
-            async with anyio.create_task_group() as tg:
-                if discard is not None:
-                    tg.start_soon(forward_revocations, discard)
-                await pipe(self.batches(), sink, checkpoint)
-                tg.cancel_scope.cancel()
+            if discard is None:
+                await feed()
+            else:
+                await first_failure(feed, forward_revocations)
         finally:
             coord.on_revoke.remove(revoked.send_nowait)
             revoked.close()

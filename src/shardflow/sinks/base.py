@@ -14,7 +14,7 @@ positions made durable in the background (an interval timer) are returned by the
 ``pipe`` is the loop ``Consumer.pipe(sink)`` runs::
 
     async with sink:
-        async for batch in batches:
+        async for batch in batches:       # raising what sink.failed() returns, if it does
             for record in (await sink.write(batch)).values():
                 await checkpoint(record)
         for record in (await sink.aclose()).values():
@@ -61,6 +61,9 @@ class Sink(Protocol):
     - Optionally ``discard(shard_id)``: forget, without writing, what the sink holds for a
       shard this worker lost (its new owner writes it again). ``Consumer.pipe`` calls it
       when a lease moves away, so a former owner does not keep writing that shard.
+    - Optionally ``failed()``: an awaitable that returns the exception once work the sink
+      does in the background (a timer) failed in a way retrying cannot fix. ``pipe``
+      raises it at once, so a dead sink stops the pipeline even while no records come.
     - Used as ``async with sink:``; ``__aexit__`` calls ``aclose()``.
     """
 
@@ -94,7 +97,9 @@ async def pipe(
     On cancellation or an error (from the batches, the sink or ``checkpoint``) the sink is
     still closed, shielded from cancellation within the sink's own close deadline, and what
     it reports is checkpointed; a failure during that clean-up is logged, and the original
-    exception propagates. Whatever was not checkpointed is read again on restart.
+    exception propagates, as itself (never wrapped in an ExceptionGroup). When the sink
+    has ``failed()`` and it returns, the feeding stops and that exception is raised, with
+    or without traffic. Whatever was not checkpointed is read again on restart.
     """
     done: dict[str, tuple[int, int]] = {}
 
@@ -105,10 +110,17 @@ async def pipe(
             await checkpoint(record)
             done[shard_id] = record.position
 
+    async def feed() -> None:
+        async for batch in batches:
+            await commit(await sink.write(batch))
+
+    failed: Callable[[], Awaitable[BaseException]] | None = getattr(sink, "failed", None)
     async with sink:
         try:
-            async for batch in batches:
-                await commit(await sink.write(batch))
+            if failed is None:
+                await feed()
+            else:
+                await first_failure(feed, failed)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 try:
@@ -117,3 +129,30 @@ async def pipe(
                     log.warning("closing the sink after an error failed", exc_info=True)
             raise
         await commit(await sink.aclose())
+
+
+async def first_failure(
+    main: Callable[[], Awaitable[object]], watch: Callable[[], Awaitable[BaseException]]
+) -> None:
+    """Run ``main`` until it returns; if ``watch`` returns an exception first, cancel
+    ``main`` and raise that exception. An exception of ``main`` propagates as itself, not
+    in an ExceptionGroup; so does a cancellation from outside.
+    """
+    failures: list[BaseException] = []
+
+    async def watching(scope: anyio.CancelScope) -> None:
+        try:
+            failures.append(await watch())
+        except Exception as exc:
+            failures.append(exc)
+        scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watching, tg.cancel_scope)
+        try:
+            await main()
+        except Exception as exc:
+            failures.append(exc)
+        tg.cancel_scope.cancel()
+    if failures:
+        raise failures[0]

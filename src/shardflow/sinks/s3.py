@@ -137,6 +137,10 @@ class S3Sink:
         self._puts = anyio.Semaphore(_MAX_CONCURRENT_PUTS)
         self._wake = anyio.Event()
         self._timer_done = anyio.Event()
+        # A failure the timer cannot get past by retrying (e.g. the bucket is gone); it
+        # stops trying until a call succeeds, and failed() hands the error to pipe().
+        self._failure: Exception | None = None
+        self._failed = anyio.Event()
         # Its own scope: cancelling the task group's would also cancel the code inside
         # the caller's ``async with sink:`` block (e.g. pipe() checkpointing after close).
         self._timer_scope: anyio.CancelScope | None = None
@@ -276,6 +280,7 @@ class S3Sink:
             await self._prefetch(encoded)
             touched = self._buffers.accept(encoded)
             await self._drain(touched)
+        self._recovered()
         return self._take()
 
     async def flush(self) -> Durable:
@@ -291,7 +296,24 @@ class S3Sink:
         await self._drain(shards)
         self._buffers.seal_all()
         await self._drain(shards)
+        self._recovered()
         return self._take()
+
+    async def failed(self) -> Exception:
+        """Wait until writing in the background (the interval timer) hits a failure that
+        retrying cannot fix, and return it: a missing bucket (errors.ResourceNotFound),
+        errors.AccessDenied, or any error that is not retriable.
+
+        ``Consumer.pipe`` and :func:`~shardflow.sinks.base.pipe` raise it, so a dead sink
+        stops the pipeline even when no records arrive. The sink itself stays usable: the
+        timer stops retrying, and a later ``write`` or ``flush`` tries again (raising the
+        error, or clearing it if the cause is gone). Cancellation is safe.
+        """
+        while True:
+            event = self._failed
+            await event.wait()
+            if self._failure is not None:
+                return self._failure
 
     async def discard(self, shard_id: str) -> int:
         """Drop, unwritten and unreported, what the sink holds for ``shard_id``; return
@@ -481,6 +503,8 @@ class S3Sink:
                 if when <= now:
                     due.append(st)
                 upcoming = min(upcoming, when)
+            if self._failure is not None:  # until a write or flush gets through
+                upcoming, due = math.inf, []
             if not due:
                 with anyio.move_on_after(upcoming - now):
                     await self._wake.wait()
@@ -491,7 +515,20 @@ class S3Sink:
             try:
                 await self._drain(due)
             except Exception as exc:
-                log.warning("S3Sink could not write an object, will retry: %s", exc)
+                if isinstance(exc, errors.ShardflowError) and exc.retriable:
+                    log.warning("S3Sink could not write an object, will retry: %s", exc)
+                    continue
+                log.error("S3Sink cannot write objects (%s); stopped retrying", exc)
+                self._failure = exc
+                self._failed.set()
+
+    def _recovered(self) -> None:
+        """A call got its objects written: whatever failed the timer is gone."""
+        if self._failure is not None:
+            log.info("S3Sink writes again")
+            self._failure = None
+            self._failed = anyio.Event()
+            self._wake.set()
 
     def _take(self) -> Durable:
         taken, self._unreported = self._unreported, {}
