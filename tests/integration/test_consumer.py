@@ -215,15 +215,21 @@ async def test_checkpoint_rules(kinesalite_url: str) -> None:
             await consumer.checkpoint("not a record")  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="not read by this consumer"):
             await consumer.checkpoint(_fake_record("shardId-000000000099"))
-        with pytest.raises(ValueError, match="not delivered"):
+        with pytest.raises(ValueError, match="not delivered") as info:
             await consumer.checkpoint(_fake_record(got[0].shard_id, "9" * 56))
+        assert str(info.value) == (
+            f"cannot checkpoint the record at sequence number {'9' * 56} of "
+            f"{got[0].shard_id}: this consumer has not delivered it"
+        )
+        with pytest.raises(ValueError, match=r"9, sub-sequence number 3 of shardId-0+: "):
+            await consumer.checkpoint(_fake_record(got[0].shard_id, "9" * 56, sub=3))
         await consumer.checkpoint(got[-1])
     with pytest.raises(errors.ConsumerClosed):
         await consumer.checkpoint(got[-1])
 
 
-def _fake_record(shard_id: str, seq: str = "1") -> Record:
-    return Record(b"x", "k", seq, None, shard_id, datetime.now(timezone.utc))
+def _fake_record(shard_id: str, seq: str = "1", sub: int | None = None) -> Record:
+    return Record(b"x", "k", seq, sub, shard_id, datetime.now(timezone.utc))
 
 
 async def test_batches_are_per_shard_and_ordered(kinesalite_url: str) -> None:
@@ -248,6 +254,39 @@ async def test_batches_are_per_shard_and_ordered(kinesalite_url: str) -> None:
             await consumer.shards().__anext__()
     assert sorted(r.data for r in seen) == sorted(d for _, d in items)
     assert_per_key_order(seen)
+
+
+async def test_batches_take_max_records_and_a_timeout(kinesalite_url: str) -> None:
+    """As aiokafka's getmany(max_records=..., timeout_ms=...): lists of at most
+    max_records, handed out without waiting to fill them, and an empty list when nothing
+    came within the timeout."""
+    name = create_stream(kinesalite_url, shards=1)
+    items = numbered(50)
+    put_records(kinesalite_url, name, items)
+    async with Consumer(name, endpoint_url=kinesalite_url, poll_interval=POLL) as consumer:
+        with pytest.raises(ValueError, match="max_records"):
+            consumer.batches(max_records=0)
+        with pytest.raises(TypeError, match="max_records"):
+            consumer.batches(max_records=1.5)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="timeout"):
+            consumer.batches(timeout=0)
+        first = await collect(consumer, 3)  # async for and batches() share one queue
+        got, sizes, empty_after = list(first), [], 0
+        late = [(f"late-{i}", b"late-%d" % i) for i in range(3)]
+        with anyio.fail_after(20):
+            async for batch in consumer.batches(max_records=7, timeout=POLL):
+                if batch:
+                    sizes.append(len(batch))
+                    got += batch
+                elif len(got) == len(items):  # idle: an empty list, then new records
+                    empty_after += 1
+                    await anyio.to_thread.run_sync(put_records, kinesalite_url, name, late)
+                if len(got) == len(items) + len(late):
+                    break
+    assert empty_after == 1
+    assert max(sizes) == 7
+    assert sizes[:6] == [7] * 6  # 47 left of the first response: 7 x 6, then 5
+    assert [r.data for r in got] == [d for _, d in items + late]
 
 
 async def test_records_then_batches_lose_nothing(kinesalite_url: str) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from shardflow import Consumer, KinesisLimits, MemoryCheckpointer
+from shardflow.consumer.consumer import start_position
 from shardflow.consumer.shard_reader import backoff_delay
 
 ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/logs"
@@ -22,10 +23,44 @@ def test_defaults() -> None:
     assert Consumer(ARN).stream == ARN
 
 
-@pytest.mark.parametrize("start_at", ["trim_horizon", "EARLIEST", "", None, 0, 1.5])
+@pytest.mark.parametrize(
+    "start_at", ["EARLIEST", "", "trim horizon", "yesterday", "2024-13-01", None, 0, 1.5]
+)
 def test_bad_start_at(start_at: Any) -> None:
-    with pytest.raises(ValueError, match="start_at"):
+    with pytest.raises(ValueError, match="start_at must be 'TRIM_HORIZON'") as info:
         Consumer("logs", start_at=start_at)
+    assert "ISO 8601" in str(info.value)
+
+
+UTC = timezone.utc
+
+
+@pytest.mark.parametrize(
+    ("spelling", "position"),
+    [
+        ("TRIM_HORIZON", "TRIM_HORIZON"),
+        ("trim_horizon", "TRIM_HORIZON"),
+        ("Trim-Horizon", "TRIM_HORIZON"),
+        ("trim", "TRIM_HORIZON"),
+        ("oldest", "TRIM_HORIZON"),
+        ("LATEST", "LATEST"),
+        (" latest ", "LATEST"),
+        ("now", "LATEST"),
+        ("NEW", "LATEST"),
+        ("2024-05-01T12:00:00Z", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+        ("2024-05-01T12:00z", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+        ("2024-05-01T12:00:00", datetime(2024, 5, 1, 12, tzinfo=UTC)),  # UTC, as the CLI
+        ("2024-05-01T21:00:00+09:00", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+        ("2024-05-01", datetime(2024, 5, 1, tzinfo=UTC)),
+    ],
+)
+def test_start_at_takes_the_spellings_of_the_cli(spelling: str, position: object) -> None:
+    from shardflow.cli._records import parse_start
+
+    assert start_position(spelling) == position
+    cli = parse_start(spelling)  # the CLI's --from reads each the same way
+    assert (cli.astimezone(UTC) if isinstance(cli, datetime) else cli) == position
+    Consumer("logs", start_at=spelling)
 
 
 def test_naive_datetime_is_refused() -> None:

@@ -31,11 +31,14 @@ from .checkpoint import Checkpointer, CheckpointSession, ConsumerScope, MemoryCh
 from .coordinator import Coordinator
 from .shard_reader import Counters, ReadContext, ReaderConfig, ShardReader
 
-__all__ = ["Consumer", "ConsumerStats"]
+__all__ = ["Consumer", "ConsumerStats", "start_position"]
 
 log = logging.getLogger("shardflow.consumer")
 
-_START_NAMES = ("TRIM_HORIZON", "LATEST")
+_START_WORDS = {
+    "trim_horizon": "TRIM_HORIZON", "trim-horizon": "TRIM_HORIZON", "trim": "TRIM_HORIZON",
+    "oldest": "TRIM_HORIZON", "latest": "LATEST", "now": "LATEST", "new": "LATEST",
+}
 MIN_POLL_INTERVAL = 0.2
 
 
@@ -63,7 +66,14 @@ class ConsumerStats:
     """Sub-records of aggregates dropped for hashing outside their shard (as the KCL)."""
 
 
-def _validate_start_at(start_at: object) -> str | datetime:
+def start_position(start_at: object) -> str | datetime:
+    """``start_at`` as the consumer keeps it: "TRIM_HORIZON", "LATEST" or a UTC datetime.
+
+    Takes the spellings of the CLI's ``--from``, in any case: "TRIM_HORIZON", "trim",
+    "trim-horizon", "oldest"; "LATEST", "latest", "now", "new"; an ISO 8601 time such as
+    "2024-05-01T12:00:00Z" (UTC unless it has an offset); or an aware datetime. Raises
+    ValueError for anything else, a naive datetime included (its zone is unknown).
+    """
     if isinstance(start_at, datetime):
         if start_at.tzinfo is None or start_at.utcoffset() is None:
             raise ValueError(
@@ -71,10 +81,25 @@ def _validate_start_at(start_at: object) -> str | datetime:
                 f"got naive {start_at!r}"
             )
         return start_at.astimezone(timezone.utc)
-    if isinstance(start_at, str) and start_at in _START_NAMES:
-        return start_at
+    if isinstance(start_at, str):
+        word = _START_WORDS.get(start_at.strip().lower())
+        if word is not None:
+            return word
+        iso = start_at.strip()
+        if iso.endswith(("Z", "z")):
+            iso = iso[:-1] + "+00:00"
+        try:
+            when = datetime.fromisoformat(iso) if iso[:1].isdigit() else None
+        except ValueError:
+            when = None
+        if when is not None:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+            return when.astimezone(timezone.utc)
     raise ValueError(
-        f"start_at must be 'TRIM_HORIZON', 'LATEST' or an aware datetime, got {shown(start_at)}"
+        "start_at must be 'TRIM_HORIZON' (or 'trim', 'oldest'), 'LATEST' (or 'latest', "
+        "'now'), an ISO 8601 time such as '2024-05-01T12:00:00Z' or an aware datetime, "
+        f"got {shown(start_at)}"
     )
 
 
@@ -95,10 +120,12 @@ class Consumer:
 
     ``stream`` is a stream name or ARN. ``start_at`` is where a shard without a
     checkpoint starts: "TRIM_HORIZON", "LATEST", or an aware datetime (AT_TIMESTAMP; a
-    naive datetime is a ValueError). A stored checkpoint always wins. "LATEST" applies
-    only to shards that were there at start and whose parents this application never
-    read; a shard born later by resharding, or the child of a shard read before, starts
-    at its beginning, so nothing is lost across splits and merges.
+    naive datetime is a ValueError), also spelled as the CLI's ``--from`` takes them
+    ("trim", "latest", "2024-05-01T12:00:00Z": see :func:`start_position`). A stored
+    checkpoint always wins. "LATEST" applies only to shards that were there at start and
+    whose parents this application never read; a shard born later by resharding, or the
+    child of a shard read before, starts at its beginning, so nothing is lost across
+    splits and merges.
 
     Without a ``checkpointer`` positions are kept in memory for this instance only.
     With one, ``app_name`` is required: positions are keyed by application, stream and
@@ -142,7 +169,7 @@ class Consumer:
                 raise ValueError("app_name is required with a checkpointer: it keys positions")
         self._app_name = app_name or "shardflow"
         self._checkpointer: Checkpointer = checkpointer or MemoryCheckpointer()
-        self._start_at = _validate_start_at(start_at)
+        self._start_at = start_position(start_at)
         self._poll_interval = float(
             _positive("poll_interval", poll_interval, minimum=MIN_POLL_INTERVAL)
         )
@@ -368,24 +395,59 @@ class Consumer:
         self._chunk, self._chunk_reader, self._index = records, reader, 1
         return records[0]
 
-    async def batches(self) -> AsyncIterator[list[Record]]:
+    def batches(
+        self, *, max_records: int | None = None, timeout: float | None = None
+    ) -> AsyncIterator[list[Record]]:
         """Records as lists: each list holds records of one shard, in order, from one
         GetRecords response (what ``async for`` had not yet handed out comes first).
 
+        ``max_records`` caps a list's length (the rest of that response comes next), as
+        aiokafka's ``getmany(max_records=...)``. A list is handed out as soon as records
+        are there, never held back to fill it. ``timeout`` (seconds): when no records come
+        within it, an EMPTY list is handed out (as ``getmany`` returns ``{}``), so a loop
+        can do periodic work on an idle stream; without it the iteration waits.
+
         Ends when the consumer closes; raises the consumer's error if it failed.
+        Cancellation loses nothing. A bad option is a ValueError/TypeError at this call.
         """
+        if max_records is not None:
+            max_records = _positive("max_records", max_records, integer=True)
+        if timeout is not None:
+            timeout = float(_positive("timeout", timeout))
+        return self._batches(max_records, timeout)
+
+    async def _batches(
+        self, max_records: int | None, idle: float | None
+    ) -> AsyncIterator[list[Record]]:
         coord = self._use("records")
         while True:
             if self._index < len(self._chunk):
-                rest, reader = self._chunk[self._index :], self._chunk_reader
-                self._chunk, self._index = [], 0
-                if reader is not None and not reader.lost and not coord.closing:
-                    yield rest
+                reader, start = self._chunk_reader, self._index
+                end = len(self._chunk) if max_records is None else start + max_records
+                rest = self._chunk[start:end]
+                self._index = start + len(rest)
+                if self._index >= len(self._chunk):
+                    self._chunk, self._index = [], 0
+                if reader is None or reader.lost or coord.closing:
+                    self._chunk, self._index = [], 0  # the shard moved on: drop the rest
+                    continue
+                yield rest
                 continue
-            batch = await coord.next_batch()
+            if idle is None:
+                batch = await coord.next_batch()
+            else:
+                with anyio.move_on_after(idle) as waited:
+                    batch = await coord.next_batch()
+                if waited.cancelled_caught:
+                    yield []
+                    continue
             if batch is None:
                 return
-            yield batch[1]
+            reader, records = batch
+            if max_records is not None and len(records) > max_records:
+                self._chunk, self._chunk_reader, self._index = records, reader, 0
+                continue
+            yield records
 
     async def shards(self) -> AsyncIterator[ShardReader]:
         """One :class:`ShardReader` per shard this worker reads, as each starts.
