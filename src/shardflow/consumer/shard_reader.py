@@ -274,9 +274,12 @@ class ShardReader:
             raise errors.LeaseLost(self.shard_id)
         position = record.position
         if self._last_position is None or position > self._last_position:
+            at = f"sequence number {record.sequence_number}"
+            if record.sub_sequence_number is not None:
+                at += f", sub-sequence number {record.sub_sequence_number}"
             raise ValueError(
-                f"record {record.sequence_number}/{record.sub_sequence_number} of "
-                f"{self.shard_id} was not delivered by this consumer"
+                f"cannot checkpoint the record at {at} of {self.shard_id}: "
+                "this consumer has not delivered it"
             )
         if position > self._cp_wanted_pos:
             if self._ended and position == self._last_position:
