@@ -18,8 +18,15 @@ from pathlib import Path
 
 import anyio
 
-from _resources import client, create_bucket, create_stream
-from shardflow import Consumer, Producer, S3Sink, SQLiteCheckpointer, local_endpoint
+from _resources import client, create_bucket
+from shardflow import (
+    Consumer,
+    Producer,
+    S3Sink,
+    SQLiteCheckpointer,
+    create_stream,
+    local_endpoint,
+)
 
 STREAM = "clickstream"
 BUCKET = "clickstream-archive"
@@ -27,7 +34,7 @@ EVENTS = 500
 
 
 async def main(endpoint_url: str, checkpoints: Path) -> None:
-    await create_stream(endpoint_url, STREAM, shards=2)
+    await create_stream(STREAM, shard_count=2, endpoint_url=endpoint_url)
     await create_bucket(endpoint_url, BUCKET)
     async with Producer(STREAM, endpoint_url=endpoint_url, linger=0.05) as producer:
         for n in range(EVENTS):

@@ -15,8 +15,6 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from aiobotocore.session import get_session
-
 from shardflow import (
     BufferedOutput,
     Collector,
@@ -24,31 +22,18 @@ from shardflow import (
     KinesisOutput,
     Producer,
     StdoutOutput,
+    add_fields,
+    create_stream,
     local_endpoint,
+    redact,
+    sample,
 )
-from shardflow.collector import add_fields, redact, sample
 
 STREAM = "quickstart-events"
 
 
-async def create_stream(endpoint_url: str, name: str, shards: int) -> None:
-    """Create the stream on the local endpoint and wait until it is ACTIVE."""
-    session = get_session()
-    async with session.create_client(
-        "kinesis",
-        endpoint_url=endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id="local",
-        aws_secret_access_key="local",
-    ) as kinesis:
-        await kinesis.create_stream(StreamName=name, ShardCount=shards)
-        await kinesis.get_waiter("stream_exists").wait(
-            StreamName=name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 100}
-        )
-
-
 async def main(endpoint_url: str, spool: Path) -> None:
-    await create_stream(endpoint_url, STREAM, shards=2)
+    await create_stream(STREAM, shard_count=2, endpoint_url=endpoint_url)
     audit = io.StringIO()
 
     async with Producer(STREAM, endpoint_url=endpoint_url, linger=0.05) as producer:

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import anyio
 
-from _resources import create_stream
-from shardflow import Consumer, Producer, SQLiteCheckpointer, local_endpoint
+from shardflow import Consumer, Producer, SQLiteCheckpointer, create_stream, local_endpoint
 
 STREAM = "consumer-quickstart"
 ORDERS = 50
@@ -54,7 +53,7 @@ async def process(endpoint_url: str, checkpointer: SQLiteCheckpointer, count: in
 
 
 async def main(endpoint_url: str, checkpoints: Path) -> None:
-    await create_stream(endpoint_url, STREAM, shards=2)
+    await create_stream(STREAM, shard_count=2, endpoint_url=endpoint_url)
     await write_orders(endpoint_url)
     checkpointer = SQLiteCheckpointer(checkpoints)
 

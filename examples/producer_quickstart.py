@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from _resources import create_stream
-from shardflow import Producer, errors, local_endpoint
+from shardflow import Producer, create_stream, errors, local_endpoint
 
 STREAM = "producer-quickstart"
 
 
 async def main(endpoint_url: str) -> None:
-    await create_stream(endpoint_url, STREAM, shards=2)
+    await create_stream(STREAM, shard_count=2, endpoint_url=endpoint_url)
 
     async with Producer(STREAM, endpoint_url=endpoint_url, linger=0.05) as producer:
         # put() returns once the record is queued (it waits only while the queue is

@@ -24,16 +24,16 @@ from pathlib import Path
 import anyio
 from aiohttp import ClientSession, web
 
-from _resources import create_stream
 from shardflow import (
     BufferedOutput,
     Collector,
     Consumer,
     KinesisOutput,
     Producer,
+    add_fields,
+    create_stream,
     local_endpoint,
 )
-from shardflow.collector import add_fields
 
 STREAM = "web-requests"
 COLLECTOR = web.AppKey("collector", Collector)
@@ -108,7 +108,7 @@ def make_app(spool: Path, endpoint_url: str | None = None) -> web.Application:
 
 
 async def main(endpoint_url: str, spool: Path) -> None:
-    await create_stream(endpoint_url, STREAM, shards=1)
+    await create_stream(STREAM, shard_count=1, endpoint_url=endpoint_url)
 
     runner = web.AppRunner(make_app(spool, endpoint_url))
     await runner.setup()

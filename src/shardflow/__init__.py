@@ -10,6 +10,8 @@ from types import ModuleType as _ModuleType
 
 from . import errors as errors
 from ._aws import CredentialSource as CredentialSource
+from .admin import create_stream as create_stream
+from .admin import delete_stream as delete_stream
 from .auth import CognitoCredentials as CognitoCredentials
 from .auth import Logins as Logins
 from .collector import BufferedOutput as BufferedOutput
@@ -112,6 +114,8 @@ __all__ = [
     "TumblingWindows",
     "Window",
     "add_fields",
+    "create_stream",
+    "delete_stream",
     "errors",
     "lambda_records",
     "local_endpoint",

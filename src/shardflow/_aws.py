@@ -2,7 +2,9 @@
 
 Everything else in shardflow calls AWS through :func:`open_client` and :func:`call`, and
 sees only :mod:`shardflow.errors`. Backend exceptions (botocore ``ClientError``, transport
-errors, timeouts) are translated here, with the original chained as ``__cause__``.
+errors, timeouts, a missing region or credentials) are translated here, in one map
+(:func:`map_exception`), with the original chained as ``__cause__``. An exception the map
+does not know is re-raised as it is: a bug stays a bug.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import asyncio
 import inspect
 import os
 import re
-from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AsyncExitStack
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import AsyncExitStack, contextmanager
 from datetime import datetime, timezone
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
@@ -29,8 +31,11 @@ __all__ = [
     "error_for_code",
     "frozen_credentials",
     "is_loopback",
+    "map_errors",
+    "map_exception",
     "open_client",
     "refreshable_credentials",
+    "resolve_region",
     "stream_name",
     "stream_params",
     "translate_error",
@@ -157,7 +162,13 @@ def is_loopback(endpoint_url: str | None) -> bool:
     return host in ("127.0.0.1", "::1", "localhost")
 
 
-def _resolve_region(region_name: str | None, endpoint_url: str | None) -> str | None:
+def resolve_region(region_name: str | None, endpoint_url: str | None) -> str | None:
+    """The region every shardflow client uses: ``region_name``, else ``AWS_REGION``, else
+    ``AWS_DEFAULT_REGION``; else, for an ``endpoint_url``, :data:`DEFAULT_LOCAL_REGION`.
+    None leaves it to botocore (the profile's region), as for AWS itself.
+
+    One rule for every class, helper and command, so that what one creates the others find.
+    """
     if region_name:
         return region_name
     env = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
@@ -184,10 +195,37 @@ async def open_client(
 
     An injected ``client`` is returned as is and stays owned by the caller. Otherwise a new
     client is created; ``max_attempts=1`` turns botocore's own retries off so that every
-    try is visible to shardflow's retry code.
+    try is visible to shardflow's retry code. Raises :class:`errors.NoRegion`,
+    :class:`errors.ProfileNotFound` and other :class:`errors.ConfigurationError` subclasses.
     """
     if client is not None:
         return client
+    with map_errors(f"create {service} client", service):
+        return await _open_client(
+            stack,
+            service,
+            endpoint_url=endpoint_url,
+            region_name=region_name,
+            credentials=credentials,
+            max_attempts=max_attempts,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_pool_connections=max_pool_connections,
+        )
+
+
+async def _open_client(
+    stack: AsyncExitStack,
+    service: str,
+    *,
+    endpoint_url: str | None,
+    region_name: str | None,
+    credentials: CredentialSource | None,
+    max_attempts: int,
+    connect_timeout: float,
+    read_timeout: float,
+    max_pool_connections: int,
+) -> Any:
     from aiobotocore.config import AioConfig
     from aiobotocore.session import get_session
 
@@ -209,17 +247,14 @@ async def open_client(
         read_timeout=read_timeout,
         max_pool_connections=max_pool_connections,
     )
-    try:
-        return await stack.enter_async_context(
-            session.create_client(
-                service,
-                endpoint_url=endpoint_url,
-                region_name=_resolve_region(region_name, endpoint_url),
-                config=config,
-            )
+    return await stack.enter_async_context(
+        session.create_client(
+            service,
+            endpoint_url=endpoint_url,
+            region_name=resolve_region(region_name, endpoint_url),
+            config=config,
         )
-    except Exception as exc:
-        raise translate_error(exc, f"create {service} client") from exc
+    )
 
 
 def _parse_timestamp(value: Any) -> datetime:
@@ -234,7 +269,9 @@ def _parse_timestamp(value: Any) -> datetime:
 async def call(client: Any, operation: str, service: str = "kinesis", **params: Any) -> Any:
     """Await ``client.<operation>(**params)``, translating failures to shardflow errors.
 
-    Cancellation propagates unchanged. Raises a subclass of :class:`errors.AWSError`.
+    Cancellation propagates unchanged. Raises a subclass of :class:`errors.AWSError`; a
+    :class:`errors.ResourceNotFound` names the resource, the region and the endpoint.
+    Exceptions the error map does not know propagate unchanged.
     """
     method = getattr(client, operation)
     try:
@@ -242,7 +279,40 @@ async def call(client: Any, operation: str, service: str = "kinesis", **params: 
     except (asyncio.CancelledError, errors.ShardflowError):
         raise
     except Exception as exc:
-        raise translate_error(exc, operation, service) from exc
+        mapped = map_exception(exc, operation, service)
+        if mapped is None:
+            raise
+        if isinstance(mapped, errors.ResourceNotFound):
+            mapped = _not_found(mapped, client, params)
+        raise mapped from exc
+
+
+_RESOURCE_PARAMS = (
+    ("StreamARN", "stream"),
+    ("StreamName", "stream"),
+    ("TableName", "table"),
+    ("Bucket", "bucket"),
+    ("ConsumerARN", "stream consumer"),
+    ("ConsumerName", "stream consumer"),
+    ("IdentityPoolId", "identity pool"),
+)
+
+
+def _not_found(
+    error: errors.ResourceNotFound, client: Any, params: Mapping[str, Any]
+) -> errors.ResourceNotFound:
+    """``error`` again, its message naming the resource, the region and the endpoint."""
+    what = next(
+        (f"{kind} {params[key]!r}" for key, kind in _RESOURCE_PARAMS if params.get(key)),
+        "resource",
+    )
+    try:
+        endpoint, region = client_endpoint(client)
+    except AttributeError:  # a stand-in client without botocore's meta
+        return error
+    detail = f" ({error.message})" if error.message else ""
+    message = f"{what} not found in region {region} at {endpoint}{detail}"
+    return type(error)(error.code, message, error.operation)
 
 
 def client_endpoint(client: Any) -> tuple[str, str]:
@@ -260,14 +330,10 @@ async def frozen_credentials(client: Any) -> Any:
     credentials = client._request_signer._credentials
     if credentials is None:
         return None
-    try:
+    with map_errors("refresh credentials"):
         frozen = credentials.get_frozen_credentials()
         if inspect.isawaitable(frozen):
             frozen = await frozen
-    except (asyncio.CancelledError, errors.ShardflowError):
-        raise
-    except Exception as exc:
-        raise translate_error(exc, "refresh credentials") from exc
     return frozen
 
 
@@ -375,10 +441,49 @@ def error_for_code(
     return cls(code, message, operation)
 
 
+@contextmanager
+def map_errors(operation: str | None = None, service: str = "kinesis") -> Iterator[None]:
+    """Translate what the block raises with :func:`map_exception`, the original chained;
+    shardflow errors, cancellation and exceptions the map does not know pass unchanged."""
+    try:
+        yield
+    except errors.ShardflowError:
+        raise
+    except Exception as exc:
+        mapped = map_exception(exc, operation, service)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
 def translate_error(
     exc: BaseException, operation: str | None = None, service: str = "kinesis"
 ) -> errors.ShardflowError:
-    """Map a botocore, aiohttp or OS exception to a shardflow error (not raised here)."""
+    """The shardflow error for ``exc``, which the caller caught as a known failure (a
+    transport or botocore exception). Anything the map does not know is re-raised here
+    unchanged, so ``raise translate_error(exc) from exc`` never hides a bug."""
+    mapped = map_exception(exc, operation, service)
+    if mapped is None:
+        raise exc
+    return mapped
+
+
+_NO_REGION = (
+    "no AWS region configured: pass region_name='eu-west-1' (for example), or set "
+    "AWS_REGION or AWS_DEFAULT_REGION, or give the profile a region in ~/.aws/config"
+)
+_NO_CREDENTIALS = (
+    "no AWS credentials found, so AWS was not asked: set AWS_ACCESS_KEY_ID and "
+    "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run where an instance or container role "
+    "applies"
+)
+
+
+def map_exception(
+    exc: BaseException, operation: str | None = None, service: str = "kinesis"
+) -> errors.ShardflowError | None:
+    """The shardflow error for a botocore, aiohttp or OS exception, or None for one this
+    map does not know (the caller re-raises it as it is). Not raised here."""
     if isinstance(exc, errors.ShardflowError):
         return exc
     from botocore import exceptions as bce
@@ -393,21 +498,40 @@ def translate_error(
             service,
             meta.get("HTTPStatusCode"),
         )
-    if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):
-        return errors.AccessDenied("NoCredentials", type(exc).__name__, operation)
+    # The environment: found before any request was sent.
+    if isinstance(exc, bce.NoRegionError):
+        return errors.NoRegion("NoRegion", _NO_REGION, operation)
+    if isinstance(exc, bce.NoCredentialsError):
+        return errors.NoCredentials("NoCredentials", _NO_CREDENTIALS, operation)
+    if isinstance(exc, bce.PartialCredentialsError):
+        return errors.NoCredentials("NoCredentials", f"{exc} (AWS was not asked)", operation)
+    if isinstance(exc, bce.ProfileNotFound):
+        profile = exc.kwargs.get("profile", "")
+        return errors.ProfileNotFound(
+            "ProfileNotFound",
+            f"AWS profile {profile!r} (AWS_PROFILE) is in neither ~/.aws/config nor "
+            "~/.aws/credentials",
+            operation,
+        )
+    if isinstance(exc, bce.SSOError | bce.TokenRetrievalError):
+        return errors.ConfigurationError(
+            type(exc).__name__, f"{exc} (log in again: aws sso login)", operation
+        )
+    if isinstance(exc, bce.InvalidConfigError | bce.ConfigParseError | bce.ConfigNotFound):
+        return errors.ConfigurationError(type(exc).__name__, str(exc), operation)
     if isinstance(exc, bce.CredentialRetrievalError):
         return errors.CredentialsExpired("CredentialRetrievalError", "", operation)
+    # The way to AWS.
     if isinstance(exc, bce.ReadTimeoutError | bce.ConnectTimeoutError | TimeoutError):
+        return errors.RequestTimeout("RequestTimeout", type(exc).__name__, operation)
+    if isinstance(exc, asyncio.TimeoutError):  # not TimeoutError's subclass before 3.11
         return errors.RequestTimeout("RequestTimeout", type(exc).__name__, operation)
     if isinstance(exc, bce.EndpointConnectionError | bce.ConnectionClosedError):
         return errors.EndpointUnreachable("EndpointUnreachable", type(exc).__name__, operation)
     if isinstance(exc, bce.HTTPClientError | bce.ResponseStreamingError | OSError):
         return errors.EndpointUnreachable("EndpointUnreachable", type(exc).__name__, operation)
-    try:
-        import aiohttp
-    except ImportError:  # pragma: no cover - aiohttp ships with aiobotocore
-        pass
-    else:
-        if isinstance(exc, aiohttp.ClientError):
-            return errors.EndpointUnreachable("EndpointUnreachable", type(exc).__name__, operation)
-    return errors.AWSError(type(exc).__name__, "unexpected error", operation)
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientError):
+        return errors.EndpointUnreachable("EndpointUnreachable", type(exc).__name__, operation)
+    return None

@@ -22,6 +22,7 @@ __all__ = [
     "BufferFull",
     "CollectorClosed",
     "ConditionFailed",
+    "ConfigurationError",
     "ConsumerClosed",
     "CredentialsExpired",
     "DeliveryFailed",
@@ -36,8 +37,12 @@ __all__ = [
     "LeaseLost",
     "LeaseTableConflict",
     "LimitExceeded",
+    "MissingDependency",
+    "NoCredentials",
+    "NoRegion",
     "OutputClosed",
     "ProducerClosed",
+    "ProfileNotFound",
     "QueueFull",
     "RecordTooLarge",
     "RequestTimeout",
@@ -58,6 +63,11 @@ class ShardflowError(Exception):
     """Root of every shardflow error."""
 
     retriable: bool = False
+
+
+class MissingDependency(ShardflowError, ImportError):
+    """An optional part of shardflow is used but its extra is not installed; the message
+    says what to install (e.g. ``pip install 'shardflow[local]'``)."""
 
 
 # --- bad input: raised at the call that caused it -------------------------------------
@@ -233,11 +243,15 @@ class RequestTimeout(AWSError):
 
 
 class ResourceNotFound(AWSError):
-    """A named resource (table, bucket, stream) does not exist."""
+    """A named resource (table, bucket, stream) does not exist.
+
+    The message names the resource, the region and the endpoint that were asked, since a
+    region other than the one the resource was created in is the usual cause.
+    """
 
 
 class StreamNotFound(ResourceNotFound):
-    """The Kinesis stream does not exist."""
+    """The Kinesis stream does not exist (in the region and at the endpoint named)."""
 
 
 class AccessDenied(AWSError):
@@ -248,6 +262,26 @@ class CredentialsExpired(AccessDenied):
     """Temporary credentials expired; a refreshable source gets new ones on retry."""
 
     retriable = True
+
+
+class ConfigurationError(AWSError):
+    """The environment does not say how to reach AWS, so no request was sent: fix the
+    setup (retrying does not help). The message says what is missing and how to give it."""
+
+
+class NoRegion(ConfigurationError):
+    """No region was given (``region_name``) and none is configured (``AWS_REGION``,
+    ``AWS_DEFAULT_REGION``, the profile's ``region``)."""
+
+
+class NoCredentials(ConfigurationError):
+    """No AWS credentials were found in the environment, the profile, or an instance or
+    container role (or only part of a key pair was). AWS was not asked."""
+
+
+class ProfileNotFound(ConfigurationError):
+    """The named AWS profile (``AWS_PROFILE``) is in neither ~/.aws/config nor
+    ~/.aws/credentials."""
 
 
 class ConditionFailed(AWSError):

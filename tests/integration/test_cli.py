@@ -3,8 +3,11 @@ the moto server: help, put/tail round trips, exit codes and messages for errors.
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -127,8 +130,13 @@ def test_put_create_makes_the_stream(moto_url: str) -> None:
 def test_missing_stream_is_a_message_and_exit_1(moto_url: str, command: str) -> None:
     proc = shardflow("--endpoint-url", moto_url, command, "no-such-stream", stdin="x\n")
     assert proc.returncode == 1
-    assert f"shardflow {command}: stream 'no-such-stream' not found at {moto_url}" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    hint = " (create it with --create SHARDS)" if command == "put" else ""
+    assert proc.stderr.startswith(
+        f"shardflow {command}: stream 'no-such-stream' not found in region us-east-1 at "
+        f"{moto_url} "
+    )
+    assert proc.stderr.endswith(f"{hint}\n")
+    assert proc.stderr.count("\n") == 1
 
 
 def test_debug_shows_the_traceback(moto_url: str) -> None:
@@ -183,3 +191,85 @@ def test_bench_passes_options_to_the_benchmarks() -> None:
     proc = shardflow("bench", "--suite", "no-such-suite")
     assert proc.returncode == 2  # python -m benchmarks' own argument error
     assert "invalid choice: 'no-such-suite'" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("local", "--port", "x", "--debug"), "argument --port: invalid int value: 'x'"),
+        (("proxy", "--upstream", "http://127.0.0.1:9", "--throttle", "2", "--debug"),
+         "shardflow proxy: error: --throttle must be between 0 and 1"),
+        (("demo", "--shards", "65", "--region", "eu-west-1"),
+         "shardflow demo: error: --shards must be a whole number from 1 to 64"),
+        (("tail", "s", "--region", "EU_WEST"), "--region must be a region such as"),
+        (("put", "s", "--endpoint-url", "localhost:4567"),
+         "--endpoint-url must be an http:// or https:// URL"),
+        (("put", "arn:aws:kinesis:nowhere"), "not a Kinesis stream ARN"),
+        (("tail", ""), "STREAM must be a non-empty stream name or ARN"),
+    ],
+)
+def test_global_options_anywhere_and_usage_errors_name_flags(
+    args: tuple[str, ...], message: str
+) -> None:
+    """Global options are taken after any command; a usage error exits 2 and names the
+    flag the user typed, never a Python parameter (region_name, throttle_fraction)."""
+    proc = shardflow(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "unrecognized arguments" not in proc.stderr
+    assert not re.search(r"\b[a-z]+_[a-z_]+ must\b", proc.stderr), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bench_takes_debug_anywhere() -> None:
+    proc = shardflow("bench", "--suite", "no-such-suite", "--debug")
+    assert proc.returncode == 2  # python -m benchmarks' own error, not about --debug
+    assert "invalid choice: 'no-such-suite'" in proc.stderr
+    assert "--debug" not in proc.stderr
+
+
+def test_tail_from_latest_says_it_waits_for_new_records(moto_url: str) -> None:
+    stream = create_stream(moto_url, shards=1)
+    latest = shardflow("tail", stream, "--idle-timeout", "0.5", "--endpoint-url", moto_url)
+    assert latest.returncode == 0, latest.stderr
+    assert latest.stderr == (
+        f"shardflow tail: waiting for new records in {stream} (Ctrl-C stops; --from trim "
+        "shows the records already in the stream)\n"
+    )
+    trim = shardflow("tail", stream, "--from", "trim", "--idle-timeout", "0.5",
+                     "--endpoint-url", moto_url)
+    assert trim.returncode == 0, trim.stderr
+    assert trim.stderr == ""
+
+
+def test_ctrl_c_during_put_reports_what_was_sent(moto_url: str) -> None:
+    stream = create_stream(moto_url, shards=1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shardflow", "put", stream, "--endpoint-url", moto_url],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None
+    assert proc.stderr is not None
+    proc.stdin.write("one\ntwo\nthree\n")
+    proc.stdin.flush()  # stdin stays open: the command waits for more lines
+    deadline = time.monotonic() + 30
+    while len(read_stream(moto_url, stream)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    try:
+        code = proc.wait(timeout=15)  # at once, although stdin is still open
+    finally:
+        proc.kill()
+    stderr = proc.stderr.read()
+    assert code == 130
+    report = re.fullmatch(
+        rf"shardflow put: interrupted after 3 lines: (\d) records delivered to {stream}, "
+        r"0 failed, (\d) not confirmed \(they may or may not be in the stream\)\n",
+        stderr,
+    )
+    assert report is not None, stderr
+    # The stream has all three; an answer still on its way when Ctrl-C came is "not
+    # confirmed", never lost from the count.
+    assert int(report[1]) + int(report[2]) == 3

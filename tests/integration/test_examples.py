@@ -11,13 +11,15 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from support import ROOT
 
 EXAMPLES = ROOT / "examples"
 
 
-def run_example(name: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+def run_example(name: str, **aws_env: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | aws_env
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / name)],
         capture_output=True,
@@ -82,3 +84,14 @@ def test_web_service_logs_every_request() -> None:
     assert ("GET", "/items/seven", "404") in logged
     assert "5 requests logged" in out
 
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["producer_quickstart.py", "consumer_quickstart.py", "archive_to_s3.py",
+     "collector_quickstart.py"],
+)
+def test_examples_run_with_a_region_in_the_environment(name: str) -> None:
+    """Most AWS users have a region set: the examples' stream and bucket are created, and
+    found, in that region (issue: every example failed with StreamNotFound)."""
+    run_example(name, AWS_REGION="eu-west-1", AWS_DEFAULT_REGION="ap-southeast-2")

@@ -56,7 +56,7 @@ def test_proxy_command_refuses_bad_options() -> None:
         timeout=30,
     )
     assert done.returncode == 2
-    assert "throttle_fraction must be between 0 and 1" in done.stderr
+    assert "--throttle must be between 0 and 1" in done.stderr
     assert done.stdout == ""
 
 

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import builtins
+import collections.abc
 import inspect
 import re
 import subprocess
 import sys
 import types
+import typing
 
 import pytest
 
@@ -47,12 +50,14 @@ def test_import_loads_no_tooling_and_no_optional_dependency() -> None:
     assert out == ["[]", "True"]
 
 
-# Names from the standard library, typing and type variables that public signatures may use.
-_NOT_OURS = {
-    "A", "Any", "AbstractAsyncContextManager", "AsyncIterator", "Awaitable", "BaseException",
-    "Callable", "Collection", "E", "Future", "IO", "Iterable", "Iterator", "K", "Literal",
-    "Mapping", "None", "Path", "PathLike", "Sequence", "Self", "TracebackType", "V",
-}
+# Names from the standard library and type variables that public signatures may use.
+_NOT_OURS = (
+    set(dir(builtins))
+    | set(dir(typing))
+    | set(dir(collections.abc))
+    | {"AbstractAsyncContextManager", "Future", "Path", "PathLike", "TracebackType"}
+    | {"A", "E", "K", "V"}  # type variables
+)
 
 
 def _annotation_names(obj: object) -> set[str]:

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._tools import add_bench, add_local, add_proxy, usage
+from ._tools import add_bench, add_local, add_proxy, flags_named, usage
 
 __all__ = ["build_parser", "main"]
 
@@ -26,11 +26,11 @@ log = logging.getLogger("shardflow.cli")
 
 _EPILOG = """\
 examples:
-  shardflow demo                              the whole pipeline on the embedded endpoint
+  shardflow demo                              the whole pipeline on a local endpoint
   shardflow local                             serve Kinesis, DynamoDB, S3 locally; prints URL
   shardflow --endpoint-url URL put logs --create 2 < events.ndjson
   shardflow --endpoint-url URL tail logs --from trim --limit 10 --json pretty
-  shardflow bench --suite compare             the benchmarks (from a clone of the repository)
+  shardflow bench --suite compare             the benchmarks (in a clone of the repository)
 
 AWS credentials and region come from the usual places (environment, ~/.aws, instance
 roles); --region and --endpoint-url override them. Global options may also follow the
@@ -102,6 +102,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _stream(text: str) -> str:
+    from .._aws import stream_params
+
+    try:
+        stream_params(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("stream must", "STREAM must")) from None
+    return text
+
+
 def _start(text: str) -> Any:
     from ._records import parse_start
 
@@ -152,17 +162,17 @@ def _add_demo(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         formatter_class=_Formatter,
         help="run the whole pipeline end to end and count what arrived",
-        description="Simulated app users post events through the Collector (SQLite spool, "
-        "KinesisOutput keyed by user_id, Producer with aggregate=True) into a new stream; "
-        "a two-worker consumer group (DynamoDB leases) archives them to S3 with "
-        "Consumer.pipe(S3Sink) and counts events per type per minute. At the end the "
+        description="Simulated app users post events through a collector (a spool on disk, "
+        "records keyed by user_id and packed into KPL aggregates) into a new stream; a "
+        "two-worker consumer group (sharing the shards through DynamoDB leases) archives "
+        "them to S3 and counts events per type per minute. At the end the "
         "archive is read back from S3 and compared with what was posted: events posted, "
         "in S3, duplicates, lost (must be 0: exit status 1 otherwise), throughput and "
         "latency. Progress goes to standard error, the summary to standard output.",
-        epilog="By default everything runs on the embedded endpoint (moto, in this "
-        "process): nothing to set up. With --endpoint-url or --aws the demo creates a "
-        "stream, a bucket and a lease table only if --create is given, and deletes them at "
-        "the end unless --keep is given.",
+        epilog="By default everything runs on a local endpoint in this process (installed "
+        "by pip install 'shardflow[local]'): nothing to set up. With --endpoint-url or "
+        "--aws the demo creates a stream, a bucket and a lease table only if --create is "
+        "given, and deletes them at the end unless --keep is given.",
     )
     p.add_argument("--events", type=_positive_int, default=20_000, metavar="N",
                    help="events to post (default: 20,000)")
@@ -214,15 +224,15 @@ def _add_put(sub: Any, common: argparse.ArgumentParser) -> None:
         formatter_class=_Formatter,
         help="put lines of standard input (or a file) into a stream, one record each",
         description="Put each non-empty line of standard input (or --file) into STREAM as "
-        "one record, through the Producer (batched, retried). Reports the counts on "
-        "standard error; exit status 1 if any record was not delivered (the failed lines "
-        "are named).",
+        "one record (batched and retried). Reports the counts on standard error; exit "
+        "status 1 if any record was not delivered (the failed lines are named). Ctrl-C "
+        "stops reading and reports what was sent.",
         epilog="examples:\n"
         "  echo '{\"user_id\": \"u1\", \"page\": \"/\"}' | shardflow put logs "
         "--partition-key user_id\n"
         "  shardflow put logs --file events.ndjson --aggregate --create 4",
     )
-    p.add_argument("stream", metavar="STREAM", help="stream name or ARN")
+    p.add_argument("stream", metavar="STREAM", type=_stream, help="stream name or ARN")
     p.add_argument("--file", "-f", metavar="PATH", help="read this file instead of stdin")
     keys = p.add_mutually_exclusive_group()
     keys.add_argument(
@@ -250,8 +260,12 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         endpoint_url=args.endpoint_url,
         region_name=args.region,
     )
+
+    def report(line: str) -> None:
+        print(f"shardflow tail: {line}", file=sys.stderr, flush=True)
+
     try:
-        return asyncio.run(tail_stream(options))
+        return asyncio.run(tail_stream(options, report))
     except BrokenPipeError:  # `shardflow tail ... | head`
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -266,13 +280,14 @@ def _add_tail(sub: Any, common: argparse.ArgumentParser) -> None:
         help="print a stream's records as they arrive",
         description="Print the records of every shard of STREAM as they arrive (KPL "
         "aggregates are unpacked), in order within each shard, until --limit records, "
-        "--idle-timeout, or Ctrl-C.",
+        "--idle-timeout, or Ctrl-C. By default only records put from now on are shown "
+        "(--from latest); --from trim reads from the oldest record kept.",
         epilog="examples:\n"
         "  shardflow tail logs                          new records from now on\n"
         "  shardflow tail logs --from trim --limit 100  the oldest 100 records\n"
         "  shardflow tail logs --from 2024-05-01T12:00Z --json pretty",
     )
-    p.add_argument("stream", metavar="STREAM", help="stream name or ARN")
+    p.add_argument("stream", metavar="STREAM", type=_stream, help="stream name or ARN")
     p.add_argument(
         "--from", dest="start_at", type=_start, default="LATEST", metavar="WHEN",
         help="trim (the oldest record kept), latest (default: only new records), or an "
@@ -307,8 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub, common)
     _add_put(sub, common)
     _add_tail(sub, common)
-    add_local(sub)
-    add_proxy(sub)
+    add_local(sub, common)
+    add_proxy(sub, common)
     add_bench(sub)
     return parser
 
@@ -332,20 +347,21 @@ def _message(exc: BaseException, args: argparse.Namespace) -> str | None:
     stream = getattr(args, "stream", None)
     if isinstance(exc, errors.StreamNotFound):
         hint = " (create it with --create SHARDS)" if args.command == "put" else ""
-        return f"stream {stream!r} not found at {where}{hint}"
+        found = exc.message if " in region " in exc.message else None
+        return f"{found or f'stream {stream!r} not found at {where}'}{hint}"
+    if isinstance(exc, errors.NoRegion):
+        return "no AWS region configured: pass --region NAME or set AWS_REGION"
+    if isinstance(exc, errors.ConfigurationError):
+        return exc.message or str(exc)
     if isinstance(exc, errors.AccessDenied):
         return (f"access denied by {where}: {exc} (check the AWS credentials and region, "
                 "e.g. AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
     if isinstance(exc, errors.EndpointUnreachable | errors.RequestTimeout):
         return f"cannot reach {where}: {exc}"
-    if isinstance(exc, errors.AWSError) and exc.code == "NoRegionError":
-        return "no AWS region configured: pass --region NAME or set AWS_REGION"
     if isinstance(exc, errors.ShardflowError):
-        return str(exc)
+        return flags_named(str(exc))
     if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
         return f"{exc.strerror}: {exc.filename}"
-    if isinstance(exc, ValueError) and args.command in ("put", "tail"):
-        return str(exc)  # a bad stream name or ARN
     return None
 
 
@@ -368,17 +384,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.command == "bench":
-        args.passthrough = extra
+        args.passthrough = [a for a in extra if a != "--debug"]
+        if len(args.passthrough) < len(extra):
+            args.debug = True
     elif extra:
         parser.error(f"unrecognized arguments for {args.command}: {' '.join(extra)}")
     for name, default in (("endpoint_url", None), ("region", None), ("debug", False)):
         if not hasattr(args, name):
             setattr(args, name, default)
+    from .._aws import check_endpoint
+
+    try:
+        check_endpoint(args.endpoint_url, args.region)
+    except ValueError as exc:
+        return usage(args.command, str(exc))
     _configure_logging(args.debug)
     try:
         return handler(args)
     except KeyboardInterrupt:
-        if args.command in ("demo", "put"):
+        if args.command == "demo":  # put reports what it sent itself
             print(f"shardflow {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:

@@ -7,9 +7,11 @@ through worker threads. Expected failures raise :class:`CommandFailed` (exit 1) 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import os
+import stat
 import sys
 import time
 import uuid
@@ -90,15 +92,44 @@ def _key_function(options: PutOptions) -> Callable[[bytes], str]:
     return from_field
 
 
+async def _readable(fd: int) -> bool:
+    """Wait until a pipe or terminal has input (False where the loop cannot watch ``fd``)."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    try:
+        loop.add_reader(fd, wake)
+    except (NotImplementedError, PermissionError, ValueError, OSError):
+        return False  # a regular file, or an event loop without add_reader
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+    return True
+
+
+async def _read(fd: int) -> bytes:
+    """What is available on ``fd``, up to a chunk. A pipe or terminal is waited for in the
+    loop, so that Ctrl-C ends the command at once (a worker thread blocked reading the
+    terminal would hold the process until the next line); a file is read in a thread."""
+    if not stat.S_ISREG(os.fstat(fd).st_mode) and await _readable(fd):
+        return os.read(fd, _CHUNK)
+    return await anyio.to_thread.run_sync(os.read, fd, _CHUNK, abandon_on_cancel=True)
+
+
 async def _lines(fd: int) -> AsyncIterator[tuple[int, bytes]]:
-    """(line number, line without its end of line) read from ``fd`` in a worker thread.
+    """(line number, line without its end of line) read from ``fd``.
 
     A raw read returns what is available, so lines typed or piped in slowly go out at once.
     """
     rest = b""
     number = 0
     while True:
-        chunk = await anyio.to_thread.run_sync(os.read, fd, _CHUNK, abandon_on_cancel=True)
+        chunk = await _read(fd)
         if not chunk:
             break
         parts = (rest + chunk).split(b"\n")
@@ -147,33 +178,21 @@ async def put_lines(options: PutOptions, report: Callable[[str], None]) -> int:
         else:
             fail(number, f"{type(exc).__name__}: {exc}")
 
-    if options.create_shards is not None:
-        await _ensure_stream(options)
+    await _ensure_stream(options)
     started = time.monotonic()
     file: IO[bytes] | None = None
     if options.path is not None:
         file = await anyio.to_thread.run_sync(open, options.path, "rb")
     try:
-        fd = file.fileno() if file is not None else sys.stdin.fileno()
-        async with Producer(
-            options.stream,
-            endpoint_url=options.endpoint_url,
-            region_name=options.region_name,
-            aggregate=options.aggregate,
-        ) as producer:
-            async for number, line in _lines(fd):
-                counts.lines += 1
-                if not line.strip():
-                    counts.skipped += 1
-                    continue
-                try:
-                    delivery = await producer.put(line, partition_key=key_of(line))
-                except (ValueError, TypeError) as exc:  # bad key, record too large
-                    fail(number, str(exc))
-                    continue
-                counts.accepted += 1
-                delivery.add_done_callback(functools.partial(resolved, number))
-            await producer.flush()
+        await _put_all(options, file, counts, key_of, fail, resolved)
+    except (asyncio.CancelledError, KeyboardInterrupt):  # Ctrl-C
+        unknown = counts.accepted - counts.delivered - counts.failed
+        report(
+            f"interrupted after {counts.lines:,} lines: {counts.delivered:,} records "
+            f"delivered to {options.stream}, {counts.failed:,} failed, {unknown:,} not "
+            "confirmed (they may or may not be in the stream)"
+        )
+        raise
     finally:
         if file is not None:
             await anyio.to_thread.run_sync(file.close)
@@ -191,13 +210,48 @@ async def put_lines(options: PutOptions, report: Callable[[str], None]) -> int:
     return 0 if counts.failed == 0 else 1
 
 
+async def _put_all(
+    options: PutOptions,
+    file: IO[bytes] | None,
+    counts: _PutCounts,
+    key_of: Callable[[bytes], str],
+    fail: Callable[[int, str], None],
+    resolved: Callable[[int, Any], None],
+) -> None:
+    """Read lines and put them until the end of the input, then flush."""
+    fd = file.fileno() if file is not None else sys.stdin.fileno()
+    async with Producer(
+        options.stream,
+        endpoint_url=options.endpoint_url,
+        region_name=options.region_name,
+        aggregate=options.aggregate,
+    ) as producer:
+        async for number, line in _lines(fd):
+            counts.lines += 1
+            if not line.strip():
+                counts.skipped += 1
+                continue
+            try:
+                delivery = await producer.put(line, partition_key=key_of(line))
+            except (ValueError, TypeError) as exc:  # bad key, record too large
+                fail(number, str(exc))
+                continue
+            counts.accepted += 1
+            delivery.add_done_callback(functools.partial(resolved, number))
+        await producer.flush()
+
+
 async def _ensure_stream(options: PutOptions) -> None:
-    """Create the stream with ``create_shards`` shards unless it exists; wait for ACTIVE."""
-    assert options.create_shards is not None
+    """Check that the stream exists before reading any input (raises errors.StreamNotFound
+    naming the stream, region and endpoint), or create it with ``create_shards`` shards;
+    wait until it is ACTIVE."""
     async with AsyncExitStack() as stack:
         kinesis = await _aws.open_client(
             stack, "kinesis", endpoint_url=options.endpoint_url, region_name=options.region_name
         )
+        if options.create_shards is None:
+            await _resources.wait_stream_active(kinesis, options.stream)
+            return
         if await _resources.stream_exists(kinesis, options.stream):
             await _resources.wait_stream_active(kinesis, options.stream)
             return
@@ -274,9 +328,12 @@ def _write(data: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
-async def tail_stream(options: TailOptions) -> int:
+async def tail_stream(
+    options: TailOptions, report: Callable[[str], None] = lambda _line: None
+) -> int:
     """Print records as they arrive until ``limit`` records, ``idle_timeout`` seconds
-    without one, or cancellation (Ctrl-C). Returns 0.
+    without one, or cancellation (Ctrl-C). Returns 0. ``report`` receives the notice for
+    standard error that only new records will be shown (when starting at LATEST).
 
     Raises errors.StreamNotFound and other errors.AWSError subclasses, BrokenPipeError
     when standard output is closed (e.g. ``| head``).
@@ -289,6 +346,11 @@ async def tail_stream(options: TailOptions) -> int:
         region_name=options.region_name,
         poll_interval=0.5,
     ) as consumer:
+        if options.start_at == "LATEST":
+            report(
+                f"waiting for new records in {options.stream} (Ctrl-C stops; --from trim "
+                "shows the records already in the stream)"
+            )
         batches = consumer.batches()
         while options.limit is None or printed < options.limit:
             batch: list[Record] | None = None

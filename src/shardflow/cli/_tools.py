@@ -6,19 +6,48 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_bench", "add_local", "add_proxy", "usage"]
+__all__ = ["add_bench", "add_local", "add_proxy", "flags_named", "usage"]
 
 log = logging.getLogger("shardflow.cli")
 
 
+_FLAGS = {
+    "endpoint_url": "--endpoint-url",
+    "region_name": "--region",
+    "events": "--events",
+    "shards": "--shards",
+    "users": "--users",
+    "upstream_url": "--upstream",
+    "port": "--port",
+    "seed": "--seed",
+    "throttle_fraction": "--throttle",
+    "internal_failure_fraction": "--internal-failure",
+    "error_5xx_fraction": "--5xx",
+    "reset_before_fraction": "--reset-before",
+    "reset_after_fraction": "--reset-after",
+    "latency": "--latency",
+    "expire_iterator_fraction": "--expire-iterators",
+    "read_throttle_fraction": "--read-throttle",
+    "operations": "--operations",
+}
+_OPTION = re.compile(r"\b(" + "|".join(_FLAGS) + r")\b(?= must\b)")
+
+
+def flags_named(message: str) -> str:
+    """A library validation message with its Python parameter names replaced by the flags
+    that set them (``region_name must ...`` -> ``--region must ...``)."""
+    return _OPTION.sub(lambda match: _FLAGS[match[1]], message)
+
+
 def usage(command: str, message: str) -> int:
     """Print a usage error for ``command``; returns the exit status 2."""
-    print(f"shardflow {command}: error: {message}", file=sys.stderr)
+    print(f"shardflow {command}: error: {flags_named(message)}", file=sys.stderr)
     return 2
 
 
@@ -60,16 +89,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 _BENCH_HELP = """\
 usage: shardflow bench [OPTIONS ...]
 
-Run the benchmark suites (python -m benchmarks in the repository): shardflow and the
-other Python Kinesis libraries side by side, the producer, consumer, aggregation,
-collector and sink suites. Every option is passed on; they are listed below."""
+Run the benchmark suites kept in the repository's benchmarks/ folder (from a clone):
+shardflow and the other Python Kinesis libraries side by side, the producer, consumer,
+aggregation, collector and sink suites. Every option is passed on; they are listed
+below."""
 
 
 def add_bench(sub: Any) -> None:
+    """``--debug`` (the one global option that means something here) may come anywhere;
+    every other option goes to the benchmarks."""
     p = sub.add_parser(
         "bench",
         add_help=False,
-        help="run the benchmarks (python -m benchmarks; options are passed on)",
+        help="run the benchmarks (in a clone of the repository; options are passed on)",
     )
     p.set_defaults(handler=_cmd_bench, passthrough=[])
 
@@ -84,8 +116,8 @@ def _cmd_local(args: argparse.Namespace) -> int:
         print(url, flush=True)
         if not args.quiet:
             print(
-                "moto server (Kinesis, DynamoDB, S3, Cognito) on loopback, single-threaded; "
-                "Ctrl-C stops it",
+                "local Kinesis, DynamoDB, S3 and Cognito on loopback (state is lost when "
+                "it stops); Ctrl-C stops it",
                 file=sys.stderr,
                 flush=True,
             )
@@ -94,12 +126,14 @@ def _cmd_local(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_local(sub: Any) -> None:
+def add_local(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "local",
-        help="run the embedded local endpoint (moto) in the foreground",
-        description="Serve Kinesis, DynamoDB, S3 and Cognito (moto) on 127.0.0.1 and print "
-        "the endpoint URL on the first line of standard output.",
+        parents=[common],
+        help="run a local Kinesis, DynamoDB and S3 endpoint in the foreground",
+        description="Serve Kinesis, DynamoDB, S3 and Cognito (installed by "
+        "pip install 'shardflow[local]') on 127.0.0.1 and print the endpoint URL on the "
+        "first line of standard output. Everything is kept in memory until it stops.",
         epilog="example: shardflow local --port 4567, then in another shell: "
         "shardflow --endpoint-url http://127.0.0.1:4567 put logs --create 1",
     )
@@ -151,12 +185,13 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_proxy(sub: Any) -> None:
+def add_proxy(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "proxy",
+        parents=[common],
         help="run a fault-injecting proxy in front of a Kinesis endpoint",
-        description="Serve a proxy on 127.0.0.1 in front of a Kinesis endpoint (moto, "
-        "kinesalite, ...) that injects the faults real Kinesis produces: throttled and "
+        description="Serve a proxy on 127.0.0.1 in front of a Kinesis endpoint (such as the "
+        "one shardflow local runs) that injects the faults real Kinesis produces: throttled and "
         "failed PutRecords entries, 5xx answers, connection resets, latency, expired "
         "iterators and read throttling. Prints its URL on the first line of standard "
         "output and runs until Ctrl-C. F is a fraction (probability) between 0 and 1.",
