@@ -26,6 +26,8 @@ import anyio.abc
 
 from shardflow import Consumer, DynamoDBLeases, Record, errors
 
+from support_kcl_leases import is_lease
+
 POLL = 0.2
 APP = "app"
 
@@ -58,11 +60,12 @@ def lease_items(url: str, table: str) -> dict[str, dict[str, Any]]:
 
 
 def owners(url: str, table: str) -> dict[str, str | None]:
-    """leaseKey -> leaseOwner (None when unowned), for unfinished leases."""
+    """leaseKey -> leaseOwner (None when unowned), for unfinished leases (items that are
+    not leases by the KCL's rule, e.g. a KCL 3.x worker-metrics item, are left out)."""
     return {
         key: item["leaseOwner"]["S"] if "leaseOwner" in item else None
         for key, item in lease_items(url, table).items()
-        if item["checkpoint"]["S"] != "SHARD_END"
+        if is_lease(item) and "checkpoint" in item and item["checkpoint"]["S"] != "SHARD_END"
     }
 
 

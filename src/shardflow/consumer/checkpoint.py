@@ -83,6 +83,7 @@ __all__ = [
     "ConsumerScope",
     "MemoryCheckpointer",
     "SQLiteCheckpointer",
+    "StartPositions",
 ]
 
 log = logging.getLogger("shardflow.consumer")
@@ -178,6 +179,21 @@ class CheckpointSession(Protocol):
 
     async def save(self, shard_id: str, checkpoint: Checkpoint) -> None:
         """Store ``checkpoint`` for ``shard_id``; raises errors.LeaseLost if not owned."""
+        ...
+
+
+@runtime_checkable
+class StartPositions(Protocol):
+    """Optional for a :class:`CheckpointSession`: where a shard without a checkpoint starts.
+
+    A lease table stores a start position (TRIM_HORIZON, LATEST, AT_TIMESTAMP) in leases
+    that have no checkpoint yet; it wins over the consumer's ``start_at``, as in the KCL
+    (IteratorBuilder starts from the lease's sentinel).
+    """
+
+    def start_position(self, shard_id: str) -> str | datetime | None:
+        """"TRIM_HORIZON", "LATEST" or a datetime stored for ``shard_id``; None when the
+        session stores nothing there (the consumer's own rule applies)."""
         ...
 
 

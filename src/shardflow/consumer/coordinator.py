@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -21,7 +22,7 @@ import anyio.abc
 from .. import errors
 from ..models import Record, Shard
 from ..shardmap import list_shards
-from .checkpoint import CheckpointSession
+from .checkpoint import CheckpointSession, StartPositions
 from .shard_reader import ReadContext, ShardReader, Signal, backoff_delay
 
 __all__ = ["Coordinator"]
@@ -279,16 +280,28 @@ class Coordinator:
             self.consumed.add(parent)
         return True
 
+    def _start_at(self, shard: Shard) -> str | datetime:
+        """Where ``shard`` starts when it has no checkpoint: a position the checkpointer
+        stores (a lease's sentinel) wins; else start_at applies to shards there at start
+        whose lineage this application has not read; any other shard is read from its
+        beginning."""
+        assert self.ctx is not None
+        session = self.ctx.session
+        if isinstance(session, StartPositions):
+            stored = session.start_position(shard.shard_id)
+            if stored is not None:
+                return stored
+        if shard.shard_id in self.initial and not any(
+            parent in self.consumed for parent in shard.parent_ids
+        ):
+            return self.ctx.config.start_at
+        return "TRIM_HORIZON"
+
     def _start(self, shard: Shard) -> None:
         assert self.ctx is not None
         assert self.task_group is not None
         self.lost.discard(shard.shard_id)
-        # start_at applies to shards there at start whose lineage this application has
-        # not read; any other shard without a checkpoint is read from its beginning.
-        use_start_at = shard.shard_id in self.initial and not any(
-            parent in self.consumed for parent in shard.parent_ids
-        )
-        reader = ShardReader(shard, self.ctx, use_start_at=use_start_at)
+        reader = ShardReader(shard, self.ctx, start_at=self._start_at(shard))
         self.readers[shard.shard_id] = reader
         log.debug("starting reader for %s", shard.shard_id)
         self.spawn(reader.run, f"shardflow reader {shard.shard_id}")

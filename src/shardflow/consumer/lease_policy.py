@@ -8,10 +8,11 @@
 - **Parents first** (:func:`may_process`): a shard is read only when every parent's
   lease is at SHARD_END (or the parent is gone, or its lease was deleted after a child
   started, as the KCL's lease clean-up does).
-- **Balance** (:func:`plan_takes`): target = ceil(leases / workers), workers being the
-  owners of unexpired leases plus this worker; take expired or unowned leases first;
-  otherwise steal at most one lease, from the most loaded worker, and only when this
-  worker is below the target and that worker above it.
+- **Balance** (:func:`plan_takes`): DynamoDBLeaseTaker's rules: target = ceil(leases /
+  workers), workers being the owners of unexpired leases plus this worker; take expired
+  or unowned leases first; otherwise steal one lease from the most loaded worker when
+  it is above the target, or at it while this worker needs more than one. A worker
+  above target + 1 releases its excess.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .lease_table import AT_TIMESTAMP, LATEST, SHARD_END_MARK, TRIM_HORIZON, Lea
 __all__ = [
     "ExpiryClock",
     "TakePlan",
+    "counts_toward_load",
     "has_started_child",
     "initial_checkpoint",
     "is_parent_done",
@@ -58,6 +60,14 @@ class ExpiryClock:
             else:
                 seen[lease.shard_id] = (lease.counter, now)
         self._seen = seen
+
+    def observe_some(self, leases: Iterable[Lease], now: float) -> None:
+        """Record a partial scan (one segment): only these leases' clocks move."""
+        seen = self._seen
+        for lease in leases:
+            previous = seen.get(lease.shard_id)
+            if previous is None or previous[0] != lease.counter:
+                seen[lease.shard_id] = (lease.counter, now)
 
     def expired(self, lease: Lease, now: float) -> bool:
         """Unowned, or its counter unchanged for failover_time (False if never observed)."""
@@ -131,6 +141,43 @@ def initial_checkpoint(start_at: str | datetime, shard: Shard) -> str:
     return TRIM_HORIZON
 
 
+def _children_index(
+    listing: Mapping[str, Shard], leases: Mapping[str, Lease]
+) -> dict[str, list[str]]:
+    """Parent id -> ids of its children, per the listing and the leases."""
+    index: dict[str, list[str]] = {}
+    for shard in listing.values():
+        for parent in shard.parent_ids:
+            index.setdefault(parent, []).append(shard.shard_id)
+    for lease in leases.values():
+        for parent in lease.parents:
+            index.setdefault(parent, []).append(lease.shard_id)
+    return index
+
+
+def _parents_first(listing: Mapping[str, Shard]) -> list[str]:
+    """The listed shard ids, each after its listed parents (Kahn's order, by id)."""
+    waiting = {
+        shard_id: sum(1 for p in shard.parent_ids if p in listing)
+        for shard_id, shard in listing.items()
+    }
+    children: dict[str, list[str]] = {}
+    for shard_id, shard in listing.items():
+        for parent in shard.parent_ids:
+            if parent in listing:
+                children.setdefault(parent, []).append(shard_id)
+    ready = sorted((s for s, n in waiting.items() if n == 0), reverse=True)
+    order: list[str] = []
+    while ready:
+        shard_id = ready.pop()
+        order.append(shard_id)
+        for child in sorted(children.get(shard_id, ()), reverse=True):
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                ready.append(child)
+    return order
+
+
 def plan_new_leases(
     listing: Mapping[str, Shard],
     leases: Mapping[str, Lease],
@@ -139,26 +186,35 @@ def plan_new_leases(
 ) -> list[Lease]:
     """The leases to create: for each listed shard without a lease whose parents are all
     done (counting the leases planned here, so a chain of finished shards resolves at
-    once). A child continues its parents' lineage from TRIM_HORIZON."""
+    once). A child continues its parents' lineage from TRIM_HORIZON, as the KCL's
+    HierarchicalShardSyncer creates descendants of leased shards. Linear in shards: one
+    pass in parents-first order over an index of children."""
+    if all(shard_id in leases for shard_id in listing):
+        return []
     view = dict(leases)
+    children = _children_index(listing, leases)
+
+    def started_child(shard_id: str) -> bool:
+        return any(c in view and view[c].started for c in children.get(shard_id, ()))
+
+    def parent_done(parent_id: str) -> bool:
+        if parent_id not in listing:
+            return True
+        lease = view.get(parent_id)
+        return lease.finished if lease is not None else started_child(parent_id)
+
     planned: list[Lease] = []
-    changed = True
-    while changed:
-        changed = False
-        for shard_id in sorted(listing):
-            if shard_id in view:
-                continue
-            if has_started_child(shard_id, listing, view):
-                continue  # finished long ago; its lease was cleaned up
-            shard = listing[shard_id]
-            if not all(is_parent_done(p, listing, view) for p in shard.parent_ids):
-                continue
-            lineage = any(p in listing for p in shard.parent_ids)
-            checkpoint = TRIM_HORIZON if lineage else initial_checkpoint(start_at, shard)
-            lease = Lease.new(shard, checkpoint, scope)
-            view[shard_id] = lease
-            planned.append(lease)
-            changed = True
+    for shard_id in _parents_first(listing):
+        if shard_id in view or started_child(shard_id):
+            continue  # exists, or finished long ago and cleaned up
+        shard = listing[shard_id]
+        if not all(parent_done(p) for p in shard.parent_ids):
+            continue
+        lineage = any(p in listing for p in shard.parent_ids)
+        checkpoint = TRIM_HORIZON if lineage else initial_checkpoint(start_at, shard)
+        lease = Lease.new(shard, checkpoint, scope)
+        view[shard_id] = lease
+        planned.append(lease)
     return planned
 
 
@@ -171,6 +227,20 @@ class TakePlan:
     """Unowned or expired leases (and leases the table says are ours) to take."""
     steal: Lease | None = None
     """At most one lease of the most loaded worker."""
+    shed: tuple[str, ...] = ()
+    """Held leases to release: this worker holds more than target + 1."""
+    workers: int = 1
+
+
+def counts_toward_load(lease: Lease, expired: Callable[[Lease], bool]) -> bool:
+    """Whether ``lease`` counts in the balancing target and in its owner's load.
+
+    As DynamoDBLeaseTaker counts every lease, SHARD_END ones included, with its owner;
+    shardflow releases a lease once it is at SHARD_END, and such a lease (or one whose
+    owner stopped renewing it) is never taken again, so a finished lease counts only
+    while an owner renews it (a KCL worker holding it until its clean-up deletes it).
+    """
+    return not lease.finished or (lease.owner is not None and not expired(lease))
 
 
 def plan_takes(
@@ -179,39 +249,70 @@ def plan_takes(
     held: Collection[str],
     expired: Callable[[Lease], bool],
     rng: random.Random,
+    *,
+    only: Collection[str] | None = None,
 ) -> TakePlan:
-    """Balance: ``leases`` are the unfinished leases; ``held`` the shard ids this worker
-    holds; ``expired(lease)`` the expiry clock's verdict."""
-    if not leases:
+    """Balance as DynamoDBLeaseTaker does: ``leases`` are every lease of the table as
+    last seen, ``held`` the shard ids this worker holds, ``expired(lease)`` the expiry
+    clock's verdict. ``only``: take free or expired leases among these ids only, and
+    neither steal nor shed (the expiry watch between full scans).
+
+    target = ceil(counted leases / workers), workers being the owners of unexpired
+    counted leases plus this one. Free and expired leases are taken up to the target at
+    once; otherwise one lease is stolen from the most loaded worker when it is above the
+    target, or AT it while this worker needs more than one (chooseLeasesToSteal). Every
+    stable state then has max - min <= 1: no worker is below target - 1 and none above
+    target. A worker holding more than target + 1 releases the excess (others take it
+    as free leases at their next scan), so one worker holding all gets balanced in a few
+    cycles instead of one lease per worker per cycle.
+    """
+    counted = [x for x in leases if counts_toward_load(x, expired)]
+    if not counted:
         return TakePlan(target=0)
-    reclaim = [x for x in leases if x.owner == me and x.shard_id not in held]
-    loads: Counter[str] = Counter(
-        x.owner
-        for x in leases
-        if x.owner is not None and x.owner != me and x.shard_id not in held and not expired(x)
-    )
+    loads: Counter[str] = Counter()
+    mine = 0
+    reclaim: list[Lease] = []
+    free: list[Lease] = []
+    for lease in counted:
+        if lease.shard_id in held:
+            mine += 1
+        elif lease.owner == me:
+            mine += 1
+            if not lease.finished:
+                reclaim.append(lease)
+        elif lease.owner is None or expired(lease):
+            if not lease.finished and (only is None or lease.shard_id in only):
+                free.append(lease)
+        else:
+            loads[lease.owner] += 1
     workers = len(loads) + 1
-    target = math.ceil(len(leases) / workers)
-    mine = sum(1 for x in leases if x.shard_id in held) + len(reclaim)
+    target = math.ceil(len(counted) / workers)
     needed = target - mine
-    free = [
-        x
-        for x in leases
-        if x.shard_id not in held and x.owner != me and (x.owner is None or expired(x))
-    ]
     take = list(reclaim)
     if needed > 0 and free:
         take.extend(rng.sample(free, min(needed, len(free))))
-        return TakePlan(target, tuple(take))
+        return TakePlan(target, tuple(take), workers=workers)
+    if only is not None:
+        return TakePlan(target, tuple(take), workers=workers)
     steal = None
     if needed > 0 and loads:
         most = max(loads.values())
-        if most > target:
+        if most > target or (most == target and needed > 1):
             victim = rng.choice(sorted(w for w, n in loads.items() if n == most))
-            steal = rng.choice(
-                sorted(
-                    (x for x in leases if x.owner == victim and x.shard_id not in held),
-                    key=lambda x: x.shard_id,
-                )
+            candidates = sorted(
+                (
+                    x.shard_id
+                    for x in counted
+                    if x.owner == victim and not x.finished and x.shard_id not in held
+                ),
             )
-    return TakePlan(target, tuple(take), steal)
+            if candidates:
+                chosen = rng.choice(candidates)
+                steal = next(x for x in counted if x.shard_id == chosen)
+    shed: tuple[str, ...] = ()
+    if mine > target + 1:
+        mine_open = sorted(
+            x.shard_id for x in counted if x.shard_id in held and not x.finished
+        )
+        shed = tuple(rng.sample(mine_open, min(len(mine_open), mine - target - 1)))
+    return TakePlan(target, tuple(take), steal, shed, workers)

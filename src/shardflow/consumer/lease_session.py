@@ -1,6 +1,18 @@
 """One worker's leases for one application and stream: the CheckpointSession that
 :class:`~shardflow.DynamoDBLeases` binds (renewal, balancing, conditional checkpoints,
-release). See :mod:`shardflow.consumer.leases` for the protocol.
+release). See :mod:`shardflow.consumer.leases` for the protocol. It reaches its table
+only through :class:`~.lease_store.LeaseStore`.
+
+Three loops, each jittered so that workers do not line up:
+
+- renewal every failover_time / 3 (DynamoDBLeaseRenewer), at most ``renew_concurrency``
+  conditional writes in flight;
+- a full scan every 2 x (failover_time + epsilon) (DynamoDBLeaseCoordinator's taker
+  interval): shard sync, taking, stealing, releasing excess;
+- an expiry watch every failover_time / 3 that scans two parallel-scan segments of the
+  table (the whole table while the group has at most two workers), so every segment is
+  watched by two workers and a dead worker's leases are free again within about
+  1.5 x failover_time while the table is read in full only every 2 x failover_time.
 """
 
 from __future__ import annotations
@@ -10,6 +22,7 @@ import math
 import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 import anyio
 import anyio.abc
@@ -25,12 +38,20 @@ from .lease_policy import (
     plan_takes,
     undone_parents,
 )
-from .lease_table import Lease, LeaseTable
+from .lease_store import LeaseStore, Segment
+from .lease_table import AT_TIMESTAMP, LATEST, TRIM_HORIZON, Lease
 from .shard_reader import backoff_delay
 
 __all__ = ["LeaseSession"]
 
 log = logging.getLogger("shardflow.consumer.leases")
+
+EPSILON = 0.025
+"""The KCL's epsilonMillis: the taker runs every 2 x (failover_time + EPSILON)."""
+RENEW_CONCURRENCY = 48
+"""Renewals in flight at once (the DynamoDB client for holders has 64 connections)."""
+WRITE_CONCURRENCY = 16
+"""Creates, takes and releases in flight at once."""
 
 
 @dataclass(slots=True, eq=False)
@@ -50,7 +71,7 @@ def _position(lease: Lease) -> Checkpoint | None:
         return SHARD_END
     if lease.checkpoint.isdigit():
         return Checkpoint(lease.checkpoint, max(lease.sub_sequence_number, 0))
-    return None  # TRIM_HORIZON / LATEST / AT_TIMESTAMP: the consumer's start_at applies
+    return None  # a sentinel: see LeaseSession.start_position
 
 
 class LeaseSession:
@@ -58,10 +79,14 @@ class LeaseSession:
 
     def __init__(
         self,
-        table: LeaseTable,
+        table: LeaseStore,
         scope: ConsumerScope,
         listener: AssignmentListener,
         failover_time: float,
+        *,
+        rng: random.Random | None = None,
+        renew_concurrency: int = RENEW_CONCURRENCY,
+        write_concurrency: int = WRITE_CONCURRENCY,
     ) -> None:
         self._table = table
         self._scope = scope
@@ -69,8 +94,14 @@ class LeaseSession:
         self._me = table.owner
         self._failover = failover_time
         self._interval = failover_time / 3
+        self._scan_interval = 2 * (failover_time + EPSILON)
         self._clock = ExpiryClock(failover_time)
-        self._rng = random.Random()
+        self._rng = rng or random.Random()
+        self._renewals = anyio.CapacityLimiter(renew_concurrency)
+        self._writes = anyio.CapacityLimiter(write_concurrency)
+        self._table_was_empty = False
+        self._waited_to_create = False
+        self.cycles = 0
         self._listing: dict[str, Shard] = {}
         self._leases: dict[str, Lease] = {}  # the table as last seen or written
         self._held: dict[str, _Held] = {}
@@ -80,6 +111,7 @@ class LeaseSession:
         self._wake = anyio.Event()
         self._cycle_lock = anyio.Lock()
         self._relisted_at = -math.inf
+        self._workers = 1
 
     # --- CheckpointSession ------------------------------------------------------------
 
@@ -110,10 +142,10 @@ class LeaseSession:
     async def get(self, shard_id: str) -> Checkpoint | None:
         """The position stored in ``shard_id``'s lease (consistent read).
 
-        A KCL sentinel (TRIM_HORIZON, LATEST, AT_TIMESTAMP) is None: the consumer's
-        start_at applies. Raises errors.LeaseLost when this worker holds the lease and the
-        table says someone else owns it, and errors.AWSError subclasses. Cancellation
-        changes nothing.
+        A KCL sentinel (TRIM_HORIZON, LATEST, AT_TIMESTAMP) is None: the reader starts
+        where :meth:`start_position` says. Raises errors.LeaseLost when this worker holds
+        the lease and the table says someone else owns it, and errors.AWSError
+        subclasses. Cancellation changes nothing.
         """
         lease = await self._table.get(shard_id)
         if lease is None:
@@ -127,6 +159,32 @@ class LeaseSession:
         if held is not None and lease.owner != self._me:
             raise self._lose(held, f"lease for {shard_id} is owned by {lease.owner}")
         return _position(lease)
+
+    def start_position(self, shard_id: str) -> str | datetime | None:
+        """Where a lease without a checkpoint starts: its sentinel, as the KCL's
+        IteratorBuilder does (StartPositions). The lease as last read or taken is exact:
+        only its owner writes a checkpoint.
+
+        The KCL stores no timestamp in an AT_TIMESTAMP lease (it reads the worker's own
+        InitialPositionInStreamExtended): such a lease starts at this consumer's
+        ``start_at`` when that is a datetime, and otherwise at TRIM_HORIZON (nothing
+        skipped), with a warning.
+        """
+        lease = self._leases.get(shard_id)
+        if lease is None or lease.finished or lease.checkpoint.isdigit():
+            return None
+        if lease.checkpoint == LATEST:
+            return LATEST
+        if lease.checkpoint == AT_TIMESTAMP:
+            start_at = self._scope.start_at
+            if isinstance(start_at, datetime):
+                return start_at
+            log.warning(
+                "lease %s is at AT_TIMESTAMP but this consumer's start_at is %r: the lease "
+                "holds no timestamp, so %s is read from TRIM_HORIZON",
+                shard_id, start_at, shard_id,
+            )
+        return TRIM_HORIZON
 
     async def save(self, shard_id: str, checkpoint: Checkpoint) -> None:
         """Store ``checkpoint`` in the lease, conditional on owner and counter.
@@ -238,7 +296,7 @@ class LeaseSession:
 
     async def _release(self, held: _Held) -> None:
         """Give a lease up (conditional on owner and counter); never raises AWS errors."""
-        async with held.lock:
+        async with self._writes, held.lock:
             if self._held.get(held.shard_id) is not held:
                 return
             for _ in range(3):
@@ -270,7 +328,7 @@ class LeaseSession:
 
     async def _renew(self, held: _Held) -> None:
         try:
-            async with held.lock:
+            async with self._renewals, held.lock:
                 if self._held.get(held.shard_id) is not held:
                     return
                 sent = anyio.current_time()
@@ -299,32 +357,55 @@ class LeaseSession:
             held.renewing = False
 
     async def _take(self, lease: Lease) -> bool:
-        sent = anyio.current_time()
-        try:
-            taken = await self._table.take(lease)
-        except errors.ConditionFailed:
-            return False  # renewed or taken meanwhile
-        except errors.AWSError as exc:
-            log.info("could not take %s (%s)", lease.shard_id, exc)
-            return False
+        async with self._writes:
+            sent = anyio.current_time()
+            try:
+                taken = await self._table.take(lease)
+            except errors.ConditionFailed:
+                return False  # renewed or taken meanwhile
+            except errors.AWSError as exc:
+                log.info("could not take %s (%s)", lease.shard_id, exc)
+                return False
         self._leases[taken.shard_id] = taken
         self._held[taken.shard_id] = _Held(taken.shard_id, taken.counter, sent + self._failover)
         log.info("%s took %s from %s", self._me, taken.shard_id, lease.owner or "nobody")
         return True
 
-    async def _create_missing(self) -> None:
+    async def _take_all(self, leases: Sequence[Lease]) -> int:
+        """Take ``leases`` (at most write_concurrency at once); how many were taken."""
+        if len(leases) == 1:
+            return int(await self._take(leases[0]))
+        taken = 0
+
+        async def one(lease: Lease) -> None:
+            nonlocal taken
+            taken += await self._take(lease)
+
+        async with anyio.create_task_group() as tg:
+            for lease in leases:
+                tg.start_soon(one, lease)
+        return taken
+
+    async def _create_missing(self, *, first: bool = False) -> None:
+        """Create the leases the shard sync plans (linear in shards, existing ones
+        skipped). A worker that found the table empty waits a random time first and
+        leaves the creation to whoever started it meanwhile (Scheduler's random wait on
+        an empty lease table), so a group starting together does not stampede."""
         planned = plan_new_leases(
             self._listing, self._leases, self._scope.start_at, self._table.scope
         )
-        for lease in planned:
-            if await self._table.create(lease):
-                log.info("created lease %s (%s)", lease.shard_id, lease.checkpoint)
-                self._leases[lease.shard_id] = lease
-            else:
-                existing = await self._table.get(lease.shard_id)
-                if existing is not None:
-                    self._leases[lease.shard_id] = existing
+        if planned and first and self._table_was_empty and not self._waited_to_create:
+            self._waited_to_create = True
+            await anyio.sleep(self._rng.uniform(0, self._failover / 2))
+            leases, _ = await self._table.scan()
+            self._merge(leases, anyio.current_time(), full=True)
+            if leases:
+                return  # another worker is creating them: what is left, next cycle
+            planned = plan_new_leases(
+                self._listing, self._leases, self._scope.start_at, self._table.scope
+            )
         if planned:
+            await self._create_all(planned)
             self._wake.set()
         for lease in list(self._leases.values()):
             if not lease.finished:
@@ -335,6 +416,29 @@ class LeaseSession:
             if children and not children <= lease.children:
                 await self._table.set_children(lease.shard_id, children | lease.children)
                 self._leases[lease.shard_id] = replace(lease, children=children | lease.children)
+
+    async def _create_all(self, planned: Sequence[Lease]) -> None:
+        existing: list[str] = []
+
+        async def one(lease: Lease) -> None:
+            async with self._writes:
+                created = await self._table.create(lease)
+            if created:
+                log.info("created lease %s (%s)", lease.shard_id, lease.checkpoint)
+                self._leases[lease.shard_id] = lease
+            else:
+                existing.append(lease.shard_id)
+
+        async with anyio.create_task_group() as tg:
+            for lease in planned:
+                tg.start_soon(one, lease)
+        if len(existing) == 1:
+            current = await self._table.get(existing[0])
+            if current is not None:
+                self._leases[current.shard_id] = current
+        elif existing:  # created by others meanwhile: one scan reads them all
+            leases, _ = await self._table.scan()
+            self._merge(leases, anyio.current_time(), full=True)
 
     # --- assignment ---------------------------------------------------------------------
 
@@ -375,20 +479,34 @@ class LeaseSession:
                 f"DynamoDBLeases(..., shared_table=True)"
             )
         self._leases = {lease.shard_id: lease for lease in leases}
+        self._table_was_empty = not leases
         self._clock.observe(leases, anyio.current_time())
 
+    def _merge(self, leases: Sequence[Lease], now: float, *, full: bool) -> None:
+        """Take a scan's leases (all, or one segment's) into the view and the expiry
+        clock; a write of ours may have landed after the scan read that item: keep the
+        newer."""
+        if full:
+            self._clock.observe(leases, now)
+            scanned = {lease.shard_id: lease for lease in leases}
+            for shard_id, known in self._leases.items():
+                seen = scanned.get(shard_id)
+                if seen is not None and known.counter > seen.counter:
+                    scanned[shard_id] = known
+            self._leases = scanned
+            return
+        self._clock.observe_some(leases, now)
+        for lease in leases:
+            mine = self._leases.get(lease.shard_id)
+            if mine is None or mine.counter <= lease.counter:
+                self._leases[lease.shard_id] = lease
+
     async def _cycle(self, *, notify: bool = True) -> None:
-        """Scan, create missing leases, release finished ones, take and steal."""
+        """Full scan: create missing leases, release finished ones, take, steal, shed."""
+        self.cycles += 1
         leases, _ = await self._table.scan()
         now = anyio.current_time()
-        self._clock.observe(leases, now)
-        # A write of ours may have landed after the scan read that item: keep the newer.
-        scanned = {lease.shard_id: lease for lease in leases}
-        for shard_id, known in self._leases.items():
-            seen = scanned.get(shard_id)
-            if seen is not None and known.counter > seen.counter:
-                scanned[shard_id] = known
-        self._leases = scanned
+        self._merge(leases, now, full=True)
         for held in list(self._held.values()):
             # Taken by someone else since we last wrote (a write of ours in flight, or
             # a release after SHARD_END, may be what the scan saw: left to the writer).
@@ -400,18 +518,22 @@ class LeaseSession:
                 and held.shard_id not in self._finished_here
             ):
                 self._lose(held, f"owned by {lease.owner or 'nobody'}")
-        await self._create_missing()
+        await self._create_missing(first=not notify)
         for held in list(self._held.values()):
             lease = self._leases.get(held.shard_id)
             if lease is not None and lease.finished:
                 await self._release(held)
-        active = [lease for lease in self._leases.values() if not lease.finished]
         plan = plan_takes(
-            active, self._me, self._held.keys(), lambda x: self._clock.expired(x, now), self._rng
+            list(self._leases.values()),
+            self._me,
+            self._held.keys(),
+            lambda x: self._clock.expired(x, now),
+            self._rng,
         )
-        took = False
-        for lease in (*plan.take, *(() if plan.steal is None else (plan.steal,))):
-            took = await self._take(lease) or took
+        self._workers = plan.workers
+        took = await self._take_all((*plan.take, *(() if plan.steal is None else (plan.steal,))))
+        if plan.shed:
+            await self._shed(plan.shed)
         if not notify:
             return
         stale_listing = any(
@@ -422,16 +544,72 @@ class LeaseSession:
         )
         if stale_listing and now - self._relisted_at > self._failover:
             self._relisted_at = now  # a parent ended elsewhere: list its children
-            took = True
-        if took or self._grantable() != self._last_granted:
+            took = 1
+        if took or plan.shed or self._grantable() != self._last_granted:
             self._listener.reassign()
 
+    async def _shed(self, shard_ids: Collection[str]) -> None:
+        """Release leases above target + 1 (their shards are stopped first)."""
+        log.info("%s releases %d leases above its share", self._me, len(shard_ids))
+        async with anyio.create_task_group() as tg:
+            for shard_id in shard_ids:
+                held = self._held.get(shard_id)
+                if held is not None:
+                    self._listener.revoke(shard_id)
+                    tg.start_soon(self._release, held)
+
+    def _watched(self) -> list[Segment | None]:
+        """The parallel-scan segments this worker watches for expiry: with W workers
+        (as last seen), W segments, this worker's rank r watching r and r + 1 (each
+        segment watched twice, so a dead worker's own segment is watched too)."""
+        workers = {
+            lease.owner
+            for lease in self._leases.values()
+            if lease.owner is not None and not lease.finished
+        }
+        workers.add(self._me)
+        if len(workers) <= 2:
+            return [None]
+        ranked = sorted(workers)
+        total = len(ranked)
+        rank = ranked.index(self._me)
+        return [(rank, total), ((rank + 1) % total, total)]
+
+    async def _watch(self) -> None:
+        """Read the watched segments; take free or expired leases in them (up to the
+        target; no stealing)."""
+        leases: list[Lease] = []
+        for segment in self._watched():
+            part, _ = await self._table.scan(segment)
+            leases.extend(part)
+        now = anyio.current_time()
+        self._merge(leases, now, full=False)
+        if not any(
+            lease.owner is None or self._clock.expired(lease, now)
+            for lease in leases
+            if not lease.finished and lease.owner != self._me
+        ):
+            return
+        plan = plan_takes(
+            list(self._leases.values()),
+            self._me,
+            self._held.keys(),
+            lambda x: self._clock.expired(x, now),
+            self._rng,
+            only={lease.shard_id for lease in leases},
+        )
+        if plan.take and await self._take_all(plan.take):
+            self._listener.reassign()
+
+    def _jitter(self, interval: float, spread: float) -> float:
+        return interval * self._rng.uniform(1 - spread, 1 + spread)
+
     async def take_loop(self) -> None:
-        """Every failover_time / 3 (or when woken): a balancing cycle. Never raises AWS
-        errors (they are logged and the next cycle tries again)."""
+        """Every 2 x (failover_time + epsilon), jittered (or when woken): a full cycle.
+        Never raises AWS errors (they are logged and the next cycle tries again)."""
         await self._listed.wait()
         while True:
-            with anyio.move_on_after(self._interval):
+            with anyio.move_on_after(self._jitter(self._scan_interval, 0.2)):
                 await self._wake.wait()
             self._wake = anyio.Event()
             try:
@@ -440,8 +618,20 @@ class LeaseSession:
             except errors.AWSError as exc:
                 log.warning("lease cycle on %s failed: %s", self._table.table, exc)
 
+    async def watch_loop(self) -> None:
+        """Every failover_time / 3, jittered: the expiry watch. Never raises AWS errors."""
+        await self._listed.wait()
+        while True:
+            await anyio.sleep(self._jitter(self._interval, 0.1))
+            try:
+                async with self._cycle_lock:
+                    await self._watch()
+            except errors.AWSError as exc:
+                log.warning("lease watch on %s failed: %s", self._table.table, exc)
+
     async def renew_loop(self, task_group: anyio.abc.TaskGroup) -> None:
-        """Every failover_time / 3: stop leases not renewed in time, renew each lease."""
+        """Every failover_time / 3: stop leases not renewed in time, renew each lease
+        (at most renew_concurrency at once)."""
         while True:
             await anyio.sleep(self._interval)
             now = anyio.current_time()
@@ -451,3 +641,9 @@ class LeaseSession:
                 if not held.renewing:
                     held.renewing = True
                     task_group.start_soon(self._renew, held)
+
+    async def run(self, task_group: anyio.abc.TaskGroup) -> None:
+        """Start the three loops in ``task_group``."""
+        task_group.start_soon(self.renew_loop, task_group, name="shardflow lease renewal")
+        task_group.start_soon(self.take_loop, name="shardflow lease balancing")
+        task_group.start_soon(self.watch_loop, name="shardflow lease expiry watch")

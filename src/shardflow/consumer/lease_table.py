@@ -16,7 +16,14 @@ One item per shard, with the attribute names and DynamoDB types the Java KCL (2.
 ``startingHashKey``             S     the shard's hash-key range, decimal
 ``endingHashKey``               S
 ``shardflowScope``              S     shardflow only: ``app:stream`` of the creator
+``checkpointOwner``             S     KCL 3.x graceful hand-off: removed when taken
 ==============================  ====  =================================================
+
+A KCL 3.x table also holds items that are not leases (DynamoDBLeaseSerializer's
+``entityType`` rule: an item whose ``entityType`` is set and is not ``LEASE``): the leader
+lock (``Leader``), the migration states (``Migration3.0``, ``TableMigration3.5``) and one
+worker-metrics item per worker (keyed by the worker id). They are skipped, never written
+(:func:`is_lease_item`); so is any item without the lease attributes.
 
 Every write by a holder is conditional on ``leaseOwner`` and ``leaseCounter``, so a
 worker that lost a lease can never write to it again. Only this module talks DynamoDB.
@@ -44,6 +51,7 @@ __all__ = [
     "KeyScheme",
     "Lease",
     "LeaseTable",
+    "is_lease_item",
 ]
 
 log = logging.getLogger("shardflow.consumer.leases")
@@ -65,6 +73,12 @@ CHILDREN = "childShardIds"
 STARTING_HASH_KEY = "startingHashKey"
 ENDING_HASH_KEY = "endingHashKey"
 SCOPE = "shardflowScope"
+CHECKPOINT_OWNER = "checkpointOwner"
+ENTITY_TYPE = "entityType"
+LEASE_ENTITY = "LEASE"
+# Items the KCL 3.x coordinator recognises by key when they lack an entityType
+# (CoordinatorStateDAODelegate.resolveEntityType).
+_COORDINATOR_KEYS = frozenset({"Migration3.0", "TableMigration3.5"})
 # What a KCL worker may leave behind; a checkpoint clears it, as the KCL does.
 _PENDING = ("pendingCheckpoint", "pendingCheckpointSubSequenceNumber", "pendingCheckpointState")
 
@@ -84,6 +98,7 @@ _NAMES = {
     "#p0": _PENDING[0],
     "#p1": _PENDING[1],
     "#p2": _PENDING[2],
+    "#co": CHECKPOINT_OWNER,
 }
 
 
@@ -132,6 +147,7 @@ class Lease:
     starting_hash_key: str | None = None
     ending_hash_key: str | None = None
     scope: str | None = None
+    checkpoint_owner: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -182,11 +198,45 @@ def _set(item: Mapping[str, Any], name: str) -> frozenset[str]:
     return frozenset(value.get("SS", ())) if isinstance(value, Mapping) else frozenset()
 
 
+def is_lease_item(item: Mapping[str, Any]) -> bool:
+    """The KCL's rule for telling a lease from the other items of a 3.x table.
+
+    DynamoDBLeaseSerializer.fromDynamoRecord reads an item as a lease when its
+    ``entityType`` is absent or ``LEASE``; the KCL's coordinator knows the migration items
+    by key when they have none. Beyond that, an item without a string ``leaseKey``, a
+    numeric ``leaseCounter`` and a string ``checkpoint`` is no lease of anyone's.
+    """
+    entity = item.get(ENTITY_TYPE)
+    if entity is not None and _str(item, ENTITY_TYPE) != LEASE_ENTITY:
+        return False
+    key = _str(item, LEASE_KEY)
+    if key is None or key in _COORDINATOR_KEYS:
+        return False
+    counter = item.get(LEASE_COUNTER)
+    return (
+        isinstance(counter, Mapping)
+        and "N" in counter
+        and _str(item, CHECKPOINT) is not None
+    )
+
+
 class LeaseTable:
     """The lease items of one (application, stream) in one DynamoDB table."""
 
-    def __init__(self, client: Any, table: str, scheme: KeyScheme, scope: str, owner: str) -> None:
+    def __init__(
+        self,
+        client: Any,
+        table: str,
+        scheme: KeyScheme,
+        scope: str,
+        owner: str,
+        *,
+        holder_client: Any = None,
+    ) -> None:
         self.client = client
+        # Renewals and checkpoints go through their own connections, so scans and takes
+        # never hold them up (a worker holding thousands of leases renews them all).
+        self.holder_client = client if holder_client is None else holder_client
         self.table = table
         self.scheme = scheme
         self.scope = scope
@@ -195,7 +245,10 @@ class LeaseTable:
     # --- items ------------------------------------------------------------------------
 
     def parse(self, item: Mapping[str, Any]) -> Lease | None:
-        """The lease in ``item``, or None when its key is not this scheme's."""
+        """The lease in ``item``, or None when it is not a lease (:func:`is_lease_item`)
+        or its key is not this scheme's."""
+        if not is_lease_item(item):
+            return None
         key = _str(item, LEASE_KEY)
         shard_id = None if key is None else self.scheme.shard_id(key)
         if shard_id is None:
@@ -213,6 +266,7 @@ class LeaseTable:
             starting_hash_key=_str(item, STARTING_HASH_KEY),
             ending_hash_key=_str(item, ENDING_HASH_KEY),
             scope=_str(item, SCOPE),
+            checkpoint_owner=_str(item, CHECKPOINT_OWNER),
         )
 
     def to_item(self, lease: Lease) -> dict[str, Any]:
@@ -240,8 +294,9 @@ class LeaseTable:
     def _key(self, shard_id: str) -> dict[str, Any]:
         return {LEASE_KEY: _s(self.scheme.key(shard_id))}
 
-    async def _call(self, operation: str, **params: Any) -> Any:
-        return await _aws.call(self.client, operation, service="dynamodb", **params)
+    async def _call(self, operation: str, *, holder: bool = False, **params: Any) -> Any:
+        client = self.holder_client if holder else self.client
+        return await _aws.call(client, operation, service="dynamodb", **params)
 
     # --- the table ----------------------------------------------------------------------
 
@@ -291,10 +346,15 @@ class LeaseTable:
                 f"hash key {LEASE_KEY!r}, got {schema}"
             )
 
-    async def scan(self) -> tuple[list[Lease], list[str]]:
-        """Every lease of this scheme (consistent read), and the keys of foreign items
-        (other key schemes, or another application's or stream's leases)."""
+    async def scan(
+        self, segment: tuple[int, int] | None = None
+    ) -> tuple[list[Lease], list[str]]:
+        """Every lease of this scheme (consistent read) in the table or in one parallel-scan
+        ``segment`` (index, total), and the keys of foreign items (other key schemes, or
+        another application's or stream's leases). Items that are not leases are skipped."""
         params: dict[str, Any] = {"TableName": self.table, "ConsistentRead": True}
+        if segment is not None:
+            params.update(Segment=segment[0], TotalSegments=segment[1])
         if self.scheme.shared:
             params.update(
                 FilterExpression="begins_with(#k, :prefix)",
@@ -306,6 +366,8 @@ class LeaseTable:
         while True:
             page = await self._call("scan", **params)
             for item in page.get("Items", ()):
+                if not is_lease_item(item):
+                    continue  # the KCL 3.x leader lock, migration state, worker metrics
                 lease = self.parse(item)
                 if lease is None:
                     if not self.scheme.shared:
@@ -351,10 +413,12 @@ class LeaseTable:
         values: dict[str, Any],
         *,
         returns: bool = False,
+        holder: bool = False,
     ) -> Any:
         used = set(_PLACEHOLDER.findall(f"{update} {condition}"))
         names = {k: v for k, v in _NAMES.items() if k in used}
         params: dict[str, Any] = {
+            "holder": holder,
             "TableName": self.table,
             "Key": self._key(shard_id),
             "UpdateExpression": update,
@@ -382,9 +446,14 @@ class LeaseTable:
         else:
             condition = "#c = :c AND #o = :old"
             values[":old"] = _s(lease.owner)
-            if lease.owner != self.owner:
-                update += " ADD #sw :one"
-                values[":one"] = _n(1)
+        # DynamoDBLeaseSerializer.getDynamoTakeLeaseUpdate: a take ends a KCL 3.x hand-off
+        # (checkpointOwner removed) and counts an owner switch when the owner changes.
+        if (lease.owner is not None and lease.owner != self.owner) or (
+            lease.checkpoint_owner is not None and lease.checkpoint_owner == self.owner
+        ):
+            update += " ADD #sw :one"
+            values[":one"] = _n(1)
+        update += " REMOVE #co"
         response = await self._update(lease.shard_id, update, condition, values, returns=True)
         taken = self.parse(response["Attributes"])
         if taken is None:  # pragma: no cover - the key is ours by construction
@@ -401,6 +470,7 @@ class LeaseTable:
             "SET #c = :next",
             "#o = :me AND #c = :c",
             {":me": _s(self.owner), ":c": _n(counter), ":next": _n(counter + 1)},
+            holder=True,
         )
 
     async def checkpoint(
@@ -429,7 +499,7 @@ class LeaseTable:
             update += ", #ch = :children"
             values[":children"] = {"SS": sorted(children)}
         update += " REMOVE #p0, #p1, #p2"
-        await self._update(shard_id, update, "#o = :me AND #c = :c", values)
+        await self._update(shard_id, update, "#o = :me AND #c = :c", values, holder=True)
 
     async def set_children(self, shard_id: str, children: frozenset[str]) -> None:
         """Record a finished lease's children (any worker may: the lease is at SHARD_END

@@ -54,7 +54,7 @@ import anyio
 from .. import _aws
 from .._validate import as_float, shown
 from .checkpoint import AssignmentListener, CheckpointSession, ConsumerScope
-from .lease_session import LeaseSession
+from .lease_session import RENEW_CONCURRENCY, WRITE_CONCURRENCY, LeaseSession
 from .lease_table import KeyScheme, LeaseTable
 
 __all__ = ["DynamoDBLeases"]
@@ -175,9 +175,7 @@ class DynamoDBLeases:
         self._bound.add(name)
         stack = AsyncExitStack()
         try:
-            client = await _aws.open_client(
-                stack,
-                "dynamodb",
+            options: dict[str, Any] = dict(
                 endpoint_url=self._endpoint_url,
                 region_name=self._region_name,
                 client=self._client,
@@ -185,19 +183,27 @@ class DynamoDBLeases:
                 connect_timeout=min(5.0, self._failover),
                 read_timeout=max(5.0, self._failover),
             )
+            client = await _aws.open_client(
+                stack, "dynamodb", max_pool_connections=WRITE_CONCURRENCY + 4, **options
+            )
+            # Renewals and checkpoints on their own connections (an injected client is
+            # shared): a worker holding thousands of leases renews them all in time.
+            holder_client = await _aws.open_client(
+                stack, "dynamodb", max_pool_connections=RENEW_CONCURRENCY + 16, **options
+            )
             table = LeaseTable(
                 client,
                 self._table,
                 KeyScheme.for_scope(scope.app_name, scope.stream_name, shared=self._shared),
                 scope=f"{scope.app_name}:{scope.stream_name}",
                 owner=self._worker_id,
+                holder_client=holder_client,
             )
             await table.ensure()
             session = LeaseSession(table, scope, listener, self._failover)
             await session.start()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(session.renew_loop, tg, name="shardflow lease renewal")
-                tg.start_soon(session.take_loop, name="shardflow lease balancing")
+                await session.run(tg)
                 try:
                     yield session
                 finally:

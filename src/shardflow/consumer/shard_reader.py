@@ -1,13 +1,16 @@
-"""One shard: its reader task (GetRecords with its own pacing), its bounded buffer, its
-checkpoints, and :class:`ShardReader`, the public iterator over its records.
+"""One shard: :class:`ShardReader`, the object that reads it (its task fetches, converts
+and buffers), keeps its checkpoints, and is the public iterator over its records.
 
 Each shard is read by its own task, so an idle shard never delays another. The task
-reads again at once after a non-empty response (but never more often than
-``KinesisLimits.shard_read_calls_per_s``), and waits ``poll_interval`` when caught up.
-It stops fetching while the shard's buffer is full, so a slow application costs no
-memory. Kinesis records become user records in exactly one place, :func:`to_records`
-in ``record_conversion`` (which is where KPL aggregates are unpacked); ``pacing`` holds
-the backoff and the signals the task waits on.
+resolves the start position (checkpoint, else ``start_at``), then fetches through the
+consumer's :class:`Source`: polling (:class:`PollingSource`, GetRecords, here) or
+enhanced fan-out (``_fan_out.FanOutSource``, SubscribeToShard). Either hands each answer's
+records to :meth:`ShardReader.accept`, which converts them in exactly one place
+(:func:`to_records` in ``record_conversion``, where KPL aggregates are unpacked) and
+buffers them; fetching stops while the buffer is full, so a slow application costs no
+memory. Polling reads again at once after a non-empty answer, within the shard's read
+budget (``KinesisLimits.shard_read_calls_per_s`` and ``shard_read_bytes_per_s``), and
+waits ``poll_interval`` when caught up.
 """
 
 from __future__ import annotations
@@ -23,12 +26,24 @@ import anyio
 
 from .. import _aws, errors
 from ..models import Record, Shard
+from ._transport import ReadTransport
 from .checkpoint import END_POSITION, SHARD_END, Checkpoint, CheckpointSession
+from .pacing import ReadPacer
 from .pacing import Signal as Signal  # re-exported: the coordinator and leases use these
 from .pacing import backoff_delay as backoff_delay
 from .record_conversion import child_shard, to_records
 
-__all__ = ["Counters", "ReadContext", "ReaderConfig", "ReaderEvents", "ShardReader", "to_records"]
+__all__ = [
+    "Counters",
+    "PollingSource",
+    "ReadContext",
+    "ReaderConfig",
+    "ReaderEvents",
+    "ShardReader",
+    "Source",
+    "StartPosition",
+    "to_records",
+]
 
 log = logging.getLogger("shardflow.consumer")
 
@@ -43,6 +58,7 @@ class Counters:
     """Running totals, shared by every reader of one consumer."""
 
     get_records_calls: int = 0
+    subscriptions: int = 0
     records_fetched: int = 0
     records_delivered: int = 0
     throttled: int = 0
@@ -59,6 +75,27 @@ class ReaderConfig:
     min_call_interval: float
     get_records_limit: int
     max_buffer_records: int
+    read_bytes_per_s: float = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StartPosition:
+    """Where a fetch starts: ``kind`` is a ShardIteratorType (TRIM_HORIZON, LATEST,
+    AT_TIMESTAMP, AT_SEQUENCE_NUMBER, AFTER_SEQUENCE_NUMBER)."""
+
+    kind: str
+    sequence_number: str | None = None
+    timestamp: datetime | None = None
+
+
+class Source(Protocol):
+    """How a consumer's shard readers fetch: polling or enhanced fan-out."""
+
+    async def read(self, reader: ShardReader) -> None:
+        """Fetch ``reader``'s shard from :meth:`ShardReader.position` on, handing every
+        answer to :meth:`ShardReader.accept` and the end to :meth:`ShardReader.reach_end`.
+        Retries what is retriable; raises what is not. Cancelled when the reader stops."""
+        ...
 
 
 class ReaderEvents(Protocol):
@@ -96,6 +133,7 @@ class ReadContext:
     config: ReaderConfig
     counters: Counters
     events: ReaderEvents
+    source: Source
     per_shard: bool = False
     """Delivered through ShardReader iterators: a shard is done when its iterator ends."""
 
@@ -109,10 +147,10 @@ class ShardReader:
     error if the consumer failed. Checkpoint with ``Consumer.checkpoint(record)``.
     """
 
-    def __init__(self, shard: Shard, ctx: ReadContext, *, use_start_at: bool) -> None:
+    def __init__(self, shard: Shard, ctx: ReadContext, *, start_at: str | datetime) -> None:
         self.shard = shard
         self._ctx = ctx
-        self._use_start_at = use_start_at
+        self._start_at = start_at  # where to start without a checkpoint (the coordinator's)
         self.consumed = False  # had a checkpoint or was read: children continue from it
         self._scope = anyio.CancelScope()
         self._batches: deque[list[Record]] = deque()
@@ -333,15 +371,15 @@ class ShardReader:
                 self._ctx.events.reader_failed(self, exc)
 
     async def _read(self) -> None:
-        ctx, cfg = self._ctx, self._ctx.config
-        cp = await self._retry("load checkpoint", lambda: ctx.session.get(self.shard_id))
+        ctx = self._ctx
+        cp = await self.retry("load checkpoint", lambda: ctx.session.get(self.shard_id))
         self.consumed = cp is not None
         if cp is not None and cp.is_shard_end:
             self._cp_wanted_pos = self._cp_durable_pos = END_POSITION
             self._ended = True
             self._finish()
             return
-        latest = self._use_start_at and cfg.start_at == "LATEST"
+        latest = self._start_at == "LATEST"
         if cp is None and latest and not self.shard.is_open:
             # Closed before we started at LATEST: nothing in it is ours to read.
             self._ended = True
@@ -355,59 +393,68 @@ class ShardReader:
             if cp.sub_sequence_number is not None:
                 self._skip_to = cp.position
         ctx.events.reader_started(self)
-        iterator: str | None = await self._new_iterator()
-        attempt = 0
-        next_call = 0.0
-        while iterator is not None:
-            while self._buffered >= cfg.max_buffer_records:
-                await self._room.wait()
-            delay = next_call - anyio.current_time()
-            if delay > 0:
-                await anyio.sleep(delay)
-            next_call = anyio.current_time() + cfg.min_call_interval
-            ctx.counters.get_records_calls += 1
-            try:
-                response = await _aws.call(
-                    ctx.client, "get_records", ShardIterator=iterator, Limit=cfg.get_records_limit
-                )
-            except errors.ExpiredIterator:
-                ctx.counters.iterators_renewed += 1
-                iterator = await self._new_iterator()
-                continue
-            except errors.AWSError as exc:
-                if not exc.retriable:
-                    raise
-                if isinstance(exc, errors.ThroughputExceeded):
-                    ctx.counters.throttled += 1
-                else:
-                    ctx.counters.retries += 1
-                    log.debug("GetRecords on %s failed (%s); retrying", self.shard_id, exc)
-                await anyio.sleep(backoff_delay(attempt))
-                attempt += 1
-                continue
-            attempt = 0
-            raw = response.get("Records") or ()
-            if raw:
-                self._last_seq = raw[-1]["SequenceNumber"]
-                batch, dropped = to_records(self.shard, raw, self._skip_to)
-                if dropped:  # (to_records logs each dropped aggregate)
-                    ctx.counters.out_of_range_dropped += dropped
-                self._skip_to = None
-                if batch:
-                    self._last_position = batch[-1].position
-                    self._push(batch)
-            iterator = response.get("NextShardIterator")
-            if iterator is None:
-                children = [child_shard(c) for c in response.get("ChildShards") or ()]
-                await self._reach_end(children)
-                return
-            # Caught up: wait poll_interval. A full response, or an empty one that says
-            # the tip is still ahead (AWS skips gaps this way), reads again at once.
-            behind = response.get("MillisBehindLatest")
-            if len(raw) < cfg.get_records_limit and (behind == 0 or (behind is None and not raw)):
-                await anyio.sleep(cfg.poll_interval)
+        await ctx.source.read(self)
 
-    async def _reach_end(self, children: Sequence[Shard]) -> None:
+    # --- what a source calls ----------------------------------------------------------
+
+    def position(self) -> StartPosition:
+        """Where the next fetch starts: right after the last Kinesis record fetched, else
+        the checkpoint (at its record when it points inside an aggregate), else
+        ``start_at``. LATEST is asked for once; a fetch renewed before anything came
+        starts AT_TIMESTAMP of that first ask, so nothing put in between is skipped."""
+        if self._last_seq is not None:
+            return StartPosition("AFTER_SEQUENCE_NUMBER", self._last_seq)
+        if self._start is not None:
+            inside = self._start.sub_sequence_number is not None
+            kind = "AT_SEQUENCE_NUMBER" if inside else "AFTER_SEQUENCE_NUMBER"
+            return StartPosition(kind, self._start.sequence_number)
+        start_at = self._start_at
+        if isinstance(start_at, datetime):
+            return StartPosition("AT_TIMESTAMP", timestamp=start_at)
+        if start_at == "TRIM_HORIZON":
+            # A shard born while we read (or after a shard we read) starts at its
+            # beginning: nothing lost.
+            return StartPosition("TRIM_HORIZON")
+        if self._anchor is None:
+            self._anchor = datetime.now(_UTC)
+            return StartPosition("LATEST")
+        return StartPosition("AT_TIMESTAMP", timestamp=self._anchor)
+
+    def continue_after(self, sequence_number: str) -> None:
+        """The next fetch starts after ``sequence_number`` (a fan-out event's
+        ContinuationSequenceNumber, at or after the last record fetched)."""
+        if self._last_seq is None or int(sequence_number) > int(self._last_seq):
+            self._last_seq = sequence_number
+
+    def accept(self, raw_records: Sequence[dict[str, Any]]) -> None:
+        """Convert and buffer one answer's ``Records`` (in the service's JSON shape).
+        Records at or before the last one fetched are left out (a renewed fetch may
+        repeat its start)."""
+        if not raw_records:
+            return
+        last_seq = self._last_seq
+        if last_seq is not None and int(raw_records[0]["SequenceNumber"]) <= int(last_seq):
+            after = int(last_seq)
+            raw_records = [r for r in raw_records if int(r["SequenceNumber"]) > after]
+            if not raw_records:
+                return
+        self._last_seq = raw_records[-1]["SequenceNumber"]
+        batch, dropped = to_records(self.shard, raw_records, self._skip_to)
+        if dropped:  # (to_records logs each dropped aggregate)
+            self._ctx.counters.out_of_range_dropped += dropped
+        self._skip_to = None
+        if batch:
+            self._last_position = batch[-1].position
+            self._push(batch)
+
+    async def wait_for_room(self) -> None:
+        """Return once the buffer has room for another answer."""
+        limit = self._ctx.config.max_buffer_records
+        while self._buffered >= limit:
+            await self._room.wait()
+
+    async def reach_end(self, children: Sequence[Shard]) -> None:
+        """The shard is closed and every record was fetched; ``children`` continue it."""
         log.debug("%s ended; children %s", self.shard_id, [c.shard_id for c in children])
         self._ended = True
         await self._complete()
@@ -416,39 +463,9 @@ class ShardReader:
             self._finish()
         self._data.fire()  # a ShardReader iterator waiting for data sees the end
 
-    async def _new_iterator(self) -> str:
-        """A shard iterator right after the last record fetched (or at the start position)."""
-        params: dict[str, Any] = dict(self._ctx.stream_params, ShardId=self.shard_id)
-        start_at = self._ctx.config.start_at
-        if self._last_seq is not None:
-            params.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER",
-                          StartingSequenceNumber=self._last_seq)
-        elif self._start is not None:
-            inside = self._start.sub_sequence_number is not None
-            params.update(
-                ShardIteratorType="AT_SEQUENCE_NUMBER" if inside else "AFTER_SEQUENCE_NUMBER",
-                StartingSequenceNumber=self._start.sequence_number,
-            )
-        elif isinstance(start_at, datetime):
-            params.update(ShardIteratorType="AT_TIMESTAMP", Timestamp=start_at)
-        elif not self._use_start_at or start_at == "TRIM_HORIZON":
-            # A shard born while we read (or after a shard we read) starts at its
-            # beginning: nothing lost.
-            params.update(ShardIteratorType="TRIM_HORIZON")
-        elif start_at == "LATEST" and self._anchor is None:
-            self._anchor = datetime.now(_UTC)
-            params.update(ShardIteratorType="LATEST")
-        else:
-            # Renewing before anything was fetched: LATEST again could skip records.
-            params.update(ShardIteratorType="AT_TIMESTAMP", Timestamp=self._anchor)
-
-        async def get() -> str:
-            response = await _aws.call(self._ctx.client, "get_shard_iterator", **params)
-            return str(response["ShardIterator"])
-
-        return await self._retry("GetShardIterator", get)
-
-    async def _retry(self, what: str, fn: Callable[[], Awaitable[_T]]) -> _T:
+    async def retry(self, what: str, fn: Callable[[], Awaitable[_T]]) -> _T:
+        """``fn()``, tried again after a jittered backoff while it raises a retriable
+        shardflow error (counted as throttled or retried); anything else propagates."""
         attempt = 0
         while True:
             try:
@@ -456,10 +473,88 @@ class ShardReader:
             except errors.ShardflowError as exc:
                 if not exc.retriable:
                     raise
-                if isinstance(exc, errors.ThroughputExceeded):
-                    self._ctx.counters.throttled += 1
-                else:
-                    self._ctx.counters.retries += 1
+                self.count_retry(exc)
                 log.debug("%s for %s failed (%s); retrying", what, self.shard_id, exc)
                 await anyio.sleep(backoff_delay(attempt))
                 attempt += 1
+
+    def count_retry(self, exc: errors.ShardflowError) -> None:
+        if isinstance(exc, errors.ThroughputExceeded):
+            self._ctx.counters.throttled += 1
+        else:
+            self._ctx.counters.retries += 1
+
+
+class PollingSource:
+    """Reads with GetRecords: one iterator per shard, renewed when it expires, each call
+    within the shard's read budget; caught up, it waits ``poll_interval``. GetRecords goes
+    through the consumer's :class:`ReadTransport` (signed by botocore, parsed by orjson);
+    GetShardIterator, called once per shard and on expiry, through the botocore client."""
+
+    def __init__(self, client: Any, transport: ReadTransport, stream_params: dict[str, str],
+                 config: ReaderConfig, counters: Counters) -> None:
+        self._client = client
+        self._transport = transport
+        self._stream_params = stream_params
+        self._config = config
+        self._counters = counters
+
+    async def read(self, reader: ShardReader) -> None:
+        cfg, counters, call = self._config, self._counters, self._transport.call
+        pacer = ReadPacer(1.0 / cfg.min_call_interval, cfg.read_bytes_per_s)
+        limit = cfg.get_records_limit
+        iterator: str | None = await self._iterator(reader)
+        attempt = 0
+        while iterator is not None:
+            await reader.wait_for_room()
+            delay = pacer.delay(anyio.current_time())
+            if delay > 0:
+                await anyio.sleep(delay)
+            pacer.called(anyio.current_time())
+            counters.get_records_calls += 1
+            try:
+                response = await call("GetRecords", {"ShardIterator": iterator, "Limit": limit})
+            except errors.ExpiredIterator:
+                counters.iterators_renewed += 1
+                iterator = await self._iterator(reader)
+                continue
+            except errors.AWSError as exc:
+                if not exc.retriable:
+                    raise
+                reader.count_retry(exc)
+                log.debug("GetRecords on %s failed (%s); retrying", reader.shard_id, exc)
+                await anyio.sleep(backoff_delay(attempt))
+                attempt += 1
+                continue
+            attempt = 0
+            raw = response.get("Records") or ()
+            if raw:
+                # AWS counts record data against the shard's 2 MiB/s (base64: 4 chars, 3 bytes)
+                pacer.spent(anyio.current_time(), sum(len(r["Data"]) for r in raw) * 3 // 4)
+                reader.accept(raw)
+            iterator = response.get("NextShardIterator")
+            if iterator is None:
+                await reader.reach_end([child_shard(c) for c in response.get("ChildShards") or ()])
+                return
+            # Caught up: wait poll_interval. A full response, or an empty one that says
+            # the tip is still ahead (AWS skips gaps this way), reads again at once.
+            behind = response.get("MillisBehindLatest")
+            if len(raw) < limit and (behind == 0 or (behind is None and not raw)):
+                await anyio.sleep(cfg.poll_interval)
+
+    async def _iterator(self, reader: ShardReader) -> str:
+        """A shard iterator at the reader's position."""
+        start = reader.position()
+        params: dict[str, Any] = dict(
+            self._stream_params, ShardId=reader.shard_id, ShardIteratorType=start.kind
+        )
+        if start.sequence_number is not None:
+            params["StartingSequenceNumber"] = start.sequence_number
+        if start.timestamp is not None:
+            params["Timestamp"] = start.timestamp
+
+        async def get() -> str:
+            response = await _aws.call(self._client, "get_shard_iterator", **params)
+            return str(response["ShardIterator"])
+
+        return await reader.retry("GetShardIterator", get)
