@@ -346,9 +346,8 @@ class KinesisFake:
             ],
         }
 
-    @staticmethod
-    def _summary(stream: Stream) -> dict[str, Any]:
-        return {
+    def _summary(self, stream: Stream) -> dict[str, Any]:
+        summary: dict[str, Any] = {
             "StreamName": stream.name,
             "StreamARN": stream.arn,
             "StreamStatus": "ACTIVE",
@@ -358,6 +357,9 @@ class KinesisFake:
             "EnhancedMonitoring": [{"ShardLevelMetrics": []}],
             "EncryptionType": "NONE",
         }
+        if self.max_record_bytes != MAX_RECORD_BYTES:  # a raised limit is reported
+            summary["MaxRecordSizeInKiB"] = self.max_record_bytes // 1024
+        return summary
 
     def describe_stream_summary(self, req: dict[str, Any]) -> dict[str, Any]:
         stream = self._stream(req)

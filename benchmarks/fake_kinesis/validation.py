@@ -145,7 +145,9 @@ def validate_put(records: Any, *, batch: bool, max_record_bytes: int = MAX_RECOR
                 "bad_explicit_hash_key",
             )
     total = sum(sizes) + sum(len(e["PartitionKey"].encode()) for e in records)
-    if batch and total > MAX_BATCH_BYTES:
+    # a stream whose records may exceed 5 MiB (MaxRecordSizeInKiB) takes such a record in
+    # a request (AWS: "up to 10 MiB for the entire request")
+    if batch and total > max(MAX_BATCH_BYTES, max_record_bytes):
         raise KinesisError("InvalidArgumentException", "Records size exceeds 5 MB limit",
                            "request_too_large")
     return total

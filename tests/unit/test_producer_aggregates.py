@@ -310,11 +310,14 @@ async def test_the_shard_map_is_loaded_only_when_needed() -> None:
         async with Producer("s", endpoint_url=kinesis.url, rate_limit=None) as producer:
             await producer.put_and_wait(b"x", partition_key="k")
         assert kinesis.list_shards_calls == 0
-        async with Producer("s", endpoint_url=kinesis.url, rate_limit=None, aggregate=True):
-            pass
+        # (loaded in the background once the producer started: a put waits for it)
+        async with Producer(
+            "s", endpoint_url=kinesis.url, rate_limit=None, aggregate=True
+        ) as producer:
+            await producer.put_and_wait(b"x", partition_key="k")
         assert kinesis.list_shards_calls == 1
-        async with Producer("s", endpoint_url=kinesis.url):  # rate_limit=1.0
-            pass
+        async with Producer("s", endpoint_url=kinesis.url) as producer:  # rate_limit=1.0
+            await producer.put_and_wait(b"x", partition_key="k")
         assert kinesis.list_shards_calls == 2
 
 
@@ -348,6 +351,7 @@ async def test_without_a_fresh_map_misrouted_aggregates_wait_then_fail_at_their_
             "s", endpoint_url=kinesis.url, aggregate=True, linger=0.01, record_ttl=1.5
         ) as producer,
     ):
+        await producer.put_and_wait(b"warm", partition_key="w")  # the first map is loaded
         kinesis.list_shards_error = "InternalFailure"  # no refresh will succeed
         kinesis.reshard(4)
         futures = [await producer.put(b"%d" % i, partition_key=f"u{i}") for i in range(100)]

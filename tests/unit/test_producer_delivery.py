@@ -264,11 +264,20 @@ async def test_explicit_hash_key_is_sent() -> None:
     assert [e.explicit_hash_key for e in kinesis.accepted] == [str(2**128 - 1), "0", None]
 
 
-async def test_missing_stream_fails_fast_at_enter() -> None:
+async def test_a_missing_stream_fails_fast_after_a_start_that_reaches_nothing() -> None:
+    # the producer starts without reaching the endpoint; the first answer (the stream
+    # does not exist) fails what waits at once and every later put
     async with ScriptedKinesis("s") as kinesis:
-        with anyio.fail_after(20), pytest.raises(errors.StreamNotFound):
-            async with Producer("other", endpoint_url=kinesis.url):
-                pass
+        with anyio.fail_after(20):
+            async with Producer("other", endpoint_url=kinesis.url, record_ttl=60) as producer:
+                with pytest.raises(errors.DeliveryFailed) as failed:
+                    await producer.put_and_wait(b"x", partition_key="k")
+                assert isinstance(failed.value.cause, errors.StreamNotFound)
+                with pytest.raises(errors.StreamNotFound, match=r"'other'.*us-east-1.*127\.0"):
+                    await producer.put(b"y", partition_key="k")
+                with pytest.raises(errors.StreamNotFound):
+                    producer.put_nowait(b"y", partition_key="k")
+        assert kinesis.requests == []  # nothing was sent
 
 
 async def test_stats_count_what_happened() -> None:

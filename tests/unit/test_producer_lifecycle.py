@@ -375,13 +375,21 @@ async def test_ordered_records_expire_in_queue_without_disturbing_their_key() ->
         assert producer.stats().queued == 0
 
 
-async def test_a_record_must_fit_a_request_of_its_own() -> None:
+async def test_a_record_larger_than_a_request_goes_in_a_request_of_its_own() -> None:
+    # a stream may allow records (MaxRecordSizeInKiB, up to 10 MiB) larger than the
+    # default request limit (5 MiB): such a record is sent alone
     limits = KinesisLimits(max_record_bytes=2000, max_batch_bytes=1500)
     async with (
         ScriptedKinesis("s") as kinesis,
-        Producer("s", endpoint_url=kinesis.url, limits=limits, linger=0) as producer,
+        Producer("s", endpoint_url=kinesis.url, limits=limits, linger=0.05) as producer,
     ):
-        with pytest.raises(errors.RecordTooLarge, match="max_batch_bytes"):
-            await producer.put(b"x" * 1500, partition_key="k")
-        await producer.put_and_wait(b"x" * 1499, partition_key="k")
-    assert [r.data_bytes for r in kinesis.requests] == [1500]
+        with pytest.raises(errors.RecordTooLarge, match="max_record_bytes"):
+            await producer.put(b"x" * 2000, partition_key="k")  # 2001 bytes
+        futures = [await producer.put(b"s%d" % i, partition_key="k") for i in range(3)]
+        futures.append(await producer.put(b"x" * 1999, partition_key="k"))  # 2000: alone
+        futures += [await producer.put(b"t%d" % i, partition_key="k") for i in range(3)]
+        await asyncio.gather(*futures)
+    assert 2000 in [r.data_bytes for r in kinesis.requests]
+    for request in kinesis.requests:
+        assert request.data_bytes <= 1500 or len(request.entries) == 1
+    assert sorted(len(e.data) for e in kinesis.accepted) == [2] * 6 + [1999]

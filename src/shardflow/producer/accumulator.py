@@ -72,6 +72,21 @@ class Accumulator(RecordQueues):
         self._packer = Packer(limits, max_aggregate_bytes if aggregate else 0)
         self._turn = 0
 
+    def set_limits(self, limits: KinesisLimits) -> None:
+        super().set_limits(limits)
+        self._packer.max_record_bytes = limits.max_record_bytes
+
+    def _entry_size(self, lane: Lane) -> int:
+        """The size of the entry a lane would send first (0: none): a record larger than
+        a request goes in a request of its own."""
+        if self.ordered:
+            ready = lane.ready
+            return self._queues[next(iter(ready))][0].size if ready else 0
+        if self.packing:  # (an open aggregate never exceeds a request)
+            return lane.sealed[0].size if lane.sealed else 0
+        head = lane.oldest()
+        return head.size if head is not None else 0
+
     # --- cutting batches ----------------------------------------------------------------
 
     def _head(self, lane: Lane) -> tuple[PendingRecord | None, int]:
@@ -178,6 +193,10 @@ class Accumulator(RecordQueues):
                         continue
                 room_n_lane = room_n if rest else min(room_n, share_n)
                 room_b_lane = room_b if rest else min(room_b, share_b)
+                if self.solo and not entries:
+                    big = self._entry_size(lane)
+                    if big > self.max_bytes:  # larger than a request: alone in one
+                        room_n_lane, room_b_lane = 1, big
                 first = len(entries)
                 if self.ordered:
                     taken += self._take_runs(

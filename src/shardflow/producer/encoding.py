@@ -65,8 +65,9 @@ class RecordMaker:
     def __init__(
         self, limits: KinesisLimits, *, aggregate: bool, record_ttl: float, packed: bool = False
     ) -> None:
-        # a record must also fit a request on its own
-        self.max_record_bytes = min(limits.max_record_bytes, limits.max_batch_bytes)
+        self.max_record_bytes = limits.max_record_bytes
+        """(a record larger than a request, ``limits.max_batch_bytes``, goes in a request
+        of its own)"""
         self.max_key_chars = limits.max_partition_key_chars
         self.record_ttl = record_ttl
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -76,6 +77,10 @@ class RecordMaker:
         self.make = self._plain if not aggregate else self._packed if packed else self._aggregated
         """``packed``: the data is packed into an aggregate at once (the accumulator takes
         it from the record), so it is not copied."""
+
+    def set_limits(self, limits: KinesisLimits) -> None:
+        """Check records against ``limits`` from now on (the stream's own record size)."""
+        self.max_record_bytes = limits.max_record_bytes
 
     def tail_of(self, key: str) -> bytes:
         """The end of an entry with partition key ``key`` (a key already accepted):
@@ -144,7 +149,7 @@ class RecordMaker:
         return errors.RecordTooLarge(
             f"record is {len(data) + key_bytes} bytes (data {len(data)} + partition key "
             f"{key_bytes}), over the limit of {self.max_record_bytes} "
-            "(limits.max_record_bytes, and limits.max_batch_bytes if smaller)"
+            "(limits.max_record_bytes: the stream's MaxRecordSizeInKiB unless limits= was given)"
         )
 
     def _key_entry(self, key: object) -> tuple[bytes, int, bytes]:

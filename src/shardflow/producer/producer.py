@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
@@ -42,6 +43,7 @@ from .ratelimit import ShardRateLimiter
 from .records import PendingRecord
 from .sender import Sender
 from .shards import ShardTracker
+from .startup import StreamStart, stream_limits
 
 __all__ = ["Producer", "ProducerStats"]
 
@@ -53,6 +55,10 @@ RATE_BURST = 0.5
 AWS's one-second budget even when a network hiccup bunches two bursts together."""
 _STOP_TIMEOUT = 5.0  # longest wait for the cancelled sender to unwind
 _sleep0 = asyncio.sleep
+_NOT_DESCRIBED = (
+    "the stream's own limit (MaxRecordSizeInKiB) is not known yet: the endpoint has not "
+    "answered (put() waits for it up to record_ttl; pass limits= to set it yourself)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +183,7 @@ class Producer(HotPath):
             raise ValueError("pass either client or endpoint_url/region_name/credentials, not both")
         if credentials is not None and not isinstance(credentials, _aws.CredentialSource):
             raise TypeError(f"credentials must be a CredentialSource, got {shown(credentials)}")
+        self._limits_given = limits is not None
         if limits is None:
             limits = KinesisLimits()
         elif not isinstance(limits, KinesisLimits):
@@ -244,6 +251,8 @@ class Producer(HotPath):
         )
         self._tracker: ShardTracker | None = None
         self._sender: Sender | None = None
+        self._described = anyio.Event()  # the stream's description was read (or never will)
+        self._fatal: errors.ShardflowError | None = None
         self._yield = False
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -257,13 +266,18 @@ class Producer(HotPath):
     # --- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> Producer:
-        """Connect, check that the stream exists, load its shard map, start the sender.
+        """Open the clients and start the sender, without reaching the endpoint.
 
-        The shard map (ListShards) is loaded only with ``aggregate`` or ``rate_limit``.
-        Raises :class:`errors.StreamNotFound` if the stream does not exist, other
-        :class:`errors.AWSError` subclasses if the endpoint cannot be reached or refuses
-        (:class:`errors.AccessDenied` also when ListShards is not allowed: pass
-        ``rate_limit=None`` to run without a shard map).
+        A producer starts while Kinesis is down, as the KPL does: the stream's description
+        (DescribeStreamSummary) and, with ``aggregate`` or ``rate_limit``, its shard map
+        (ListShards) are read in the background, retried while the endpoint cannot be
+        reached; records wait meanwhile (up to ``record_ttl``). When the stream turns out
+        not to exist (or access is denied), every waiting record fails with
+        :class:`errors.DeliveryFailed` (its ``cause`` the :class:`errors.StreamNotFound`
+        naming stream, region and endpoint) and :meth:`put` raises that error while it
+        lasts (the producer checks again every few seconds, and takes records once the
+        stream exists). Raises here only for local configuration
+        (:class:`errors.NoRegion` ...).
         Cancelled or failed, it closes what it opened; the producer cannot be reused.
         """
         if self._state != "new":
@@ -279,8 +293,8 @@ class Producer(HotPath):
                 client=self._client,
                 credentials=self._credentials,
             )
-            await _aws.call(client, "describe_stream_summary", **self._stream_params)
             endpoint_url, region_name = _aws.client_endpoint(client)
+            self._where = (endpoint_url, region_name)
 
             async def credentials() -> Any:
                 return await _aws.frozen_credentials(client)
@@ -296,7 +310,16 @@ class Producer(HotPath):
             stack.push_async_callback(transport.aclose)
             if self.aggregate or self.rate_limit is not None:
                 self._tracker = ShardTracker(client, self.stream)
-                self._acc.set_map(await self._tracker.load())
+            start = StreamStart(
+                client,
+                self.stream,
+                self._stream_params,
+                self._tracker,
+                on_summary=self._described_as,
+                on_map=self._acc.set_map,
+                on_retry=self._start_retry,
+                on_fatal=self._cannot_send,
+            )
             self._sender = Sender(
                 self._acc,
                 self._ledger,
@@ -304,6 +327,9 @@ class Producer(HotPath):
                 max_in_flight=self.max_in_flight,
                 record_ttl=self.record_ttl,
                 tracker=self._tracker,
+                start=start,
+                stream=self.stream,
+                on_missing=self._cannot_send,
             )
             self._tg = anyio.create_task_group()
             await self._tg.__aenter__()
@@ -323,6 +349,53 @@ class Producer(HotPath):
         self._loop = self._maker.loop = asyncio.get_running_loop()
         self._state = "open"
         return self
+
+    # --- what the background start learns ------------------------------------------------
+
+    def _described_as(self, summary: Mapping[str, Any]) -> None:
+        """The stream exists: size records to its ``MaxRecordSizeInKiB`` unless the user
+        gave ``limits``; a producer that found it missing takes records again."""
+        if self._state == "failed":
+            self._state = "open"
+            self._fatal = None
+        if not self._limits_given:
+            self._use_limits(
+                stream_limits(
+                    self.limits,
+                    summary,
+                    max_queue_bytes=self.max_queue_bytes,
+                    aggregate=self.aggregate,
+                )
+            )
+        self._described.set()
+
+    def _use_limits(self, limits: KinesisLimits) -> None:
+        self.limits = limits
+        self._maker.set_limits(limits)
+        self._max_record_bytes = self._maker.max_record_bytes
+        self._acc.set_limits(limits)
+
+    def _start_retry(self, error: errors.AWSError) -> None:
+        if self._sender is not None:
+            self._sender.start_error = error
+
+    def _cannot_send(self, error: errors.ShardflowError) -> None:
+        """The stream is missing (or access is denied): fail what waits, refuse new puts."""
+        if isinstance(error, errors.ResourceNotFound) and error.operation == "PutRecords":
+            endpoint_url, region_name = self._where
+            error = errors.StreamNotFound(
+                error.code,
+                f"stream {self.stream!r} not found in region {region_name} at {endpoint_url}",
+                error.operation,
+            )
+        self._fatal = error
+        if self._state == "open":
+            self._state = "failed"
+        self._described.set()
+        assert self._sender is not None
+        self._sender.fail_waiting(
+            errors.DeliveryFailed(f"the producer cannot send: {error}", cause=error)
+        )
 
     async def __aexit__(
         self,
@@ -357,7 +430,7 @@ class Producer(HotPath):
         await self._shutdown(grace)
 
     async def _shutdown(self, grace: float | None) -> None:
-        if self._state != "open":
+        if self._state not in ("open", "failed"):
             if self._state == "closing":
                 await self._closed.wait()
             elif self._state == "new":
@@ -394,6 +467,11 @@ class Producer(HotPath):
     def _check_open(self) -> None:
         if self._state in ("new", "starting"):
             raise errors.ProducerClosed("the producer is not started (use `async with`)")
+        fatal = self._fatal
+        if self._state == "failed" and fatal is not None:
+            if isinstance(fatal, errors.AWSError):
+                raise type(fatal)(fatal.code, fatal.message, fatal.operation)
+            raise fatal
         raise errors.ProducerClosed("the producer is closed")
 
     def _queue(self, record: PendingRecord) -> None:
@@ -431,7 +509,12 @@ class Producer(HotPath):
             fast = self._fast(obj, partition_key)
             if fast is not None:
                 return fast
-        record = self._prepare(obj, partition_key, explicit_hash_key)
+        try:
+            record = self._prepare(obj, partition_key, explicit_hash_key)
+        except errors.RecordTooLarge:
+            if self._limits_given or self._described.is_set():
+                raise
+            record = await self._prepare_when_described(obj, partition_key, explicit_hash_key)
         ledger = self._ledger
         if not ledger.try_admit(record):
             await ledger.wait_room(record.cost)
@@ -450,7 +533,12 @@ class Producer(HotPath):
             fast = self._fast(obj, partition_key)
             if fast is not None:
                 return fast
-        record = self._prepare(obj, partition_key, explicit_hash_key)
+        try:
+            record = self._prepare(obj, partition_key, explicit_hash_key)
+        except errors.RecordTooLarge as exc:
+            if self._limits_given or self._described.is_set():
+                raise
+            raise errors.RecordTooLarge(f"{exc}; {_NOT_DESCRIBED}") from None
         if not self._ledger.try_admit(record):
             raise errors.QueueFull(
                 f"producer queue is full ({self._ledger.records} records, "
@@ -458,6 +546,23 @@ class Producer(HotPath):
             )
         self._queue(record)
         return record
+
+    async def _prepare_when_described(
+        self, obj: Any, partition_key: str, explicit_hash_key: str | int | None
+    ) -> PendingRecord:
+        """A record over the default size limit, put before the stream's own limit is
+        known: wait for the stream's description (at most ``record_ttl``), then check it
+        against that limit."""
+        with anyio.move_on_after(self.record_ttl):
+            await self._described.wait()
+        if self._state != "open":
+            self._check_open()
+        try:
+            return self._prepare(obj, partition_key, explicit_hash_key)
+        except errors.RecordTooLarge as exc:
+            if self._described.is_set():
+                raise
+            raise errors.RecordTooLarge(f"{exc}; {_NOT_DESCRIBED}") from None
 
     async def put_and_wait(
         self, obj: Any, partition_key: str, *, explicit_hash_key: str | int | None = None

@@ -68,11 +68,12 @@ class RecordQueues:
         self.packing = aggregate and not ordered
         """Records are packed into aggregates as they are put (unordered aggregation)."""
         self._tail_of = tail_of
-        # the largest protobuf message of an aggregate, before its outer key's bytes
-        self._agg_limit = (
-            min(max_aggregate_bytes, limits.max_record_bytes, limits.max_batch_bytes)
-            - aggregation.OVERHEAD
-        )
+        self._max_aggregate_bytes = max_aggregate_bytes
+        self._agg_limit = 0
+        self.solo = False
+        """Records may be larger than a request (``max_batch_bytes``): such a record goes
+        in a request of its own."""
+        RecordQueues.set_limits(self, limits)
         self.limiter = limiter
         pressure = pressure_records or self.max_records
         # a request's worth of records: aggregates carry many records per entry
@@ -103,6 +104,15 @@ class RecordQueues:
         self.unmapped = False
         """Set when a key fell outside every open shard of the map (the caller refreshes
         the map and clears the flag); such records go unaggregated and unpaced."""
+
+    def set_limits(self, limits: KinesisLimits) -> None:
+        """Size aggregates to ``limits`` from now on (the request limits stay)."""
+        # the largest protobuf message of an aggregate, before its outer key's bytes
+        self._agg_limit = (
+            min(self._max_aggregate_bytes, limits.max_record_bytes, limits.max_batch_bytes)
+            - aggregation.OVERHEAD
+        )
+        self.solo = limits.max_record_bytes > self.max_bytes
 
     # --- shard map ----------------------------------------------------------------------
 
@@ -228,6 +238,10 @@ class RecordQueues:
                     lane.sealed.append(self._seal(lane, agg))
                 lane.open = fresh
                 return
+        elif self._map is None:  # the producer is starting: packed once the map comes
+            record.data = data
+            lane.sealed.append(record)
+            return
         lane.sealed.append(plain_entry(record, data, self._tail_of(record.key)))
 
     def _seal(self, lane: Lane, agg: OpenAggregate) -> Entry:

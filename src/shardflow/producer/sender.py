@@ -28,6 +28,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from itertools import repeat
 from operator import attrgetter
 from typing import Any
@@ -96,8 +97,21 @@ class Sender:
         max_in_flight: int,
         record_ttl: float,
         tracker: ShardTracker | None = None,
+        start: Callable[[], Awaitable[None]] | None = None,
+        stream: str = "",
+        on_missing: Callable[[errors.ResourceNotFound], None] | None = None,
     ) -> None:
+        self._on_missing = on_missing
         self._acc = accumulator
+        self._stream = stream
+        self._start = start
+        self.blocked = start is not None
+        self._restart = anyio.Event()
+        """True until ``start`` (the stream's description, its shard map) succeeded: no
+        request goes out meanwhile, records wait (and expire at their deadline)."""
+        self.start_error: errors.AWSError | None = None
+        """The last error of ``start`` while it retries (for the failures of records that
+        expire meanwhile)."""
         # records on their own, without predicted shards: the fastest answers to read
         self._plain = tracker is None and not accumulator.aggregate
         # records keep their data until resolved (ordered aggregating producers)
@@ -161,8 +175,8 @@ class Sender:
         try:
             with self._scope:
                 async with anyio.create_task_group() as tg:
-                    if self._tracker is not None:
-                        tg.start_soon(self._track, self._tracker)
+                    if self._tracker is not None or self._start is not None:
+                        tg.start_soon(self._background)
                     task_status.started()
                     await self._loop(tg)
                     self._tracker_scope.cancel()
@@ -176,9 +190,27 @@ class Sender:
         finally:
             self.finished.set()
 
-    async def _track(self, tracker: ShardTracker) -> None:
+    async def _background(self) -> None:
+        """Run ``start`` (unblocking the loop when it succeeds), then keep the shard map
+        fresh; from the start again after :meth:`restart`."""
         with self._tracker_scope:
-            await tracker.run()
+            while True:
+                if self._start is not None:
+                    await self._start()
+                    self.blocked = False
+                    self.start_error = None
+                    self.notify()
+                async with anyio.create_task_group() as tg:
+                    if self._tracker is not None:
+                        tg.start_soon(self._tracker.run)
+                    await self._restart.wait()
+                    self._restart = anyio.Event()
+                    tg.cancel_scope.cancel()
+
+    def restart(self) -> None:
+        """Send nothing until the stream is described again (it went missing)."""
+        self.blocked = True
+        self._restart.set()
 
     async def _loop(self, tg: anyio.abc.TaskGroup) -> None:
         loop = asyncio.get_running_loop()
@@ -197,12 +229,14 @@ class Sender:
                 expired = acc.expire(now)
                 if expired:
                     # expire() already took them out of their key queues
-                    self.fail(
-                        expired, "record_ttl ran out while the record was queued", None, taken=False
-                    )
+                    cause = self.start_error if self.blocked else None
+                    why = "record_ttl ran out while the record was queued"
+                    if cause is not None:
+                        why += f" (the endpoint could not be reached: {cause})"
+                    self.fail(expired, why, cause, taken=False)
                 if off_shard.parked:
                     off_shard.expire(now)
-            while len(self._flying) < self._max_in_flight:
+            while not self.blocked and len(self._flying) < self._max_in_flight:
                 cut = acc.next_batch(now, flushing)
                 if acc.expired:
                     expired, acc.expired = acc.expired, []
@@ -219,7 +253,7 @@ class Sender:
                 acc.unmapped = False
                 tracker.mark_stale()
             wake_at: float | None = None
-            if len(self._flying) < self._max_in_flight:
+            if not self.blocked and len(self._flying) < self._max_in_flight:
                 wake_at = acc.wake_time(now, flushing)
             if acc.waiting or off_shard.parked:
                 wake_at = next_sweep if wake_at is None else min(wake_at, next_sweep)
@@ -276,7 +310,9 @@ class Sender:
         finally:
             # A cancelled or crashed request stays in _flying: fail_all() resolves it.
             if completed:
-                self.in_flight_records -= self._flying.pop(request_id)[1]
+                flying = self._flying.pop(request_id, None)
+                if flying is not None:
+                    self.in_flight_records -= flying[1]
                 self.notify()
 
     def _read_results(
@@ -366,6 +402,10 @@ class Sender:
             self.record_attempt(record, attempt)
         if not exc.retriable:
             self.fail(records, f"PutRecords failed: {exc}", exc)
+            if isinstance(exc, errors.ResourceNotFound) and self._on_missing is not None:
+                self._on_missing(exc)  # the stream is gone: what waits fails now
+                if self._start is not None:
+                    self.restart()
             return
         log.debug("PutRecords failed (%s); retrying %d records", exc.code, len(records))
         expired = [r for entry in batch for r in self.retry(_unpacked(entry), now)]
@@ -445,8 +485,44 @@ class Sender:
         for record in records:
             _set_failed(record, errors.DeliveryFailed(message, _attempts(record), cause))
         self.failed += len(records)
-        log.warning("%d record(s) not delivered: %s", len(records), message)
+        self._log_failed(records, message, cause)
         self.resolved(records, taken=taken)
+
+    def _log_failed(
+        self, records: list[PendingRecord], message: str, cause: BaseException | None
+    ) -> None:
+        """One line per batch of failed records (not one per record): the stream, the
+        error code, how many, and the first record's partition key."""
+        first = records[0]
+        code = getattr(cause, "code", None)
+        if code is None:
+            tries = getattr(first, "attempts", None)
+            code = tries[-1].error_code if tries else "-"
+        log.warning(
+            "stream %s: %d record(s) not delivered [%s] (first partition key %r): %s",
+            self._stream,
+            len(records),
+            code,
+            getattr(first, "key", "?"),
+            message,
+        )
+
+    def fail_waiting(self, error: errors.DeliveryFailed) -> None:
+        """Stop sending, and fail every record waiting (queued, backing off or parked);
+        requests in flight resolve their records by their answers."""
+        self.blocked = True
+        pending = self._acc.drain()
+        for agg, *_ in self._off_shard.parked:
+            pending.extend(agg.records)
+        self._off_shard.parked.clear()
+        for record in pending:
+            _set_failed(
+                record, errors.DeliveryFailed(str(error), _attempts(record), error.cause)
+            )
+        self.failed += len(pending)
+        if pending:
+            self._log_failed(pending, str(error), error.cause)
+            self._ledger.release(pending)
 
     def fail_all(self, error: errors.DeliveryFailed) -> None:
         """Fail every record not yet resolved (queued, backing off, in flight or parked)."""
@@ -466,7 +542,7 @@ class Sender:
             )
         self.failed += len(unique)
         if unique:
-            log.warning("%d record(s) not delivered: %s", len(unique), error)
+            self._log_failed(unique, str(error), error.cause)
         self.in_flight_records = 0
         self._ledger.release(unique)
 
