@@ -140,16 +140,18 @@ async def test_pipe_closes_the_sink_when_cancelled(moto_url: str) -> None:
     records = make_records(10)
     checkpoints: list[Record] = []
 
-    async def endless() -> AsyncIterator[Sequence[Record]]:
+    async def endless(scope: anyio.CancelScope) -> AsyncIterator[Sequence[Record]]:
         yield records
+        scope.cancel()  # asked for more: the sink accepted the records
         await anyio.sleep_forever()
         yield []  # pragma: no cover
 
     async def checkpoint(record: Record) -> None:
         checkpoints.append(record)
 
-    with anyio.move_on_after(0.3):
-        await pipe(endless(), S3Sink(bucket, endpoint_url=moto_url), checkpoint)
+    with anyio.CancelScope() as scope:
+        await pipe(endless(scope), S3Sink(bucket, endpoint_url=moto_url), checkpoint)
+    assert scope.cancelled_caught
     assert checkpoints == [records[-1]]
     assert len(etags(moto_url, bucket)) == 1
 
