@@ -16,8 +16,11 @@ MiB = 1024 * 1024
 class KinesisLimits:
     """The limits shardflow packs requests and paces shards against.
 
-    Defaults are AWS's documented limits. Raise ``max_record_bytes`` (up to 10 MiB) for
-    streams whose ``MaxRecordSizeInKiB`` was raised.
+    Defaults are AWS's documented limits. A :class:`~shardflow.Producer` given no
+    ``limits`` reads the stream's ``MaxRecordSizeInKiB`` (1 to 10 MiB, in
+    DescribeStreamSummary) when the endpoint reports it and uses it as
+    ``max_record_bytes``; given ``limits``, it uses them as they are. A record larger
+    than ``max_batch_bytes`` (a request) is sent in a request of its own.
     """
 
     max_batch_records: int = 500

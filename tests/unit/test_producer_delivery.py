@@ -404,3 +404,30 @@ async def test_str_is_sent_as_utf8_dicts_and_lists_as_json_bytes_as_is(
         subs = deaggregate(entry.data)
         sent += [entry.data] if subs is None else [data for _, _, data in subs]
     assert sent == expected * 2
+
+
+async def test_failures_of_unawaited_puts_log_one_line_per_batch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import gc
+
+    def rejected(_req: int, _index: int, _entry: dict[str, Any]) -> tuple[str, str]:
+        return ("KMSAccessDeniedException", "no key")  # not retriable
+
+    async with (
+        ScriptedKinesis("s", entry_error=rejected) as kinesis,
+        Producer("s", endpoint_url=kinesis.url, linger=0.05) as producer,
+    ):
+        for i in range(50):
+            await producer.put(b"%d" % i, partition_key=f"key-{i}")  # never awaited
+        await producer.flush()
+    gc.collect()  # an unretrieved future exception would log as it is collected
+    lines = [r.getMessage() for r in caplog.records]
+    failed = [line for line in lines if "not delivered" in line]
+    assert len(failed) == len(kinesis.requests)  # one per batch, not one per record
+    assert failed[0].startswith("stream s: ")
+    assert "[KMSAccessDeniedException]" in failed[0]
+    assert "first partition key 'key-" in failed[0]
+    total = sum(int(line.split(": ", 1)[1].split(" record(s)")[0]) for line in failed)
+    assert total == 50
+    assert not [line for line in lines if "never retrieved" in line]

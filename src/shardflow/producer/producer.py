@@ -147,8 +147,10 @@ class Producer(HotPath):
       producer rarely meets throttling; a shard out of tokens never holds up the others.
       None: no pacing.
 
-    With ``aggregate`` or ``rate_limit``, the producer loads the stream's shard map
-    (ListShards) when it starts, and refreshes it (in the background, at most once a
+    The producer starts without reaching the endpoint (see :meth:`__aenter__`): the
+    stream's description (its ``MaxRecordSizeInKiB`` sizes records unless ``limits`` is
+    given) and, with ``aggregate`` or ``rate_limit``, its shard map (ListShards) are read
+    in the background before the first request. The map is refreshed (in the background, at most once a
     second) when a record lands on a shard other than the predicted one, e.g. after a
     reshard. An aggregate counts as delivered only when the shard it landed on holds all
     its records: one that landed on a shard whose hash-key range does not (the KCL and
