@@ -152,11 +152,12 @@ class Producer(HotPath):
     given) and, with ``aggregate`` or ``rate_limit``, its shard map (ListShards) are read
     in the background before the first request. The map is refreshed (in the
     background, at most once a second) when a record lands on a shard other than the
-    predicted one, e.g. after a reshard. An aggregate counts as delivered only when the shard it landed on holds all
-    its records: one that landed on a shard whose hash-key range does not (the KCL and
-    shardflow's Consumer drop it whole) has ALL its records sent again with the new map,
-    and the records predicted for its shard wait for that map. Readers that keep
-    misplaced aggregates (aws-kinesis-agg alone) may see those records twice.
+    predicted one, e.g. after a reshard. An aggregate counts as delivered only when the
+    shard it landed on holds all its records: one that landed on a shard whose hash-key
+    range does not (the KCL and shardflow's Consumer drop it whole) has ALL its records
+    sent again with the new map, and the records predicted for its shard wait for that
+    map. Readers that keep misplaced aggregates (aws-kinesis-agg alone) may see those
+    records twice.
     """
 
     def __init__(
