@@ -271,19 +271,21 @@ async def test_batches_take_max_records_and_a_timeout(kinesalite_url: str) -> No
         with pytest.raises(ValueError, match="timeout"):
             consumer.batches(timeout=0)
         first = await collect(consumer, 3)  # async for and batches() share one queue
-        got, sizes, empty_after = list(first), [], 0
+        got, sizes, empty_at = list(first), [], []
         late = [(f"late-{i}", b"late-%d" % i) for i in range(3)]
         with anyio.fail_after(20):
             async for batch in consumer.batches(max_records=7, timeout=POLL):
                 if batch:
                     sizes.append(len(batch))
                     got += batch
-                elif len(got) == len(items):  # idle: an empty list, then new records
-                    empty_after += 1
-                    await anyio.to_thread.run_sync(put_records, kinesalite_url, name, late)
+                else:  # idle: an empty list; then new records come
+                    empty_at.append(len(got))
+                    if len(empty_at) == 1:
+                        await anyio.to_thread.run_sync(put_records, kinesalite_url, name, late)
                 if len(got) == len(items) + len(late):
                     break
-    assert empty_after == 1
+    assert empty_at
+    assert set(empty_at) == {len(items)}  # only once everything in hand was handed out
     assert max(sizes) == 7
     assert sizes[:6] == [7] * 6  # 47 left of the first response: 7 x 6, then 5
     assert [r.data for r in got] == [d for _, d in items + late]
