@@ -1,5 +1,6 @@
 # shardflow: `make demo` runs the pipeline on the embedded local endpoint,
-# `make test` runs the test suite. Both set up what they need on first use.
+# `make test` runs the test suite, `make docs` builds the documentation site into site/
+# (strict: a warning fails it). Each sets up what it needs on first use.
 
 PYTHON ?= python3
 VENV := .venv
@@ -7,14 +8,14 @@ BIN := $(VENV)/bin
 KINESALITE_DIR := .tools/kinesalite
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check bench clean setup
+.PHONY: demo test lint typecheck check bench clean setup docs
 
 setup: $(STAMP) $(KINESALITE_DIR)/node_modules/kinesalite
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs]'
 	touch $(STAMP)
 
 $(KINESALITE_DIR)/node_modules/kinesalite:
@@ -36,5 +37,8 @@ check: lint test
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
+
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache site
