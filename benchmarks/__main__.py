@@ -33,6 +33,8 @@ SUITES: dict[str, tuple[str, str]] = {
     "collector": ("benchmarks.collector",
                   "the Collector's post path, in memory and with a SQLite spool"),
     "sinks": ("benchmarks.sinks", "S3Sink encode/gzip/upload, tumbling windows"),
+    "lambda_events": ("benchmarks.lambda_events",
+                      "lambda_records: a Lambda Kinesis event into Records, per record"),
 }
 
 

@@ -124,49 +124,83 @@ def _ranges(shards: Iterable[Shard] | None) -> dict[str, tuple[int, int]] | None
     return ranges
 
 
-def _fields(number: int, item: object) -> tuple[str, str, str, bytes, datetime]:
-    """(shard id, sequence number, partition key, data, arrival time) of one event record."""
+def _fields(number: int, item: Any) -> tuple[str, str, str, bytes, datetime]:
+    """(shard id, sequence number, partition key, data, arrival time) of one event record.
+
+    The well-formed case is read directly; anything unexpected goes to :func:`_refuse`,
+    which names what is wrong.
+    """
+    try:
+        kinesis = item["kinesis"]
+        seq = kinesis["sequenceNumber"]
+        key = kinesis["partitionKey"]
+        stamp = kinesis["approximateArrivalTimestamp"]
+        text = kinesis["data"]
+        shard_id, _, event_seq = item["eventID"].partition(":")
+        if (  # exact types: a bool is no timestamp
+            type(seq) is not str
+            or type(key) is not str
+            or type(text) is not str
+            or type(stamp) not in _NUMBERS
+            or not key
+            or not shard_id
+            or event_seq != seq
+        ):
+            raise ValueError  # explained below
+        data = b64decode(text, validate=True)
+        arrival = datetime.fromtimestamp(stamp, _UTC)
+    except (LookupError, TypeError, AttributeError, ValueError, OverflowError, OSError):
+        raise _refuse(number, item) from None
+    return shard_id, seq, key, data, arrival
+
+
+_NUMBERS = (int, float)
+_UTC = timezone.utc
+
+
+def _refuse(number: int, item: object) -> ValueError:
+    """The ValueError naming what is wrong with ``Records[number]``."""
+    where = f"Records[{number}]"
     if not isinstance(item, Mapping):
-        raise ValueError(f"Records[{number}] is not an object: {type(item).__name__}")
+        return ValueError(f"{where} is not an object: {type(item).__name__}")
     kinesis = item.get("kinesis")
     if not isinstance(kinesis, Mapping):
         source = item.get("eventSource", "unknown")
-        raise ValueError(f"Records[{number}] is not a Kinesis record (eventSource {source!r})")
-
-    def text(owner: Mapping[str, Any], name: str, where: str) -> str:
+        return ValueError(f"{where} is not a Kinesis record (eventSource {source!r})")
+    for owner, name, prefix in (
+        (kinesis, "sequenceNumber", "kinesis."),
+        (kinesis, "partitionKey", "kinesis."),
+        (kinesis, "data", "kinesis."),
+        (item, "eventID", ""),
+    ):
         value = owner.get(name)
         if not isinstance(value, str) or not value:
-            raise ValueError(f"Records[{number}]: {where}{name} is missing or not a string")
-        return value
-
-    seq = text(kinesis, "sequenceNumber", "kinesis.")
-    event_id = text(item, "eventID", "")
+            return ValueError(f"{where}: {prefix}{name} is missing or not a string")
+    seq, event_id = kinesis["sequenceNumber"], item["eventID"]
     shard_id, colon, event_seq = event_id.partition(":")
     if not colon or not shard_id or event_seq != seq:
-        raise ValueError(f"Records[{number}]: eventID {event_id!r} is not '<shard id>:{seq}'")
+        return ValueError(f"{where}: eventID {event_id!r} is not '<shard id>:{seq}'")
     try:
-        data = b64decode(text(kinesis, "data", "kinesis."), validate=True)
+        b64decode(kinesis["data"], validate=True)
     except binascii.Error:
-        raise ValueError(f"Records[{number}]: kinesis.data is not base64") from None
+        return ValueError(f"{where}: kinesis.data is not base64")
     stamp = kinesis.get("approximateArrivalTimestamp")
-    if isinstance(stamp, bool) or not isinstance(stamp, (int, float)):
-        raise ValueError(
-            f"Records[{number}]: kinesis.approximateArrivalTimestamp is missing or not a number"
+    if type(stamp) not in _NUMBERS:
+        return ValueError(
+            f"{where}: kinesis.approximateArrivalTimestamp is missing or not a number"
         )
-    try:
-        arrival = datetime.fromtimestamp(stamp, timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        raise ValueError(
-            f"Records[{number}]: kinesis.approximateArrivalTimestamp is out of range"
-        ) from None
-    return shard_id, seq, text(kinesis, "partitionKey", "kinesis."), data, arrival
+    return ValueError(f"{where}: kinesis.approximateArrivalTimestamp is out of range")
 
 
 def _all_within(subs: Sequence[tuple[str, str | None, bytes]], low: int, high: int) -> bool:
     """True when every sub-record's effective hash key (the explicit hash key, else the
     MD5 of the partition key; ``AggregatorUtil.effectiveHashKey``) falls in [low, high].
     An explicit hash key that is not a number counts as outside, as in the Consumer."""
+    seen: set[tuple[str, str | None]] = set()  # keys repeat within an aggregate
     for key, explicit, _ in subs:
+        if (key, explicit) in seen:
+            continue
+        seen.add((key, explicit))
         if explicit is None:
             effective = hash_key(key)
         else:

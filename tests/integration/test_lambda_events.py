@@ -17,9 +17,11 @@ import re
 import subprocess
 import sys
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 from aws_kinesis_agg import deaggregator
 from aws_kinesis_agg.aggregator import RecordAggregator
 
@@ -167,3 +169,18 @@ def test_the_lambda_handler_example() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"2 Lambda batches held \d+ Kinesis records", proc.stdout), proc.stdout
     assert "handler processed 300 orders, 300 distinct" in proc.stdout
+
+
+def test_the_benchmark_runs(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.lambda_events", "--records", "3000", "--repeat",
+         "1", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = orjson.loads((tmp_path / "lambda_events.json").read_bytes())["results"]
+    assert {(r["contender"], r["phase"]) for r in rows} >= {
+        ("shardflow", "plain"), ("shardflow", "KPL aggregates"),
+        ("aws-kinesis-agg", "plain"), ("aws-kinesis-agg", "KPL aggregates"),
+    }
+    assert all(r["records"] == 3000 for r in rows)
