@@ -101,11 +101,14 @@ CASES: list[Case] = [
          lambda x: x.producer.put(b"x", partition_key=b"k")),
     Case("put()", "partition_key with a lone surrogate ('\\ud800')", errors.InvalidPartitionKey,
          lambda x: x.producer.put(b"x", partition_key="k\ud800")),
-    Case("put()", "data + UTF-8 key over limits.max_record_bytes (1 MiB)",
+    Case("put()", "data + UTF-8 key over the stream's MaxRecordSizeInKiB (default 1 MiB)",
          errors.RecordTooLarge, lambda x: x.producer.put(b"x" * MiB, partition_key="k")),
-    Case("put()", "a record over limits.max_batch_bytes (when set lower)",
-         errors.RecordTooLarge, lambda x: x.extras["small_batches"].put(b"x" * 2000,
-                                                                         partition_key="k")),
+    Case("put()", "data + UTF-8 key over limits.max_record_bytes given with limits=",
+         errors.RecordTooLarge, lambda x: x.extras["small_records"].put(b"x" * 2000,
+                                                                        partition_key="k")),
+    Case("put_nowait()", "over 1 MiB before the stream's MaxRecordSizeInKiB is known",
+         errors.RecordTooLarge, lambda x: x.extras["unreachable"].put_nowait(
+             b"x" * MiB, partition_key="k")),
     Case("put()", "object orjson cannot serialise (object(), set, complex)",
          errors.SerializationError, lambda x: x.producer.put({1, 2}, partition_key="k")),
     Case("put()", "int beyond 64 bits, dict with non-str keys, nesting over 254",
@@ -349,7 +352,7 @@ async def _check(case: Case, live: Live) -> str | None:
 
 
 async def test_every_row_of_the_table_raises_what_it_says(kinesalite_url: str) -> None:
-    from support import create_stream
+    from support import create_stream, free_port
     from support_consumer import POLL, collect, put_records
 
     stream = create_stream(kinesalite_url)
@@ -359,11 +362,13 @@ async def test_every_row_of_the_table_raises_what_it_says(kinesalite_url: str) -
     async with FaultProxy(url, stall=True) as stalled, \
             Producer(stream, endpoint_url=url) as live.producer, \
             Producer(stream, endpoint_url=url,
-                     limits=KinesisLimits(max_batch_bytes=1000)) as small, \
+                     limits=KinesisLimits(max_record_bytes=1000)) as small, \
+            Producer(stream, endpoint_url=f"http://127.0.0.1:{free_port()}") as unreachable, \
             Producer(stream, endpoint_url=stalled.url, max_queue_records=1,
                      record_ttl=1) as live.full_producer, \
             Consumer(stream, endpoint_url=url, poll_interval=POLL) as live.consumer:
-        live.extras["small_batches"] = small
+        live.extras["small_records"] = small
+        live.extras["unreachable"] = unreachable
         live.full_producer.put_nowait(b"fills the queue", partition_key="k")
         async with Producer(stream, endpoint_url=url) as live.closed_producer:
             pass
