@@ -124,9 +124,10 @@ async def test_split_and_merge_while_producing_and_consuming(
     assert not end_to_end.missing
     assert not end_to_end.unexpected
     assert disorder == []  # each key's first copies in put order, across the reshards
-    # Copies only of re-sent records (none at all without aggregation; with it, see
-    # test_a_split_while_aggregates_linger_writes_each_record_once). The consumer adds no
-    # repeats of its own, and drops the copies that landed outside their shard (KCL).
+    # Copies only of re-sent records (none at all without aggregation; with it, every
+    # record of an aggregate that landed where the KCL drops it whole, see
+    # test_split_and_merge_while_aggregates_linger_deliver_only_what_the_kcl_sees). The
+    # consumer adds no repeats of its own, and drops those aggregates whole (KCL).
     assert in_stream.repeated <= resent
     assert end_to_end.repeated <= in_stream.repeated
     assert end_to_end.duplicates <= in_stream.duplicates
