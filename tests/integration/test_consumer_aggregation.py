@@ -14,6 +14,7 @@ from shardflow.shardmap import hash_key as key_hash
 
 from support import create_stream, kinesis, list_shards
 from support_consumer import POLL, collect, no_more
+from support_kcl import after_checkpoint, read_with_kcl_rules
 
 
 def aggregate(records: list[tuple[str, bytes, str | None]]) -> tuple[str, str | None, bytes]:
@@ -102,6 +103,16 @@ async def test_resume_inside_an_aggregate(kinesis_url: str, cut: int, sub: int) 
         rest = await collect(consumer, len(expected) - cut - 1)
         assert await no_more(consumer) == []
     assert [as_tuple(r) for r in rest] == expected[cut + 1 :]
+    # what a KCL application restarted from that checkpoint processes: records at or
+    # before it removed (ProcessTask / ExtendedSequenceNumber), i.e. from sub-sequence + 1
+    kcl = after_checkpoint(
+        await read_with_kcl_rules(kinesis_url, name),
+        stored.sequence_number,
+        stored.sub_sequence_number,
+    )
+    assert [(r.sequence_number, r.data) for r in kcl] == [
+        (r.sequence_number, r.data) for r in rest
+    ]
 
 
 async def test_an_aggregate_with_a_sub_record_outside_its_shard_is_dropped_whole_as_the_kcl_does(
