@@ -87,8 +87,22 @@ def make_server(port: int = 0, host: str = LOOPBACK) -> Any:
             text = (format % args)[:200]
             log.warning("rejected a request from %s: %s", self.client_address[0], text)
 
+    _check_free(host, port)
     app = DomainDispatcherApplication(create_backend_app)
     return werkzeug_make_server(host, port, app, threaded=False, request_handler=QuietHandler)
+
+
+def _check_free(host: str, port: int) -> None:
+    """Raise OSError(EADDRINUSE) for a port in use (werkzeug would print two lines of its
+    own and exit the process)."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def _url(server: Any) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -273,3 +274,17 @@ def test_ctrl_c_during_put_reports_what_was_sent(moto_url: str) -> None:
     # The stream has all three; an answer still on its way when Ctrl-C came is "not
     # confirmed", never lost from the count.
     assert int(report[1]) + int(report[2]) == 3
+
+
+@pytest.mark.parametrize("command", [("local",), ("proxy", "--upstream", "http://127.0.0.1:9")])
+def test_a_port_in_use_is_one_line(command: tuple[str, ...]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = shardflow(*command, "--port", str(port), "--quiet")
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        f"shardflow {command[0]}: port {port} is in use (pass another --port, or --port 0 "
+        "for any free one)\n"
+    )

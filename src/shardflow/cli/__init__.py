@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import sys
@@ -362,6 +363,8 @@ def _message(exc: BaseException, args: argparse.Namespace) -> str | None:
         return flags_named(str(exc))
     if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
         return f"{exc.strerror}: {exc.filename}"
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return f"port {args.port} is in use (pass another --port, or --port 0 for any free one)"
     return None
 
 
