@@ -238,3 +238,25 @@ async def test_pipe_raises_the_sinks_own_write_error(
         await anyio.to_thread.run_sync(delete_bucket, moto_url, bucket)
         with pytest.raises(errors.ResourceNotFound, match=bucket), anyio.fail_after(20):
             await consumer.pipe(sink)
+
+
+async def test_an_idle_pipe_checkpoints_what_the_sink_wrote_in_the_background(
+    kinesalite_url: str, moto_url: str
+) -> None:
+    """The sink's timer writes the object after the last record came; with no traffic
+    since, pipe() still collects that position (write([]) after an idle second) and
+    checkpoints it, as a closed shard's SHARD_END must be for its children to start."""
+    stream = create_stream(kinesalite_url, shards=1)
+    bucket = new_bucket(moto_url)
+    put_records(kinesalite_url, stream, [("k", b'{"i":0}'), ("k", b'{"i":1}')])
+    sink = S3Sink(bucket, max_interval=0.3, stream=stream, endpoint_url=moto_url)
+    async with Consumer(
+        stream, app_name="archive", checkpointer=MemoryCheckpointer(),
+        endpoint_url=kinesalite_url, poll_interval=POLL,
+    ) as consumer, anyio.create_task_group() as tg:
+        tg.start_soon(consumer.pipe, sink)
+        await wait_for(lambda: list_keys(moto_url, bucket), what="the object")
+        assert consumer.stats().records_delivered == 2
+        await wait_until(lambda: consumer.stats().checkpoints_saved == 1, within=10)
+        await consumer.aclose()
+    assert consumer.stats().checkpoints_saved == 1  # the close found nothing left to store

@@ -40,6 +40,8 @@ _START_WORDS = {
     "oldest": "TRIM_HORIZON", "latest": "LATEST", "now": "LATEST", "new": "LATEST",
 }
 MIN_POLL_INTERVAL = 0.2
+PIPE_IDLE_REPORT = 1.0
+"""Seconds without records after which pipe() asks the sink for what it made durable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,7 +477,9 @@ class Consumer:
         sink's ``failed()`` when its background writing cannot go on, e.g. S3Sink's bucket
         was deleted: raised even while no records arrive), the checkpointer's. On close,
         cancellation or error the sink is closed, which writes what it holds, and the
-        positions it then reports are checkpointed; nothing else is. When a shard's lease
+        positions it then reports are checkpointed; nothing else is. While no records come,
+        ``sink.write([])`` is called every second, so what the sink writes in the
+        background is checkpointed without new traffic. When a shard's lease
         moves to another worker, a sink with ``discard(shard_id)`` drops what it holds for
         that shard, and its checkpoints are skipped (the new owner reads it again).
         ``aclose()`` waits (up to ``close_timeout``) for this before its final checkpoints.
@@ -507,7 +511,9 @@ class Consumer:
             raise AssertionError("unreachable")
 
         async def feed() -> None:
-            await pipe(self.batches(), sink, checkpoint)
+            # An empty batch after an idle second makes pipe() call sink.write([]), which
+            # collects what the sink made durable meanwhile: it is checkpointed on time.
+            await pipe(self.batches(timeout=PIPE_IDLE_REPORT), sink, checkpoint)
 
         drained = anyio.Event()
         self._pipes.append(drained)

@@ -9,7 +9,10 @@ Every reporting method returns a :data:`Durable` map ``{shard_id: record}`` hold
 positions that became durable since the previous report (each is reported once; a shard
 missing from the map made no progress). Calls are the only way positions are reported, so
 positions made durable in the background (an interval timer) are returned by the next
-``write``, ``flush`` or ``aclose``; ``write([])`` is a cheap way to collect them.
+``write``, ``flush`` or ``aclose``; ``write([])`` is a cheap way to collect them, and
+``Consumer.pipe`` calls it whenever no records came for a second, so an idle stream's
+positions (and a closed shard's SHARD_END, which its children's leases wait for) are
+checkpointed without new traffic.
 
 ``pipe`` is the loop ``Consumer.pipe(sink)`` runs::
 

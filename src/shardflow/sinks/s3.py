@@ -270,9 +270,12 @@ class S3Sink:
         earlier but not stored are written first; if that fails, nothing is accepted.
         Once accepted, records stay buffered even if the call then fails or is cancelled,
         and are written by a later call, the timer or ``aclose()``; positions made durable
-        meanwhile are reported by the next call.
+        meanwhile are reported by the next call. ``write([])`` only reports them: it writes
+        nothing (the timer retries what is pending) and makes no S3 call.
         """
         self._check_open()
+        if not records:
+            return self._take()
         async with self._write_lock:
             self._check_open()
             await self._drain(self._buffers.shards.values())
