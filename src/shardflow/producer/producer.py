@@ -11,6 +11,8 @@ A record goes through these modules of the package:
   or expire;
 - :mod:`.accumulator`: batch cutting (with :mod:`.packing` for entries and aggregates,
   :mod:`.ratelimit` for pacing);
+- :mod:`.startup`: the stream's description and shard map, read in the background (the
+  producer starts without reaching the endpoint), and what they change;
 - :mod:`.sender`: the requests in flight, reading answers, retries and resolution (with
   :mod:`.offshard` for aggregates that landed off their predicted shard, :mod:`.shards`
   for the shard map, and :mod:`.records` for what travels and where it landed).
@@ -21,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
@@ -43,7 +44,7 @@ from .ratelimit import ShardRateLimiter
 from .records import PendingRecord
 from .sender import Sender
 from .shards import ShardTracker
-from .startup import StreamStart, stream_limits
+from .startup import NOT_DESCRIBED, Startup, StreamStart
 
 __all__ = ["Producer", "ProducerStats"]
 
@@ -55,10 +56,6 @@ RATE_BURST = 0.5
 AWS's one-second budget even when a network hiccup bunches two bursts together."""
 _STOP_TIMEOUT = 5.0  # longest wait for the cancelled sender to unwind
 _sleep0 = asyncio.sleep
-_NOT_DESCRIBED = (
-    "the stream's own limit (MaxRecordSizeInKiB) is not known yet: the endpoint has not "
-    "answered (put() waits for it up to record_ttl; pass limits= to set it yourself)"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +105,7 @@ def _check_seconds(name: str, value: object, *, positive: bool) -> float:
     return value
 
 
-class Producer(HotPath):
+class Producer(HotPath, Startup):
     """Put records into a Kinesis stream, batched into PutRecords requests.
 
     ``stream`` is a stream name or ARN. Use as ``async with Producer(...) as p``; every
@@ -350,55 +347,9 @@ class Producer(HotPath):
             raise
         self._stack = stack
         self._loop = self._maker.loop = asyncio.get_running_loop()
-        self._state = "open"
-        return self
-
-    # --- what the background start learns ------------------------------------------------
-
-    def _described_as(self, summary: Mapping[str, Any]) -> None:
-        """The stream exists: size records to its ``MaxRecordSizeInKiB`` unless the user
-        gave ``limits``; a producer that found it missing takes records again."""
-        if self._state == "failed":
+        if self._state == "starting":  # (not "failed": the start may have answered already)
             self._state = "open"
-            self._fatal = None
-        if not self._limits_given:
-            self._use_limits(
-                stream_limits(
-                    self.limits,
-                    summary,
-                    max_queue_bytes=self.max_queue_bytes,
-                    aggregate=self.aggregate,
-                )
-            )
-        self._described.set()
-
-    def _use_limits(self, limits: KinesisLimits) -> None:
-        self.limits = limits
-        self._maker.set_limits(limits)
-        self._max_record_bytes = self._maker.max_record_bytes
-        self._acc.set_limits(limits)
-
-    def _start_retry(self, error: errors.AWSError) -> None:
-        if self._sender is not None:
-            self._sender.start_error = error
-
-    def _cannot_send(self, error: errors.ShardflowError) -> None:
-        """The stream is missing (or access is denied): fail what waits, refuse new puts."""
-        if isinstance(error, errors.ResourceNotFound) and error.operation == "PutRecords":
-            endpoint_url, region_name = self._where
-            error = errors.StreamNotFound(
-                error.code,
-                f"stream {self.stream!r} not found in region {region_name} at {endpoint_url}",
-                error.operation,
-            )
-        self._fatal = error
-        if self._state == "open":
-            self._state = "failed"
-        self._described.set()
-        assert self._sender is not None
-        self._sender.fail_waiting(
-            errors.DeliveryFailed(f"the producer cannot send: {error}", cause=error)
-        )
+        return self
 
     async def __aexit__(
         self,
@@ -541,7 +492,7 @@ class Producer(HotPath):
         except errors.RecordTooLarge as exc:
             if self._limits_given or self._described.is_set():
                 raise
-            raise errors.RecordTooLarge(f"{exc}; {_NOT_DESCRIBED}") from None
+            raise errors.RecordTooLarge(f"{exc}; {NOT_DESCRIBED}") from None
         if not self._ledger.try_admit(record):
             raise errors.QueueFull(
                 f"producer queue is full ({self._ledger.records} records, "
@@ -549,23 +500,6 @@ class Producer(HotPath):
             )
         self._queue(record)
         return record
-
-    async def _prepare_when_described(
-        self, obj: Any, partition_key: str, explicit_hash_key: str | int | None
-    ) -> PendingRecord:
-        """A record over the default size limit, put before the stream's own limit is
-        known: wait for the stream's description (at most ``record_ttl``), then check it
-        against that limit."""
-        with anyio.move_on_after(self.record_ttl):
-            await self._described.wait()
-        if self._state != "open":
-            self._check_open()
-        try:
-            return self._prepare(obj, partition_key, explicit_hash_key)
-        except errors.RecordTooLarge as exc:
-            if self._described.is_set():
-                raise
-            raise errors.RecordTooLarge(f"{exc}; {_NOT_DESCRIBED}") from None
 
     async def put_and_wait(
         self, obj: Any, partition_key: str, *, explicit_hash_key: str | int | None = None
