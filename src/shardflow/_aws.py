@@ -517,7 +517,14 @@ def map_exception(
         return errors.ConfigurationError(
             type(exc).__name__, f"{exc} (log in again: aws sso login)", operation
         )
-    if isinstance(exc, bce.InvalidConfigError | bce.ConfigParseError | bce.ConfigNotFound):
+    if isinstance(
+        exc,
+        bce.InvalidConfigError
+        | bce.ConfigParseError
+        | bce.ConfigNotFound
+        | bce.InvalidRegionError
+        | bce.BaseEndpointResolverError,
+    ):
         return errors.ConfigurationError(type(exc).__name__, str(exc), operation)
     if isinstance(exc, bce.CredentialRetrievalError):
         return errors.CredentialsExpired("CredentialRetrievalError", "", operation)
