@@ -111,7 +111,7 @@ def test_put_reports_bad_lines_and_delivers_the_rest(moto_url: str) -> None:
     assert put.returncode == 1
     assert "line 2: not JSON, so it has no field 'user_id'" in put.stderr
     assert "line 3: no field 'user_id'" in put.stderr
-    assert "line 5: partition_key must have 1 to 256 characters" in put.stderr
+    assert "line 5: the partition key must have 1 to 256 characters" in put.stderr
     assert "put 2 of 5 records" in put.stderr
     assert "3 failed" in put.stderr
     assert "Traceback" not in put.stderr

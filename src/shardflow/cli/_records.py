@@ -234,7 +234,7 @@ async def _put_all(
             try:
                 delivery = await producer.put(line, partition_key=key_of(line))
             except (ValueError, TypeError) as exc:  # bad key, record too large
-                fail(number, str(exc))
+                fail(number, str(exc).replace("partition_key ", "the partition key ", 1))
                 continue
             counts.accepted += 1
             delivery.add_done_callback(functools.partial(resolved, number))
