@@ -18,7 +18,8 @@ shard it was read from is dropped whole, as the KCL's ``AggregatorUtil.deaggrega
 does: such an aggregate landed through a stale shard map and shardflow's producer (like
 the KPL) sends all its records again, so without ``shards`` they are seen twice.
 
-A value module: no AWS calls, nothing imported beyond the codec and the models.
+A value module: it makes no AWS calls (it uses the codec, the models and the partition
+key hash of :mod:`shardflow.shardmap`).
 """
 
 from __future__ import annotations
