@@ -179,7 +179,8 @@ class DeliveryFailed(ShardflowError):
 
 
 class AWSError(ShardflowError):
-    """An AWS service (or the way to it) answered with an error.
+    """An AWS service (or the way to it) answered with an error, or, for a
+    :class:`ConfigurationError`, the request could not be made at all.
 
     ``code`` is the AWS error code (e.g. ``ProvisionedThroughputExceededException``) or a
     transport name; ``operation`` the API call, when known. The message never contains
