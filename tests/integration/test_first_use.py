@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
@@ -24,7 +25,7 @@ from shardflow import (
     delete_stream,
     errors,
 )
-from shardflow._aws import call, map_exception
+from shardflow._aws import call, map_exception, open_client
 
 from support import unique_name
 
@@ -234,3 +235,20 @@ async def test_the_error_map_reraises_what_it_does_not_know() -> None:
     assert isinstance(caught.value.__cause__, ClientError)
     assert map_exception(KeyError("x")) is None
     assert map_exception(RuntimeError("x")) is None
+
+
+@pytest.mark.parametrize(
+    ("service", "operation", "params", "named"),
+    [
+        ("s3", "head_bucket", {"Bucket": "no-such-bucket"}, "bucket 'no-such-bucket'"),
+        ("dynamodb", "describe_table", {"TableName": "no-such-table"}, "table 'no-such-table'"),
+    ],
+)
+async def test_other_not_found_errors_name_resource_region_and_endpoint(
+    moto_url: str, service: str, operation: str, params: dict[str, str], named: str
+) -> None:
+    async with AsyncExitStack() as stack:
+        client = await open_client(stack, service, endpoint_url=moto_url, region_name="eu-west-2")
+        with pytest.raises(errors.ResourceNotFound) as caught:
+            await call(client, operation, service, **params)
+    assert f"{named} not found in region eu-west-2 at {moto_url}" in str(caught.value)
