@@ -39,7 +39,7 @@ Logins = (
 
 
 class CognitoCredentials:
-    """A :class:`shardflow._aws.CredentialSource` backed by a Cognito identity pool.
+    """A :class:`~shardflow.CredentialSource` backed by a Cognito identity pool.
 
     ``identity_pool_id`` is the pool (``region:uuid``); ``region_name`` its region.
     ``logins`` authenticates the identity with a provider's tokens (None: an

@@ -112,11 +112,16 @@ def _url(server: Any) -> str:
 
 @contextmanager
 def local_endpoint(port: int = 0) -> Iterator[str]:
-    """Serve moto on 127.0.0.1 in a background thread; yield its URL.
+    """Serve a local Kinesis, DynamoDB, S3 and Cognito (moto) on 127.0.0.1 in a
+    background thread; yield its URL, to pass as ``endpoint_url``::
+
+        with local_endpoint() as url:
+            asyncio.run(main(url))
 
     ``port=0`` picks a free port. The server stops, and its state is dropped, when the
     block exits. Clients created by shardflow for a loopback endpoint sign with dummy
-    credentials when none are configured.
+    credentials when none are configured. Raises :class:`errors.MissingDependency` (an
+    ImportError) without the ``local`` extra (``pip install 'shardflow[local]'``).
     """
     server = make_server(port)
     thread = threading.Thread(
