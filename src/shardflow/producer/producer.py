@@ -14,7 +14,8 @@ A record goes through these modules of the package:
 - :mod:`.startup`: the stream's description and shard map, read in the background (the
   producer starts without reaching the endpoint), and what they change;
 - :mod:`.sender`: the requests in flight, reading answers, retries and resolution (with
-  :mod:`.offshard` for aggregates that landed off their predicted shard, :mod:`.shards`
+  :mod:`.offshard` for aggregates that landed off their predicted shard,
+  :mod:`.resolution` for the records it gives up on, :mod:`.shards`
   for the shard map, and :mod:`.records` for what travels and where it landed).
 """
 

@@ -44,6 +44,7 @@ from .ledger import Ledger
 from .offshard import WRONG_SHARD as WRONG_SHARD
 from .offshard import OffShardAggregates
 from .records import Aggregate, Answer, Entry, Landing, PendingRecord, deliver, positions
+from .resolution import Resolution, entry_records
 from .shards import ShardTracker
 
 __all__ = ["Sender"]
@@ -75,17 +76,13 @@ def _retriable(code: str) -> bool:
     return known
 
 
-def _records(entry: Entry) -> list[PendingRecord]:
-    return entry.records if type(entry) is Aggregate else [entry]  # type: ignore[list-item]
-
-
 def _unpacked(entry: Entry) -> list[PendingRecord]:
     """The records of ``entry``, ready to be packed again (an aggregate's get their data
     back)."""
     return entry.unpack() if type(entry) is Aggregate else [entry]  # type: ignore[list-item]
 
 
-class Sender:
+class Sender(Resolution):
     """Drains the accumulator into PutRecords requests and resolves every record."""
 
     def __init__(
@@ -378,7 +375,7 @@ class Sender:
             code = str(result.get("ErrorCode") or "InvalidResponse")
             message = str(result.get("ErrorMessage") or "")
             attempt = Attempt(code, message, started_at, duration)
-            records = _records(entry)
+            records = entry_records(entry)
             for record in records:
                 self.record_attempt(record, attempt)
             if not _retriable(code):
@@ -397,7 +394,7 @@ class Sender:
     def _request_failed(
         self, batch: list[Entry], attempt: Attempt, exc: errors.AWSError, now: float
     ) -> None:
-        records = [r for entry in batch for r in _records(entry)]
+        records = [r for entry in batch for r in entry_records(entry)]
         for record in records:
             self.record_attempt(record, attempt)
         if not exc.retriable:
@@ -463,103 +460,6 @@ class Sender:
         self.misrouted += 1
         if self._tracker is not None:
             self._tracker.mark_stale()
-
-    # --- resolution ---------------------------------------------------------------------
-
-    def resolved(self, records: list[PendingRecord], *, taken: bool = True) -> None:
-        """Release resolved records; ``taken``: they came from next_batch() (key heads)."""
-        if taken and self._acc.ordered:
-            done = self._acc.done
-            for record in records:
-                done(record)
-        self._ledger.release(records)
-
-    def fail(
-        self,
-        records: list[PendingRecord],
-        message: str,
-        cause: BaseException | None,
-        *,
-        taken: bool = True,
-    ) -> None:
-        for record in records:
-            _set_failed(record, errors.DeliveryFailed(message, _attempts(record), cause))
-        self.failed += len(records)
-        self._log_failed(records, message, cause)
-        self.resolved(records, taken=taken)
-
-    def _log_failed(
-        self, records: list[PendingRecord], message: str, cause: BaseException | None
-    ) -> None:
-        """One line per batch of failed records (not one per record): the stream, the
-        error code, how many, and the first record's partition key."""
-        first = records[0]
-        code = getattr(cause, "code", None)
-        if code is None:
-            tries = getattr(first, "attempts", None)
-            code = tries[-1].error_code if tries else "-"
-        log.warning(
-            "stream %s: %d record(s) not delivered [%s] (first partition key %r): %s",
-            self._stream,
-            len(records),
-            code,
-            getattr(first, "key", "?"),
-            message,
-        )
-
-    def fail_waiting(self, error: errors.DeliveryFailed) -> None:
-        """Stop sending, and fail every record waiting (queued, backing off or parked);
-        requests in flight resolve their records by their answers."""
-        self.blocked = True
-        pending = self._acc.drain()
-        for agg, *_ in self._off_shard.parked:
-            pending.extend(agg.records)
-        self._off_shard.parked.clear()
-        for record in pending:
-            _set_failed(
-                record, errors.DeliveryFailed(str(error), _attempts(record), error.cause)
-            )
-        self.failed += len(pending)
-        if pending:
-            self._log_failed(pending, str(error), error.cause)
-            self._ledger.release(pending)
-
-    def fail_all(self, error: errors.DeliveryFailed) -> None:
-        """Fail every record not yet resolved (queued, backing off, in flight or parked)."""
-        pending = self._acc.drain()
-        for batch, _ in self._flying.values():
-            for entry in batch:
-                pending.extend(_records(entry))
-        for agg, *_ in self._off_shard.parked:
-            pending.extend(agg.records)
-        self._flying.clear()
-        self._off_shard.parked.clear()
-        unique = list({id(r): r for r in pending}.values())
-        for record in unique:
-            _set_failed(
-                record,
-                errors.DeliveryFailed(str(error), _attempts(record), error.cause),
-            )
-        self.failed += len(unique)
-        if unique:
-            self._log_failed(unique, str(error), error.cause)
-        self.in_flight_records = 0
-        self._ledger.release(unique)
-
-
-def _attempts(record: PendingRecord) -> tuple[Attempt, ...]:
-    """The failed tries of ``record`` so far."""
-    return tuple(getattr(record, "attempts", ()))
-
-
-def _set_failed(record: PendingRecord, error: errors.DeliveryFailed) -> None:
-    """Fail ``record``'s delivery (its payload is let go). The failure is logged here,
-    once per batch, so asyncio is told it was seen: an unawaited failed delivery does not
-    log again on its own."""
-    record.fragment = record.data = _EMPTY
-    if not record.done():
-        record.set_exception(error)
-        record.exception()
 
 
 def _leaf(exc: BaseException) -> BaseException:
