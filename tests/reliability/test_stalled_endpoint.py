@@ -8,6 +8,10 @@ front of a producer in its own process, so that its memory can be measured alone
 - close() returns within record_ttl plus slack (a "never hangs" bound, not a timing)
   and fails every undelivered record with DeliveryFailed.
 
+Stalled for PutRecords only (the producer knows the stream and its shards), and for every
+operation (``operations={"*"}``): the producer starts all the same, without an answer
+(it reads the stream's description in the background), and its records wait unsent.
+
 tests/integration/test_producer_faults.py checks the same backpressure on a small queue
 in the test process; benchmarks/producer.py measures RSS growth as a figure.
 """
@@ -118,14 +122,16 @@ anyio.run(main)
 '''
 
 
+@pytest.mark.parametrize("stalled_operations", ["data", "all"])
 async def test_stalled_endpoint_bounds_memory_blocks_puts_and_close_returns(
-    kinesalite_url: str, tmp_path: Path
+    kinesalite_url: str, tmp_path: Path, stalled_operations: str
 ) -> None:
     stream = create_stream(kinesalite_url, shards=4)
     script = tmp_path / "stalled_producer.py"
     script.write_text(CHILD)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    async with FaultProxy(kinesalite_url, stall=True) as proxy:
+    operations = {"*"} if stalled_operations == "all" else None
+    async with FaultProxy(kinesalite_url, stall=True, operations=operations) as proxy:
         with anyio.fail_after(120):
             child = await anyio.run_process(
                 [sys.executable, str(script), proxy.url, stream, str(MAX_QUEUE_BYTES),
@@ -136,7 +142,8 @@ async def test_stalled_endpoint_bounds_memory_blocks_puts_and_close_returns(
     assert child.returncode == 0, child.stderr.decode()
     out = orjson.loads(child.stdout.decode().strip().splitlines()[-1])
     report(
-        "stalled endpoint (producer in a subprocess, kinesalite behind a stalled proxy)",
+        f"stalled endpoint (producer in a subprocess, kinesalite behind a proxy stalling "
+        f"{stalled_operations} operations)",
         max_queue_bytes=MAX_QUEUE_BYTES, records_accepted=out["accepted"],
         queued_bytes=out["queued_bytes"], in_flight=out["in_flight"],
         stalled_requests=stalled, rss_growth_mib=round(out["rss_growth"] / MiB, 1),
