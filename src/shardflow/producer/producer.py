@@ -31,11 +31,12 @@ from typing import Any
 
 import anyio
 
-from .. import _aws, aggregation, errors
+from .. import _aws, _metrics, aggregation, errors
 from .._putrecords import PutRecordsTransport
 from .._validate import as_float, shown
 from ..limits import KinesisLimits
 from ..models import PutResult
+from ._metrics import ProducerMetrics
 from .accumulator import Accumulator
 from .encoding import RECORD_OVERHEAD as RECORD_OVERHEAD
 from .encoding import RecordMaker, record_cost
@@ -144,6 +145,9 @@ class Producer(HotPath, Startup):
       counts as one record) to use, paced with token buckets per shard, so that the
       producer rarely meets throttling; a shard out of tokens never holds up the others.
       None: no pacing.
+    - ``meter_provider``: an OpenTelemetry MeterProvider for the producer's metrics
+      (README, "Metrics and logs"); default: the global one when OpenTelemetry is
+      installed, none otherwise.
 
     The producer starts without reaching the endpoint (see :meth:`__aenter__`): the
     stream's description (its ``MaxRecordSizeInKiB`` sizes records unless ``limits`` is
@@ -176,6 +180,7 @@ class Producer(HotPath, Startup):
         rate_limit: float | None = 1.0,
         record_ttl: float = 30.0,
         limits: KinesisLimits | None = None,
+        meter_provider: Any = None,
     ) -> None:
         self._stream_params = _aws.stream_params(stream)
         self.stream = stream
@@ -260,6 +265,8 @@ class Producer(HotPath, Startup):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._state = "new"  # new -> starting -> open -> closing -> closed
         self._closed = anyio.Event()
+        meter = _metrics.meter(meter_provider)
+        self._metrics = ProducerMetrics(self, meter) if meter is not None else None
 
     def __repr__(self) -> str:
         return f"Producer({self.stream!r}, state={self._state})"
@@ -332,6 +339,8 @@ class Producer(HotPath, Startup):
                 stream=self.stream,
                 on_missing=self._cannot_send,
             )
+            if self._metrics is not None:
+                self._metrics.attach(self._sender)
             self._tg = anyio.create_task_group()
             await self._tg.__aenter__()
             await self._tg.start(self._sender.run)

@@ -43,6 +43,7 @@ class Resolution:
     _flying: dict[int, tuple[list[Entry], int]]
     blocked: bool
     failed: int
+    failed_codes: dict[str, int]
     in_flight_records: int
 
     def resolved(self, records: list[PendingRecord], *, taken: bool = True) -> None:
@@ -76,6 +77,8 @@ class Resolution:
         if code is None:
             tries = getattr(first, "attempts", None)
             code = tries[-1].error_code if tries else "-"
+        key = code if isinstance(code, str) and code != "-" else "_OTHER"
+        self.failed_codes[key] = self.failed_codes.get(key, 0) + len(records)
         log.warning(
             "stream %s: %d record(s) not delivered [%s] (first partition key %r): %s",
             self._stream,

@@ -138,6 +138,11 @@ class Sender(Resolution):
         self.failed_requests = 0
         self.kinesis_records = 0
         self.misrouted = 0
+        self.failed_codes: dict[str, int] = {}  # records failed, by error code
+        self.entry_errors: dict[str, int] = {}  # entries refused in answers, by error code
+        # metrics hooks (shardflow._metrics): once per request, once per aggregate delivered
+        self.on_request: Callable[[float, str | None], None] | None = None
+        self.on_aggregate: Callable[[int], None] | None = None
 
     # --- control ------------------------------------------------------------------------
 
@@ -300,9 +305,14 @@ class Sender(Resolution):
             except errors.AWSError as exc:
                 self.failed_requests += 1
                 attempt = Attempt(exc.code, exc.message or str(exc), started_at, _monotonic() - t0)
+                if self.on_request is not None:
+                    self.on_request(attempt.duration, exc.code)
                 self._request_failed(batch, attempt, exc, _monotonic())
             else:
-                self._read_results(batch, raw, results, started_at, _monotonic() - t0)
+                duration = _monotonic() - t0
+                if self.on_request is not None:
+                    self.on_request(duration, None)
+                self._read_results(batch, raw, results, started_at, duration)
             completed = True
         finally:
             # A cancelled or crashed request stays in _flying: fail_all() resolves it.
@@ -374,6 +384,7 @@ class Sender(Resolution):
         for entry, result in failed:
             code = str(result.get("ErrorCode") or "InvalidResponse")
             message = str(result.get("ErrorMessage") or "")
+            self.entry_errors[code] = self.entry_errors.get(code, 0) + 1
             attempt = Attempt(code, message, started_at, duration)
             records = entry_records(entry)
             for record in records:
@@ -451,6 +462,8 @@ class Sender(Resolution):
     ) -> None:
         """Resolve ``agg``'s records as delivered where it landed (into ``done``)."""
         deliver(agg.records, landing)
+        if self.on_aggregate is not None:
+            self.on_aggregate(len(agg.records))
         if self._holds_data or hasattr(agg.records[0], "data"):  # (unpacked to be judged)
             for record in agg.records:
                 record.data = _EMPTY

@@ -1,0 +1,143 @@
+"""Metrics through the OpenTelemetry API (the optional ``otel`` extra), resolved once.
+
+:func:`meter` turns a class's ``meter_provider=`` option into a :class:`Meter`, or None
+when no provider was given and OpenTelemetry is not installed: then nothing of it is
+imported and the class keeps a None it checks once per request or batch, never per
+record. Most instruments are observable: their callbacks read counters the library
+keeps anyway (``stats()``), so they cost nothing until a reader collects them.
+
+Names follow OpenTelemetry's conventions: ``shardflow.<area>.<thing>``, the unit in the
+instrument (``{record}``, ``By``, ``s``, ``ms``), low-cardinality attributes only
+(``aws.kinesis.stream``, ``aws.kinesis.shard``, ``error.type``, ``shardflow.app``).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+__all__ = ["APP", "ERROR", "SHARD", "STREAM", "Meter", "Reading", "check_provider", "meter"]
+
+STREAM = "aws.kinesis.stream"
+SHARD = "aws.kinesis.shard"
+ERROR = "error.type"
+APP = "shardflow.app"
+
+Attributes = Mapping[str, str]
+Reading = Callable[[Any], Iterable[tuple[float, Attributes]]]
+"""Reads an owner: (value, extra attributes) pairs."""
+
+_VERSION = "0.1.0"
+
+
+def check_provider(meter_provider: object) -> None:
+    """Refuse at construction what is not a MeterProvider (TypeError)."""
+    if meter_provider is not None and not callable(getattr(meter_provider, "get_meter", None)):
+        raise TypeError(
+            "meter_provider must be an OpenTelemetry MeterProvider (with get_meter), "
+            f"got {type(meter_provider).__name__}"
+        )
+
+
+def meter(meter_provider: object = None) -> Meter | None:
+    """shardflow's meter of ``meter_provider``, else of OpenTelemetry's global provider;
+    None when neither is there (OpenTelemetry not installed: nothing imported)."""
+    check_provider(meter_provider)
+    if meter_provider is None:
+        try:
+            from opentelemetry import metrics
+        except ImportError:
+            return None
+        meter_provider = metrics.get_meter_provider()
+    return Meter(meter_provider.get_meter("shardflow", _VERSION))  # type: ignore[attr-defined]
+
+
+class _Observed:
+    """One observable instrument of one meter, reporting every owner registered with it
+    (OpenTelemetry keeps the callbacks of an instrument's first registration only)."""
+
+    def __init__(self, observation: Any) -> None:
+        self._observation = observation
+        self.owners: weakref.WeakKeyDictionary[Any, list[tuple[Reading, dict[str, str]]]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __call__(self, options: Any) -> list[Any]:
+        out = []
+        observation = self._observation
+        for owner, readings in list(self.owners.items()):
+            for read, base in readings:
+                for value, extra in read(owner):
+                    out.append(observation(value, {**base, **extra} if extra else base))
+        return out
+
+
+_KINDS = {
+    "counter": "create_observable_counter",
+    "updown": "create_observable_up_down_counter",
+    "gauge": "create_observable_gauge",
+}
+
+
+class Meter:
+    """An OpenTelemetry meter with one registry of observable instruments per meter."""
+
+    _observed: weakref.WeakKeyDictionary[Any, dict[str, _Observed]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, otel_meter: Any) -> None:
+        self.otel = otel_meter
+
+    def observe(
+        self,
+        owner: object,
+        kind: str,
+        name: str,
+        unit: str,
+        description: str,
+        read: Reading,
+        attributes: Mapping[str, str],
+    ) -> None:
+        """Report ``read(owner)`` under ``name`` at each collection while ``owner`` lives
+        (held weakly: a closed, dropped object stops reporting)."""
+        try:
+            by_name = self._observed[self.otel]
+        except TypeError:  # a meter that cannot be weakly referenced: keep it
+            by_name = {}
+        except KeyError:
+            by_name = self._observed[self.otel] = {}
+        observed = by_name.get(name)
+        if observed is None:
+            from opentelemetry.metrics import Observation
+
+            observed = by_name[name] = _Observed(Observation)
+            getattr(self.otel, _KINDS[kind])(
+                name, callbacks=[observed], unit=unit, description=description
+            )
+        observed.owners.setdefault(owner, []).append((read, dict(attributes)))
+
+    def counter(self, name: str, unit: str, description: str) -> Any:
+        return self.otel.create_counter(name, unit=unit, description=description)
+
+    def histogram(self, name: str, unit: str, description: str) -> Any:
+        return self.otel.create_histogram(name, unit=unit, description=description)
+
+
+def stat(field: str) -> Reading:
+    """A reading of one field of ``owner.stats()``."""
+
+    def read(owner: Any) -> Iterable[tuple[float, Attributes]]:
+        return ((getattr(owner.stats(), field), {}),)
+
+    return read
+
+
+def by_key(read_map: Callable[[Any], Mapping[str, float]], attribute: str) -> Reading:
+    """A reading of a mapping (e.g. counts by error code), one point per key."""
+
+    def read(owner: Any) -> Iterable[tuple[float, Attributes]]:
+        return [(value, {attribute: key}) for key, value in read_map(owner).items()]
+
+    return read

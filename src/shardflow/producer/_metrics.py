@@ -1,0 +1,92 @@
+"""The producer's instruments (see :mod:`shardflow._metrics`).
+
+Counters the producer keeps anyway are observed through ``stats()`` and the sender's
+tallies; the sender calls two hooks, once per request and once per aggregate delivered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .._metrics import ERROR, STREAM, Attributes, Meter, by_key, stat
+
+__all__ = ["ProducerMetrics", "stream_name"]
+
+THROTTLED = "ProvisionedThroughputExceededException"
+
+
+def stream_name(stream: str) -> str:
+    """The stream's name, also when given as an ARN (…:stream/NAME)."""
+    return stream.rsplit("/", 1)[-1] if stream.startswith("arn:") else stream
+
+
+def _put(producer: Any) -> Iterable[tuple[float, Attributes]]:
+    s = producer.stats()
+    return ((s.delivered + s.failed + s.queued, {}),)
+
+
+def _failed_codes(producer: Any) -> dict[str, int]:
+    sender = producer._sender
+    return dict(sender.failed_codes) if sender is not None else {}
+
+
+def _throttled(producer: Any) -> Iterable[tuple[float, Attributes]]:
+    sender = producer._sender
+    return ((sender.entry_errors.get(THROTTLED, 0) if sender is not None else 0, {}),)
+
+
+def _entry_errors(producer: Any) -> dict[str, int]:
+    sender = producer._sender
+    return dict(sender.entry_errors) if sender is not None else {}
+
+
+class ProducerMetrics:
+    """The instruments of one producer."""
+
+    def __init__(self, producer: Any, meter: Meter) -> None:
+        self.attributes = attrs = {STREAM: stream_name(producer.stream)}
+        o = meter.observe
+        o(producer, "counter", "shardflow.producer.records.put", "{record}",
+          "Records accepted by put()", _put, attrs)
+        o(producer, "counter", "shardflow.producer.records.delivered", "{record}",
+          "Records delivered (acknowledged by Kinesis)", stat("delivered"), attrs)
+        o(producer, "counter", "shardflow.producer.records.failed", "{record}",
+          "Records whose delivery failed, by error code", by_key(_failed_codes, ERROR), attrs)
+        o(producer, "counter", "shardflow.producer.records.retried", "{record}",
+          "Tries after a record's first", stat("retried"), attrs)
+        o(producer, "counter", "shardflow.producer.entries.throttled", "{entry}",
+          "PutRecords entries refused with ProvisionedThroughputExceededException",
+          _throttled, attrs)
+        o(producer, "counter", "shardflow.producer.entries.errors", "{entry}",
+          "PutRecords entries that failed, by error code", by_key(_entry_errors, ERROR), attrs)
+        o(producer, "counter", "shardflow.producer.requests", "{request}",
+          "PutRecords requests sent", stat("requests"), attrs)
+        o(producer, "updown", "shardflow.producer.records.queued", "{record}",
+          "Records accepted and not yet resolved", stat("queued"), attrs)
+        o(producer, "updown", "shardflow.producer.bytes.queued", "By",
+          "Bytes those records hold (bounded by max_queue_bytes)", stat("queued_bytes"), attrs)
+        o(producer, "updown", "shardflow.producer.requests.in_flight", "{request}",
+          "PutRecords requests not answered yet", stat("in_flight_requests"), attrs)
+        self._duration = meter.histogram(
+            "shardflow.producer.request.duration", "s", "PutRecords request duration"
+        )
+        self._aggregates = meter.counter(
+            "shardflow.producer.aggregates", "{aggregate}", "KPL aggregates delivered"
+        )
+        self._per_aggregate = meter.histogram(
+            "shardflow.producer.aggregate.records", "{record}", "Records per aggregate delivered"
+        )
+
+    def attach(self, sender: Any) -> None:
+        """Give the sender its per-request and per-aggregate hooks."""
+        sender.on_request = self.request
+        sender.on_aggregate = self.aggregate
+
+    def request(self, duration: float, error: str | None) -> None:
+        attrs = self.attributes if error is None else {**self.attributes, ERROR: error}
+        self._duration.record(duration, attrs)
+
+    def aggregate(self, records: int) -> None:
+        self._aggregates.add(1, self.attributes)
+        self._per_aggregate.record(records, self.attributes)
