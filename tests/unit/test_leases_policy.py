@@ -296,3 +296,115 @@ def test_defaults() -> None:
     assert a.table == "leases"
     assert "leases" in repr(a)
     assert a.worker_id in repr(a)
+
+
+# --- DynamoDBLeaseTaker's rules, uneven division, any start ---------------------------------
+
+
+def test_a_worker_needing_more_than_one_steals_from_a_worker_at_the_target() -> None:
+    # DynamoDBLeaseTaker.chooseLeasesToSteal: the most loaded worker has exactly the
+    # target; a thief needing more than one steals one, a thief needing one does not.
+    leases = [lease(i, "a" if i < 2 else "b") for i in range(4)]  # a 2/2 group, 4 shards
+    plan = plan_takes(leases, "joiner", set(), never, random.Random(1))
+    assert plan.target == 2  # ceil(4 / 3)
+    assert plan.steal is not None
+    assert plan.steal.owner in ("a", "b")
+    uneven = [lease(i, "a" if i < 6 else "b" if i < 12 else "c") for i in range(17)]
+    held = {sid(i) for i in range(12, 17)}  # c has 5 of target 6: needs one
+    assert plan_takes(uneven, "c", held, never, random.Random(1)).steal is None
+
+
+def test_finished_leases_count_while_an_owner_renews_them_and_are_never_taken() -> None:
+    # DynamoDBLeaseTaker counts SHARD_END leases with their owner; released or expired
+    # ones are nobody's and, having nothing left to read, are not taken.
+    leases = [lease(i, "a") for i in range(2)] + [
+        lease(2, "a", checkpoint="SHARD_END"), lease(3, "a", checkpoint="SHARD_END"),
+        lease(4, None, checkpoint="SHARD_END"), lease(5, "dead", checkpoint="SHARD_END"),
+    ]
+    plan = plan_takes(leases, "me", set(), lambda x: x.owner == "dead", random.Random(1))
+    assert plan.target == 2  # 4 counted leases (2 open, 2 finished held by a), 2 workers
+    assert plan.take == ()
+    assert plan.steal is not None
+    assert not plan.steal.finished
+
+
+def play(
+    owners: dict[str, str | None], names: list[str], rng: random.Random, cycles: int
+) -> list[int]:
+    """Workers run balancing cycles one after another on the table ``owners`` (takes,
+    steals, releases applied at once); the number of leases moved in each cycle."""
+    moved_per_cycle = []
+    for _ in range(cycles):
+        moved = 0
+        for me in rng.sample(names, len(names)):
+            leases = [Lease(s, owner=o) for s, o in owners.items()]
+            held = {s for s, o in owners.items() if o == me}
+            plan = plan_takes(leases, me, held, lambda x: x.owner is None, rng)
+            free = {x.shard_id for x in plan.take if x.owner is None}
+            stolen = [x for x in plan.take if x.owner is not None and x.owner != me]
+            assert not stolen, "only free or expired leases are taken in bulk"
+            for taken in (*plan.take, *([plan.steal] if plan.steal else [])):
+                owners[taken.shard_id] = me
+            for shard_id in plan.shed:
+                owners[shard_id] = None
+            moved += len(free) + (plan.steal is not None) + len(plan.shed)
+        moved_per_cycle.append(moved)
+    return moved_per_cycle
+
+
+def spread(owners: dict[str, str | None], names: list[str]) -> int:
+    loads = Counter({n: 0 for n in names})
+    loads.update(o for o in owners.values() if o is not None)
+    assert None not in owners.values()
+    return max(loads.values()) - min(loads.values())
+
+
+@pytest.mark.parametrize(
+    ("n_leases", "n_workers"),
+    [(32, 6), (38, 20), (4, 3), (200, 10), (7, 7), (5, 8)],
+)
+@pytest.mark.parametrize("start", ["cold", "one_holds_all", "random"])
+def test_any_start_converges_to_max_minus_min_at_most_one_and_stays(
+    n_leases: int, n_workers: int, start: str
+) -> None:
+    for seed in range(3):
+        rng = random.Random(seed)
+        names = [f"w{i}" for i in range(n_workers)]
+        keys = [sid(i) for i in range(n_leases)]
+        if start == "cold":
+            owners: dict[str, str | None] = dict.fromkeys(keys)
+        elif start == "one_holds_all":
+            owners = dict.fromkeys(keys, names[0])
+        else:
+            owners = {k: rng.choice(names) for k in keys}
+        play(owners, names, rng, 25)
+        assert spread(owners, names) <= 1 or n_workers > n_leases, (seed, owners)
+        if n_workers > n_leases:
+            assert Counter(owners.values()).most_common(1)[0][1] == 1
+        # Stable: nothing moves any more (no ping-pong).
+        assert play(owners, names, rng, 5) == [0] * 5
+
+
+def test_a_joiner_to_a_full_uneven_group_gets_its_share() -> None:
+    rng = random.Random(3)
+    names = [f"w{i}" for i in range(6)]
+    owners: dict[str, str | None] = {sid(i): None for i in range(32)}
+    play(owners, names, rng, 20)
+    assert sorted(Counter(owners.values()).values()) == [5, 5, 5, 5, 6, 6]
+    names.append("joiner")
+    play(owners, names, rng, 20)
+    assert sorted(Counter(owners.values()).values()) == [4, 4, 4, 5, 5, 5, 5]
+
+
+def test_lease_planning_goes_parents_first_in_one_pass() -> None:
+    # 0 -> 1 -> 2 -> 3, each the single child of the previous, listed children first.
+    # Under LATEST the closed root is done at once; its child continues the lineage from
+    # TRIM_HORIZON and its own children wait for it.
+    shards = listing(shard(3, 2), shard(2, 1, closed=True), shard(1, 0, closed=True),
+                     shard(0, closed=True))
+    planned = plan_new_leases(shards, {}, "LATEST", "s")
+    assert [(x.shard_id, x.checkpoint) for x in planned] == [
+        (sid(0), "SHARD_END"), (sid(1), "TRIM_HORIZON")
+    ]
+    finished = {x.shard_id: Lease(x.shard_id, checkpoint="SHARD_END") for x in planned}
+    assert [x.shard_id for x in plan_new_leases(shards, finished, "LATEST", "s")] == [sid(2)]

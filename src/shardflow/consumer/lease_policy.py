@@ -44,22 +44,26 @@ __all__ = [
 class ExpiryClock:
     """When each lease's counter last changed, on this observer's monotonic clock."""
 
-    __slots__ = ("_failover", "_seen")
+    __slots__ = ("_failover", "_looked", "_seen")
 
     def __init__(self, failover_time: float) -> None:
         self._failover = failover_time
         self._seen: dict[str, tuple[int, float]] = {}
+        self._looked: dict[str, float] = {}
 
     def observe(self, leases: Iterable[Lease], now: float) -> None:
         """Record a full scan: a new or changed counter restarts that lease's clock."""
         seen: dict[str, tuple[int, float]] = {}
+        looked: dict[str, float] = {}
         for lease in leases:
             previous = self._seen.get(lease.shard_id)
             if previous is not None and previous[0] == lease.counter:
                 seen[lease.shard_id] = previous
             else:
                 seen[lease.shard_id] = (lease.counter, now)
+            looked[lease.shard_id] = now
         self._seen = seen
+        self._looked = looked
 
     def observe_some(self, leases: Iterable[Lease], now: float) -> None:
         """Record a partial scan (one segment): only these leases' clocks move."""
@@ -68,15 +72,22 @@ class ExpiryClock:
             previous = seen.get(lease.shard_id)
             if previous is None or previous[0] != lease.counter:
                 seen[lease.shard_id] = (lease.counter, now)
+            self._looked[lease.shard_id] = now
 
-    def expired(self, lease: Lease, now: float) -> bool:
-        """Unowned, or its counter unchanged for failover_time (False if never observed)."""
+    def expired(
+        self, lease: Lease, now: float, *, grace: float = 0.0, as_seen: bool = False
+    ) -> bool:
+        """Unowned, or its counter unchanged for failover_time (+ ``grace``) (False if
+        never observed). ``as_seen``: judged at this clock's last look at the lease, not
+        at ``now`` (a lease outside the segments just read is not judged on old news)."""
         if lease.owner is None:
             return True
         seen = self._seen.get(lease.shard_id)
         if seen is None or seen[0] != lease.counter:
             return False
-        return now - seen[1] > self._failover
+        if as_seen:
+            now = min(now, self._looked.get(lease.shard_id, now))
+        return now - seen[1] > self._failover + grace
 
 
 def is_parent_done(
@@ -251,20 +262,25 @@ def plan_takes(
     rng: random.Random,
     *,
     only: Collection[str] | None = None,
+    greedy: bool = False,
 ) -> TakePlan:
     """Balance as DynamoDBLeaseTaker does: ``leases`` are every lease of the table as
     last seen, ``held`` the shard ids this worker holds, ``expired(lease)`` the expiry
     clock's verdict. ``only``: take free or expired leases among these ids only, and
-    neither steal nor shed (the expiry watch between full scans).
+    neither steal nor shed (the expiry watch between full scans); ``greedy`` takes every
+    free or expired lease among them, whatever the target (a watcher takes over a dead
+    worker's leases at once; the excess is released at its next full scan).
 
     target = ceil(counted leases / workers), workers being the owners of unexpired
     counted leases plus this one. Free and expired leases are taken up to the target at
     once; otherwise one lease is stolen from the most loaded worker when it is above the
     target, or AT it while this worker needs more than one (chooseLeasesToSteal). Every
     stable state then has max - min <= 1: no worker is below target - 1 and none above
-    target. A worker holding more than target + 1 releases the excess (others take it
-    as free leases at their next scan), so one worker holding all gets balanced in a few
-    cycles instead of one lease per worker per cycle.
+    target. A worker above the target releases what the workers below it lack (minus
+    the free leases): they take those as free leases at their next scan, so one worker
+    holding all, or a worker far below the target, gets balanced in a few cycles
+    instead of one lease per worker per cycle; a worker at or below the target never
+    releases, so released leases go only to workers below it (no ping-pong).
     """
     counted = [x for x in leases if counts_toward_load(x, expired)]
     if not counted:
@@ -289,6 +305,8 @@ def plan_takes(
     target = math.ceil(len(counted) / workers)
     needed = target - mine
     take = list(reclaim)
+    if greedy:
+        return TakePlan(target, tuple(take + free), workers=workers)
     if needed > 0 and free:
         take.extend(rng.sample(free, min(needed, len(free))))
         return TakePlan(target, tuple(take), workers=workers)
@@ -310,9 +328,12 @@ def plan_takes(
                 chosen = rng.choice(candidates)
                 steal = next(x for x in counted if x.shard_id == chosen)
     shed: tuple[str, ...] = ()
-    if mine > target + 1:
-        mine_open = sorted(
-            x.shard_id for x in counted if x.shard_id in held and not x.finished
-        )
-        shed = tuple(rng.sample(mine_open, min(len(mine_open), mine - target - 1)))
+    if mine > target:
+        lacking = sum(max(0, target - n) for n in loads.values()) - len(free)
+        excess = min(mine - target, lacking)
+        if excess > 0:
+            mine_open = sorted(
+                x.shard_id for x in counted if x.shard_id in held and not x.finished
+            )
+            shed = tuple(rng.sample(mine_open, min(len(mine_open), excess)))
     return TakePlan(target, tuple(take), steal, shed, workers)

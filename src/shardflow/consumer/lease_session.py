@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -101,6 +101,7 @@ class LeaseSession:
         self._writes = anyio.CapacityLimiter(write_concurrency)
         self._table_was_empty = False
         self._waited_to_create = False
+        self._missing_since: dict[str, float] = {}
         self.cycles = 0
         self._listing: dict[str, Shard] = {}
         self._leases: dict[str, Lease] = {}  # the table as last seen or written
@@ -289,7 +290,7 @@ class LeaseSession:
         await self._release(held)
         try:
             async with self._cycle_lock:
-                await self._create_missing()
+                await self._create_missing(urgent=True)
         except errors.AWSError as exc:
             log.warning("child leases of %s not created yet (%s)", held.shard_id, exc)
         self._wake.set()
@@ -356,8 +357,10 @@ class LeaseSession:
         finally:
             held.renewing = False
 
-    async def _take(self, lease: Lease) -> bool:
+    async def _take(self, lease: Lease, contended: Callable[[], bool] | None = None) -> bool:
         async with self._writes:
+            if contended is not None and contended():
+                return False
             sent = anyio.current_time()
             try:
                 taken = await self._table.take(lease)
@@ -372,25 +375,36 @@ class LeaseSession:
         return True
 
     async def _take_all(self, leases: Sequence[Lease]) -> int:
-        """Take ``leases`` (at most write_concurrency at once); how many were taken."""
+        """Take ``leases`` (at most write_concurrency at once); how many were taken.
+        Once a take loses to another worker, the rest wait for the next scan: workers
+        that start together do not all fight for the same free leases."""
         if len(leases) == 1:
             return int(await self._take(leases[0]))
         taken = 0
+        contended = False
 
         async def one(lease: Lease) -> None:
-            nonlocal taken
-            taken += await self._take(lease)
+            nonlocal taken, contended
+            if contended:
+                return
+            if await self._take(lease, lambda: contended):
+                taken += 1
+            else:
+                contended = True
 
         async with anyio.create_task_group() as tg:
             for lease in leases:
                 tg.start_soon(one, lease)
         return taken
 
-    async def _create_missing(self, *, first: bool = False) -> None:
+    async def _create_missing(self, *, first: bool = False, urgent: bool = False) -> None:
         """Create the leases the shard sync plans (linear in shards, existing ones
         skipped). A worker that found the table empty waits a random time first and
         leaves the creation to whoever started it meanwhile (Scheduler's random wait on
-        an empty lease table), so a group starting together does not stampede."""
+        an empty lease table), so a group starting together does not stampede; a lease
+        found missing otherwise is created once it has been missing for failover_time / 2
+        (another worker may be creating it right now), unless ``urgent`` (the children
+        of a shard this worker just finished)."""
         planned = plan_new_leases(
             self._listing, self._leases, self._scope.start_at, self._table.scope
         )
@@ -404,6 +418,11 @@ class LeaseSession:
             planned = plan_new_leases(
                 self._listing, self._leases, self._scope.start_at, self._table.scope
             )
+        elif planned and not urgent:
+            now = anyio.current_time()
+            since = {x.shard_id: self._missing_since.get(x.shard_id, now) for x in planned}
+            self._missing_since = since
+            planned = [x for x in planned if now - since[x.shard_id] >= self._failover / 2]
         if planned:
             await self._create_all(planned)
             self._wake.set()
@@ -418,10 +437,14 @@ class LeaseSession:
                 self._leases[lease.shard_id] = replace(lease, children=children | lease.children)
 
     async def _create_all(self, planned: Sequence[Lease]) -> None:
+        """Create ``planned``; once one exists already, another worker is creating them
+        too: stop and read what is there (the rest waits for a later cycle)."""
         existing: list[str] = []
 
         async def one(lease: Lease) -> None:
             async with self._writes:
+                if existing and len(planned) > 1:
+                    return
                 created = await self._table.create(lease)
             if created:
                 log.info("created lease %s (%s)", lease.shard_id, lease.checkpoint)
@@ -527,7 +550,7 @@ class LeaseSession:
             list(self._leases.values()),
             self._me,
             self._held.keys(),
-            lambda x: self._clock.expired(x, now),
+            lambda x: self._clock.expired(x, now, as_seen=True),
             self._rng,
         )
         self._workers = plan.workers
@@ -576,29 +599,43 @@ class LeaseSession:
         return [(rank, total), ((rank + 1) % total, total)]
 
     async def _watch(self) -> None:
-        """Read the watched segments; take free or expired leases in them (up to the
-        target; no stealing)."""
-        leases: list[Lease] = []
-        for segment in self._watched():
+        """Read the watched segments; take free or expired leases in them (no stealing)."""
+        watched = self._watched()
+        parts: list[list[Lease]] = []
+        for segment in watched:
             part, _ = await self._table.scan(segment)
-            leases.extend(part)
+            parts.append(part)
         now = anyio.current_time()
-        self._merge(leases, now, full=False)
-        if not any(
-            lease.owner is None or self._clock.expired(lease, now)
-            for lease in leases
-            if not lease.finished and lease.owner != self._me
-        ):
-            return
-        plan = plan_takes(
-            list(self._leases.values()),
-            self._me,
-            self._held.keys(),
-            lambda x: self._clock.expired(x, now),
-            self._rng,
-            only={lease.shard_id for lease in leases},
-        )
-        if plan.take and await self._take_all(plan.take):
+        for part in parts:
+            self._merge(part, now, full=False)
+        # A dead worker's leases: all of them at once, in this worker's first segment,
+        # and in its second once expired for failover_time / 4 more (that segment's first
+        # watcher is late or dead). Free leases: up to the target.
+        dead: set[str] = set()
+        capped: set[str] = set()
+        for i, part in enumerate(parts):
+            grace = 0.0 if i == 0 else self._failover / 4
+            for lease in part:
+                if lease.finished or lease.owner == self._me:
+                    continue
+                if lease.owner is None:
+                    capped.add(lease.shard_id)
+                elif self._clock.expired(lease, now, grace=grace, as_seen=True):
+                    dead.add(lease.shard_id)
+        took = 0
+        for only, greedy in ((dead, True), (capped, False)):
+            if only:
+                plan = plan_takes(
+                    list(self._leases.values()),
+                    self._me,
+                    self._held.keys(),
+                    lambda x: self._clock.expired(x, now, as_seen=True),
+                    self._rng,
+                    only=only,
+                    greedy=greedy,
+                )
+                took += await self._take_all(plan.take)
+        if took:
             self._listener.reassign()
 
     def _jitter(self, interval: float, spread: float) -> float:
@@ -608,8 +645,11 @@ class LeaseSession:
         """Every 2 x (failover_time + epsilon), jittered (or when woken): a full cycle.
         Never raises AWS errors (they are logged and the next cycle tries again)."""
         await self._listed.wait()
+        first = True
         while True:
-            with anyio.move_on_after(self._jitter(self._scan_interval, 0.2)):
+            interval = self._scan_interval * (self._rng.uniform(0.1, 0.5) if first else 1)
+            first = False
+            with anyio.move_on_after(self._jitter(interval, 0.2)):
                 await self._wake.wait()
             self._wake = anyio.Event()
             try:

@@ -108,9 +108,14 @@ class TableStats:
     writes: int = 0
     failed_writes: int = 0
     by_operation: dict[str, int] = field(default_factory=dict)
+    failed_by_operation: dict[str, int] = field(default_factory=dict)
 
     def count(self, operation: str) -> None:
         self.by_operation[operation] = self.by_operation.get(operation, 0) + 1
+
+    def fail(self, operation: str) -> None:
+        self.failed_writes += 1
+        self.failed_by_operation[operation] = self.failed_by_operation.get(operation, 0) + 1
 
 
 class MemoryLeaseTable:
@@ -140,7 +145,7 @@ class MemoryLeaseTable:
         self.stats.write_units += 1
 
     def _failed(self, operation: str, shard_id: str) -> errors.ConditionFailed:
-        self.stats.failed_writes += 1
+        self.stats.fail(operation)
         return errors.ConditionFailed(
             "ConditionalCheckFailedException", f"lease {shard_id} changed", operation
         )
@@ -201,7 +206,7 @@ class MemoryLeaseStore:
         await t._wait()
         t._write("create")
         if lease.shard_id in t.items:
-            t.stats.failed_writes += 1
+            t.stats.fail("create")
             return False
         t.items[lease.shard_id] = lease
         return True
