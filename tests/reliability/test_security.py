@@ -256,9 +256,9 @@ async def exercise(gate: Gate, capture: Capture, credentials: CognitoCredentials
         async with capture.expect(errors.DeliveryFailed):
             await future
     gate.deny, gate.code = {"*"}, "ExpiredTokenException"
-    async with Producer(stream, endpoint_url=url, record_ttl=0.5, **creds) as expired:
-        async with capture.expect(errors.DeliveryFailed):  # retried until its ttl
-            await expired.put_and_wait(b"expired", partition_key="k")
+    async with Producer(stream, endpoint_url=url, record_ttl=0.5, **creds) as expired, \
+            capture.expect(errors.DeliveryFailed):  # retried until its ttl
+        await expired.put_and_wait(b"expired", partition_key="k")
     gate.code = "AccessDeniedException"
     # A collector whose producer cannot send keeps the event and logs why.
     collector = Collector()
@@ -274,9 +274,9 @@ async def exercise(gate: Gate, capture: Capture, credentials: CognitoCredentials
     gate.deny = set()
     # Unreachable endpoints.
     closed = f"http://127.0.0.1:{free_port()}"
-    async with Producer(stream, endpoint_url=closed, record_ttl=0.5, **creds) as unreachable:
-        async with capture.expect(errors.DeliveryFailed):  # EndpointUnreachable until its ttl
-            await unreachable.put_and_wait(b"unreachable", partition_key="k")
+    async with Producer(stream, endpoint_url=closed, record_ttl=0.5, **creds) as unreachable, \
+            capture.expect(errors.DeliveryFailed):  # EndpointUnreachable until its ttl
+        await unreachable.put_and_wait(b"unreachable", partition_key="k")
     async with capture.expect(errors.EndpointUnreachable):
         await Consumer(stream, endpoint_url=closed, **creds).__aenter__()
     # Resets on every PutRecords: retried until the record's TTL, then DeliveryFailed.
