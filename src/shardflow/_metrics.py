@@ -17,7 +17,17 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["APP", "ERROR", "SHARD", "STREAM", "Meter", "Reading", "check_provider", "meter"]
+__all__ = [
+    "APP",
+    "ERROR",
+    "SHARD",
+    "STREAM",
+    "Meter",
+    "Reading",
+    "check_provider",
+    "meter",
+    "stream_name",
+]
 
 STREAM = "aws.kinesis.stream"
 SHARD = "aws.kinesis.shard"
@@ -29,6 +39,11 @@ Reading = Callable[[Any], Iterable[tuple[float, Attributes]]]
 """Reads an owner: (value, extra attributes) pairs."""
 
 _VERSION = "0.1.0"
+
+
+def stream_name(stream: str) -> str:
+    """The stream's name, also when given as an ARN (...:stream/NAME)."""
+    return stream.rsplit("/", 1)[-1] if stream.startswith("arn:") else stream
 
 
 def check_provider(meter_provider: object) -> None:

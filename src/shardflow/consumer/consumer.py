@@ -21,12 +21,13 @@ from typing import Any, Literal
 import anyio
 import anyio.abc
 
-from .. import _aws, errors
+from .. import _aws, _metrics, errors
 from .._validate import as_float, shown
 from ..limits import KinesisLimits
 from ..models import Record
 from ..shardmap import list_shards
 from ..sinks.base import Sink, first_failure, pipe
+from ._metrics import ConsumerMetrics
 from .checkpoint import Checkpointer, CheckpointSession, ConsumerScope, MemoryCheckpointer
 from .coordinator import Coordinator
 from .shard_reader import Counters, ReadContext, ReaderConfig, ShardReader
@@ -134,6 +135,9 @@ class Consumer:
     shard. See :mod:`shardflow.consumer.checkpoint` for the protocol (plain stores and
     lease coordinators).
 
+    ``meter_provider``: an OpenTelemetry MeterProvider for the consumer's metrics (README,
+    "Metrics and logs"); default: the global one when OpenTelemetry is installed.
+
     Use exactly one way of reading: ``async for record in consumer`` and
     ``consumer.batches()`` (they share one queue), or ``consumer.shards()``.
     """
@@ -155,6 +159,7 @@ class Consumer:
         resync_interval: float = 60.0,
         close_timeout: float = 10.0,
         limits: KinesisLimits | None = None,
+        meter_provider: Any = None,
     ) -> None:
         self._stream_params = _aws.stream_params(stream)
         self._stream = stream
@@ -201,6 +206,12 @@ class Consumer:
         self._coord: Coordinator | None = None
         self._mode: Literal["records", "shards"] | None = None
         self._pipes: list[anyio.Event] = []
+        meter = _metrics.meter(meter_provider)
+        self._metrics = (
+            ConsumerMetrics(self, meter, _metrics.stream_name(stream), self._app_name)
+            if meter is not None
+            else None
+        )
         self._chunk: list[Record] = []
         self._chunk_reader: ShardReader | None = None
         self._index = 0
@@ -266,6 +277,8 @@ class Consumer:
                 counters=Counters(),
                 events=coord,
             )
+            if self._metrics is not None:
+                self._metrics.attach(coord)
             # The task group is kept out of the exit stack: it must be exited first, in
             # the owner task, with no other cancel scope around it.
             task_group = anyio.create_task_group()

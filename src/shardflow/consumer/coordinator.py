@@ -51,6 +51,8 @@ class Coordinator:
         # children continue the lineage from TRIM_HORIZON, whatever start_at says.
         self.consumed: set[str] = set()
         self.lost: set[str] = set()
+        self.taken = 0  # readers started (shards assigned), for metrics
+        self.revoked = 0  # readers stopped because the shard was revoked
         self.retry_lost = False
         self.on_revoke: list[Callable[[str], object]] = []
         """Called with a shard id as soon as it is revoked (e.g. Consumer.pipe's sink)."""
@@ -73,6 +75,7 @@ class Coordinator:
         reader = self.readers.pop(shard_id, None)
         self.lost.add(shard_id)
         if reader is not None:
+            self.revoked += 1
             log.info("lost %s: stopping its reader", shard_id)
             reader.revoke()
             self.announce.fire()
@@ -303,5 +306,6 @@ class Coordinator:
         self.lost.discard(shard.shard_id)
         reader = ShardReader(shard, self.ctx, start_at=self._start_at(shard))
         self.readers[shard.shard_id] = reader
+        self.taken += 1
         log.debug("starting reader for %s", shard.shard_id)
         self.spawn(reader.run, f"shardflow reader {shard.shard_id}")

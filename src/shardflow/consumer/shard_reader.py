@@ -65,6 +65,8 @@ class Counters:
     retries: int = 0
     iterators_renewed: int = 0
     checkpoints_saved: int = 0
+    on_checkpoint: Callable[[float], None] | None = None
+    """Metrics hook: called with each checkpoint write's duration (seconds)."""
     out_of_range_dropped: int = 0
 
 
@@ -152,6 +154,7 @@ class ShardReader:
         self._ctx = ctx
         self._start_at = start_at  # where to start without a checkpoint (the coordinator's)
         self.consumed = False  # had a checkpoint or was read: children continue from it
+        self.millis_behind: int | None = None  # the last MillisBehindLatest (metrics, lag)
         self._scope = anyio.CancelScope()
         self._batches: deque[list[Record]] = deque()
         self._buffered = 0
@@ -341,8 +344,11 @@ class ShardReader:
             target_pos, target = self._cp_wanted_pos, self._cp_wanted
             if target is None or self._cp_durable_pos >= (position or target_pos):
                 return
+            started = anyio.current_time()
             await self._ctx.session.save(self.shard_id, target)
             self._ctx.counters.checkpoints_saved += 1
+            if self._ctx.counters.on_checkpoint is not None:
+                self._ctx.counters.on_checkpoint(anyio.current_time() - started)
             self._cp_durable_pos = max(self._cp_durable_pos, target_pos)
 
     async def _complete(self) -> None:
@@ -527,6 +533,7 @@ class PollingSource:
                 attempt += 1
                 continue
             attempt = 0
+            reader.millis_behind = response.get("MillisBehindLatest")
             raw = response.get("Records") or ()
             if raw:
                 # AWS counts record data against the shard's 2 MiB/s (base64: 4 chars, 3 bytes)

@@ -9,16 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .._metrics import ERROR, STREAM, Attributes, Meter, by_key, stat
+from .._metrics import ERROR, STREAM, Attributes, Meter, by_key, stat, stream_name
 
-__all__ = ["ProducerMetrics", "stream_name"]
+__all__ = ["ProducerMetrics"]
 
 THROTTLED = "ProvisionedThroughputExceededException"
-
-
-def stream_name(stream: str) -> str:
-    """The stream's name, also when given as an ARN (…:stream/NAME)."""
-    return stream.rsplit("/", 1)[-1] if stream.startswith("arn:") else stream
 
 
 def _put(producer: Any) -> Iterable[tuple[float, Attributes]]:
