@@ -8,16 +8,31 @@ workers can share a table (the KCL's single-stream layout).
 How it works, per binding (one consumer = one worker):
 
 - **Renewal**: every ``failover_time / 3`` the worker increments ``leaseCounter`` of each
-  lease it holds, conditional on owner and counter. A failed condition means the lease
-  was taken: the shard is revoked at once. If no renewal succeeded for ``failover_time``
-  (measured from when that renewal was sent), the shard is stopped as well, since others
-  may consider the lease expired; it restarts if a later renewal still succeeds.
-- **Taking**: every ``failover_time / 3`` the worker scans the table. A lease is expired
-  when its counter has not changed for ``failover_time`` on this worker's monotonic
-  clock; unowned leases are free at once. The target is ceil(leases / workers), workers
-  being the owners of unexpired leases plus this one. The worker takes free leases up to
-  the target, else steals at most one lease from the most loaded worker when it is below
-  the target and that worker above it (see :mod:`.lease_policy`).
+  lease it holds, conditional on owner and counter, on a DynamoDB client of its own (64
+  connections, 48 renewals in flight: 4,000 leases at 12 ms renew in about a second). A
+  failed condition means the lease was taken: the shard is revoked at once. If no
+  renewal succeeded for ``failover_time`` (measured from when that renewal was sent),
+  the shard is stopped as well, since others may consider the lease expired; it restarts
+  if a later renewal still succeeds.
+- **Balancing** (DynamoDBLeaseTaker's rules): every ``2 x (failover_time + 0.025)``
+  seconds, jittered by +-20 %, the worker scans the whole table. A lease is expired when
+  its counter has not changed for ``failover_time`` on this worker's monotonic clock;
+  unowned leases are free at once. The target is ceil(leases / workers), workers being
+  the owners of unexpired leases plus this one (SHARD_END leases count while an owner
+  renews them). The worker takes free or expired leases up to the target; otherwise it
+  steals one lease from the most loaded worker when that worker is above the target, or
+  at it while this worker needs more than one. A worker above the target releases what
+  the workers below it lack, so a group converges to max - min <= 1 leases per worker in
+  a few cycles from any start (see :mod:`.lease_policy`).
+- **Expiry watch**: every ``failover_time / 3`` the worker reads two parallel-scan
+  segments of the table (with W workers, W segments, each read by two workers; the whole
+  table while there are at most two workers) and takes a dead worker's leases found
+  there, so they are owned again within about 1.5 x ``failover_time``.
+- **Lease creation**: a listed shard gets a lease once its parents are done. A worker
+  that finds the table empty waits a random time (up to ``failover_time / 2``) and
+  creates the leases only if nobody has started meanwhile; a lease found missing later
+  is created once it has been missing for ``failover_time / 2``; creating stops at the
+  first lease someone else created. Planning is linear in shards.
 - **Checkpoints** are conditional on owner and counter: a worker that lost a lease gets
   :class:`errors.LeaseLost` and the shard is revoked (nothing more is delivered from it).
 - **Graceful close**: the consumer writes its pending checkpoints, then the binding ends
@@ -70,7 +85,7 @@ class DynamoDBLeases:
     ``leaseKey``) or used as it is. ``worker_id`` names this worker in ``leaseOwner``
     (default: host name, process id and a random suffix); it must be unique among live
     workers. ``failover_time`` is how long a lease may go without renewal before others
-    take it; renewals and balancing run every third of it. ``shared_table=True`` lets
+    take it; renewals run every third of it (see the module docs). ``shared_table=True`` lets
     several applications and streams share the table (keys ``app:stream:shardId``).
     DynamoDB is reached through ``endpoint_url`` / ``region_name`` / ``credentials``, or
     an injected aiobotocore ``client`` (left open).
