@@ -20,8 +20,9 @@ import anyio
 import orjson
 from anyio.abc import TaskGroup
 
-from .. import errors
+from .. import _metrics, errors
 from .._validate import as_float, shown
+from ._metrics import buffer_metrics
 from .outputs import Event, Output, close_output, start_output
 from .policies import (
     OVERFLOW,
@@ -65,6 +66,8 @@ class BufferedOutput:
       False survives a process crash only and is faster.
     - ``on_drop``: called with the events and the reason each time a policy drops some.
     - ``clock`` (``time.time``): wall clock for event ages (injectable for tests).
+    - ``meter_provider``: an OpenTelemetry MeterProvider for its metrics (spool size,
+      events sent, dropped by reason); default: the global one when installed.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class BufferedOutput:
         fsync: bool = True,
         on_drop: DropHook | None = None,
         clock: Callable[[], float] = time.time,
+        meter_provider: Any = None,
     ) -> None:
         if not callable(getattr(output, "send", None)):
             raise TypeError(
@@ -133,6 +137,9 @@ class BufferedOutput:
         self.max_spool_records = max_spool_records
         self.max_spool_bytes = max_spool_bytes
         self.overflow: Overflow = overflow
+        meter = _metrics.meter(meter_provider)
+        if meter is not None:
+            buffer_metrics(self, meter)
         self.close_timeout = float(close_timeout)
         self._drops = Drops(self, on_drop)
         self._clock = clock

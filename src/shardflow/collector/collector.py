@@ -17,8 +17,9 @@ from typing import Any
 
 import orjson
 
-from .. import errors
+from .. import _metrics, errors
 from .._validate import shown
+from ._metrics import collector_metrics
 from .buffered import BufferedOutput
 from .outputs import Event, Output, close_output, start_output
 from .tags import TagPattern, validate_tag
@@ -73,9 +74,13 @@ class Collector:
     it has them. Filters get a private deep copy, so they may change it in place; every
     output gets its own copy of the filtered event, so one output cannot affect another
     (or the caller). Outputs are started on ``async with`` and closed (flushed) on exit.
+    ``meter_provider``: an OpenTelemetry MeterProvider for its metrics (default: the
+    global one when OpenTelemetry is installed).
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, *, clock: Callable[[], float] = time.time, meter_provider: Any = None
+    ) -> None:
         if not callable(clock):
             raise TypeError(f"clock must be callable() -> epoch seconds, got {shown(clock)}")
         self._clock = clock
@@ -85,6 +90,9 @@ class Collector:
         self._routes = {}
         self._state = _NEW
         self._posted = self._filtered = self._unrouted = self._failed = 0
+        meter = _metrics.meter(meter_provider)
+        if meter is not None:
+            collector_metrics(self, meter)
 
     def __repr__(self) -> str:
         return f"Collector({len(self._filters)} filters, {len(self._outputs)} outputs)"

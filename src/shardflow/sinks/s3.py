@@ -20,9 +20,10 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from .. import _aws, errors
+from .. import _aws, _metrics, errors
 from .._validate import as_float, shown
 from ..models import Record
+from ._metrics import S3SinkMetrics
 from .base import Durable
 from .s3_buffers import SealedObject, ShardBuffer, ShardBuffers
 from .s3_layout import Encoded, Layout, Position, encode, encode_record
@@ -70,7 +71,8 @@ class S3Sink:
     (ValueError/TypeError). ``client`` is an injected aiobotocore S3 client that stays the
     caller's; otherwise one is created from ``endpoint_url``, ``region_name`` and
     ``credentials`` (a CredentialSource). ``close_timeout`` bounds how long ``aclose()``
-    spends writing what is left.
+    spends writing what is left. ``meter_provider``: an OpenTelemetry MeterProvider for
+    the sink's metrics (default: the global one when OpenTelemetry is installed).
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class S3Sink:
         client: Any = None,
         credentials: _aws.CredentialSource | None = None,
         close_timeout: float = 30.0,
+        meter_provider: Any = None,
     ) -> None:
         if not isinstance(bucket, str) or not bucket or "/" in bucket:
             raise ValueError(f"bucket must be a bucket name, got {shown(bucket)}")
@@ -133,6 +136,8 @@ class S3Sink:
             on_open=lambda: self._wake.set(),
         )
         self._unreported: Durable = {}
+        meter = _metrics.meter(meter_provider)
+        self._metrics = S3SinkMetrics(self, meter) if meter is not None else None
         self._write_lock = anyio.Lock()
         self._puts = anyio.Semaphore(_MAX_CONCURRENT_PUTS)
         self._wake = anyio.Event()
@@ -448,6 +453,7 @@ class S3Sink:
             obj.body = await anyio.to_thread.run_sync(self._layout.body, obj.lines)
             obj.lines = []
         async with self._puts:
+            started = anyio.current_time()
             await self._call(
                 "put_object",
                 Bucket=self.bucket,
@@ -456,6 +462,8 @@ class S3Sink:
                 ContentType=self._layout.content_type,
                 Metadata={"records": str(obj.count)},
             )
+            if self._metrics is not None:
+                self._metrics.wrote(anyio.current_time() - started)
         log.debug("wrote s3://%s/%s (%d records)", self.bucket, obj.key, obj.count)
 
     async def _call(self, operation: str, **params: Any) -> Any:

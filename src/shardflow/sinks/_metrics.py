@@ -1,0 +1,35 @@
+"""The sinks' instruments (see :mod:`shardflow._metrics`): objects and bytes written are
+observed from :meth:`S3Sink.stats`; the write duration is recorded once per object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._metrics import STREAM, Meter, stat
+
+__all__ = ["S3SinkMetrics"]
+
+
+class S3SinkMetrics:
+    """The instruments of one S3Sink (attributes: bucket, and stream when given)."""
+
+    def __init__(self, sink: Any, meter: Meter) -> None:
+        attrs = {"aws.s3.bucket": sink.bucket}
+        if sink.stream:
+            attrs[STREAM] = sink.stream
+        self.attributes = attrs
+        o = meter.observe
+        o(sink, "counter", "shardflow.sink.objects.written", "{object}",
+          "Objects written to S3", stat("objects"), attrs)
+        o(sink, "counter", "shardflow.sink.records.written", "{record}",
+          "Records in those objects", stat("records"), attrs)
+        o(sink, "counter", "shardflow.sink.bytes.written", "By",
+          "Bytes stored (compressed as written)", stat("bytes_out"), attrs)
+        o(sink, "updown", "shardflow.sink.records.buffered", "{record}",
+          "Records buffered, not yet in a written object", stat("buffered_records"), attrs)
+        self._duration = meter.histogram(
+            "shardflow.sink.write.duration", "s", "Time to write one object (retries included)"
+        )
+
+    def wrote(self, duration: float) -> None:
+        self._duration.record(duration, self.attributes)
