@@ -28,9 +28,10 @@ from ..models import Record
 from ..shardmap import list_shards
 from ..sinks.base import Sink, first_failure, pipe
 from ._metrics import ConsumerMetrics
+from ._transport import open_read_transport
 from .checkpoint import Checkpointer, CheckpointSession, ConsumerScope, MemoryCheckpointer
 from .coordinator import Coordinator
-from .shard_reader import Counters, ReadContext, ReaderConfig, ShardReader
+from .shard_reader import Counters, PollingSource, ReadContext, ReaderConfig, ShardReader
 
 __all__ = ["Consumer", "ConsumerStats", "start_position"]
 
@@ -263,19 +264,26 @@ class Consumer:
             binding = self._checkpointer.bind(scope, coord)
             session = await binding.__aenter__()
             self._binding = binding
+            config = ReaderConfig(
+                start_at=self._start_at,
+                poll_interval=self._poll_interval,
+                min_call_interval=1.0 / self._limits.shard_read_calls_per_s,
+                get_records_limit=self._get_limit,
+                max_buffer_records=self._max_buffer,
+                read_bytes_per_s=self._limits.shard_read_bytes_per_s,
+            )
+            counters = Counters()
+            transport = await open_read_transport(client)
+            stack.push_async_callback(transport.aclose)
+            source = PollingSource(client, transport, self._stream_params, config, counters)
             coord.ctx = ReadContext(
                 client=client,
                 stream_params=self._stream_params,
                 session=session,
-                config=ReaderConfig(
-                    start_at=self._start_at,
-                    poll_interval=self._poll_interval,
-                    min_call_interval=1.0 / self._limits.shard_read_calls_per_s,
-                    get_records_limit=self._get_limit,
-                    max_buffer_records=self._max_buffer,
-                ),
-                counters=Counters(),
+                config=config,
+                counters=counters,
                 events=coord,
+                source=source,
             )
             if self._metrics is not None:
                 self._metrics.attach(coord)

@@ -1,4 +1,4 @@
-"""GetRecords' answer -> shardflow models: the one place Kinesis records become user
+"""Kinesis records -> shardflow models: the one place Kinesis records become user
 records (:func:`to_records`, where KPL aggregates are unpacked, and an aggregate holding
 a sub-record that hashes outside the shard is dropped whole, as the KCL does) and
 ``ChildShards`` entries become :class:`Shard` values.
@@ -6,6 +6,7 @@ a sub-record that hashes outside the shard is dropped whole, as the KCL does) an
 
 from __future__ import annotations
 
+import binascii
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -20,35 +21,49 @@ __all__ = ["child_shard", "to_records"]
 log = logging.getLogger("shardflow.consumer")
 
 _UTC = timezone.utc
+_EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
+_b64decode = binascii.a2b_base64
+_from_epoch = datetime.fromtimestamp
 
 
 def to_records(
     shard: Shard, raw_records: Sequence[dict[str, Any]], skip_to: tuple[int, int] | None
 ) -> tuple[list[Record], int]:
-    """User records from GetRecords' ``Records``, aggregates unpacked, in order, and how
-    many sub-records were dropped with their aggregate for hashing outside the shard.
+    """User records from the ``Records`` of a GetRecords answer or a SubscribeToShard
+    event, aggregates unpacked, in order, and how many sub-records were dropped with their
+    aggregate for hashing outside the shard.
 
-    Records at or before ``skip_to`` (a position) are left out: that is how a reader
-    resumes inside an aggregate. As the KCL does (``AggregatorUtil.deaggregate``), an
-    aggregate is dropped WHOLE when the effective hash key (explicit hash key, else the
-    MD5 of the partition key) of any of its sub-records falls outside ``shard``'s range:
-    it landed there through a stale shard map, and its producer sends all of it again
-    (shardflow's and the KPL do). Each such aggregate is logged once, at WARNING.
+    Records come as the service sends them (``Data`` base64, ``ApproximateArrivalTimestamp``
+    epoch seconds) or as botocore parses them (bytes, datetime). Records at or before
+    ``skip_to`` (a position) are left out: that is how a reader resumes inside an
+    aggregate. As the KCL does (``AggregatorUtil.deaggregate``), an aggregate is dropped
+    WHOLE when the effective hash key (explicit hash key, else the MD5 of the partition
+    key) of any of its sub-records falls outside ``shard``'s range: it landed there
+    through a stale shard map, and its producer sends all of it again (shardflow's and the
+    KPL do). Each such aggregate is logged once, at WARNING.
     """
+    if not raw_records:
+        return [], 0
     shard_id, low, high = shard.shard_id, shard.starting_hash_key, shard.ending_hash_key
     out: list[Record] = []
     append = out.append
     dropped = 0
+    wire = type(raw_records[0]["Data"]) is str  # the JSON shape: decode here
+    last_stamp: Any = None
+    arrival: datetime = _EPOCH
     for raw in raw_records:
         seq: str = raw["SequenceNumber"]
-        data: bytes = raw["Data"]
+        data: bytes = _b64decode(raw["Data"]) if wire else raw["Data"]
+        stamp = raw["ApproximateArrivalTimestamp"]
+        if stamp != last_stamp:  # records of one answer mostly share their arrival time
+            last_stamp = stamp
+            arrival = _from_epoch(stamp, _UTC) if wire else stamp.astimezone(_UTC)
         # A KPL aggregate (magic, protobuf, MD5) becomes its user records; one that fails
         # the checks is delivered as plain data, as the KCL does.
-        subs = deaggregate(data) if data.startswith(MAGIC) else None
+        subs = deaggregate(data) if data[:4] == MAGIC else None
         if subs is None:
             if skip_to is not None and (int(seq), -1) <= skip_to:
                 continue
-            arrival: datetime = raw["ApproximateArrivalTimestamp"].astimezone(_UTC)
             append(Record(data, raw["PartitionKey"], seq, None, shard_id, arrival))
             continue
         if not _all_within(subs, low, high):
@@ -65,23 +80,29 @@ def to_records(
         first = 0
         if skip_to is not None and int(seq) <= skip_to[0]:
             first = skip_to[1] + 1 if int(seq) == skip_to[0] else len(subs)
-        arrival = raw["ApproximateArrivalTimestamp"].astimezone(_UTC)
         for index in range(first, len(subs)):
             key, explicit, sub_data = subs[index]
             append(Record(sub_data, key, seq, index, shard_id, arrival, explicit))
     return out, dropped
 
 
+_HASHES: dict[str, int] = {}
+"""Partition key -> hash key, for keys seen lately (keys repeat across aggregates: MD5 is
+most of the cost of checking a sub-record's shard)."""
+_MAX_HASHES = 65_536
+
+
 def _all_within(subs: Sequence[tuple[str, str | None, bytes]], low: int, high: int) -> bool:
     """Whether every sub-record's effective hash key lies in [low, high] (an explicit hash
     key that is not a number counts as outside: the KCL cannot place it either)."""
-    seen: set[tuple[str, str | None]] = set()  # keys repeat within an aggregate
+    hashes = _HASHES
     for key, explicit, _ in subs:
-        if (key, explicit) in seen:
-            continue
-        seen.add((key, explicit))
         if explicit is None:
-            value = hash_key(key)
+            value = hashes.get(key)
+            if value is None:
+                if len(hashes) >= _MAX_HASHES:
+                    hashes.clear()
+                value = hashes[key] = hash_key(key)
         else:
             try:
                 value = int(explicit)

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from operator import itemgetter
 from typing import Any, Protocol, TypeVar
 
 import anyio
@@ -50,6 +51,7 @@ log = logging.getLogger("shardflow.consumer")
 _T = TypeVar("_T")
 
 _NO_POSITION: tuple[int, int] = (-1, -1)
+_data = itemgetter("Data")
 _UTC = timezone.utc
 
 
@@ -537,7 +539,8 @@ class PollingSource:
             raw = response.get("Records") or ()
             if raw:
                 # AWS counts record data against the shard's 2 MiB/s (base64: 4 chars, 3 bytes)
-                pacer.spent(anyio.current_time(), sum(len(r["Data"]) for r in raw) * 3 // 4)
+                nbytes = sum(map(len, map(_data, raw))) * 3 // 4
+                pacer.spent(anyio.current_time(), nbytes)
                 reader.accept(raw)
             iterator = response.get("NextShardIterator")
             if iterator is None:

@@ -1,0 +1,371 @@
+"""The consumer's side of the wire: GetRecords and SubscribeToShard as signed HTTP requests.
+
+As the producer does for PutRecords, reads skip botocore's client pipeline: the body is
+built with orjson, signed with botocore's :class:`SigV4Auth` using the aiobotocore
+client's (refreshed) credentials, POSTed with aiohttp to the endpoint the client
+resolved, and answered JSON is read with orjson. Records stay in the service's JSON shape
+(``Data`` base64, ``ApproximateArrivalTimestamp`` epoch seconds) until
+``record_conversion`` turns them into user records.
+
+SubscribeToShard answers with AWS's binary event stream (``application/vnd.amazon.
+eventstream``): length-prefixed messages with CRC32 checks, typed headers and a JSON
+payload. :class:`EventStreamDecoder` reads it. AWS's JSON protocol starts the stream
+with an ``initial-response`` event; kinesis-mock sends none, which is why botocore's
+parser ("First event was not of type initial-response") cannot read it: here that event
+is optional.
+
+Every failure is translated by :mod:`shardflow._aws`'s one error map: an error answer
+through :func:`_aws.error_for_code`, a transport failure through
+:func:`_aws.translate_error`. Cancellation propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+from zlib import crc32
+
+import aiohttp
+import orjson
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+
+from .. import _aws, errors
+
+__all__ = ["EventStreamDecoder", "ReadTransport", "open_read_transport"]
+
+SERVICE = "kinesis"
+CONTENT_TYPE = "application/x-amz-json-1.1"
+TARGET = "Kinesis_20131202."
+
+_dumps = orjson.dumps
+_loads = orjson.loads
+_PRELUDE = struct.Struct(">III")
+
+Events = AsyncIterator[dict[str, Any]]
+
+
+class ReadTransport:
+    """Signs and sends the consumer's read requests over one aiohttp connection pool.
+
+    ``credentials`` is an async callable returning botocore ``ReadOnlyCredentials`` (or
+    None), called before each request so that refreshable credentials stay fresh.
+    """
+
+    def __init__(
+        self,
+        *,
+        endpoint_url: str,
+        region_name: str,
+        credentials: Callable[[], Awaitable[Any]],
+        max_connections: int = 64,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+    ) -> None:
+        self._url = endpoint_url if endpoint_url.endswith("/") else endpoint_url + "/"
+        self._region = region_name
+        self._credentials = credentials
+        self._max_connections = max_connections
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._proxy: str | None = None
+
+    def __repr__(self) -> str:
+        return f"ReadTransport({self._url!r}, region={self._region!r})"
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self._max_connections, enable_cleanup_closed=True)
+        self._proxy = _env_proxy(self._url)
+        self._session = aiohttp.ClientSession(connector=connector)
+
+    async def aclose(self) -> None:
+        """Close the connection pool (idempotent)."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def _signed(self, operation: str, body: bytes) -> dict[str, str]:
+        headers = {"Content-Type": CONTENT_TYPE, "X-Amz-Target": TARGET + operation}
+        creds = await self._credentials()
+        if creds is None:
+            raise errors.AccessDenied(
+                "NoCredentials", f"no AWS credentials to sign {operation} with", operation
+            )
+        request = AWSRequest(method="POST", url=self._url, data=body, headers=headers)
+        SigV4Auth(creds, SERVICE, self._region).add_auth(request)
+        return dict(request.headers.items())
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise errors.EndpointUnreachable("Closed", "the consumer's transport is closed")
+        return self._session
+
+    async def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One JSON request (GetRecords, ...): its answer as parsed by orjson.
+
+        Raises the translated :class:`errors.AWSError` for an error answer,
+        :class:`errors.RequestTimeout` when no answer came within the read timeout,
+        :class:`errors.EndpointUnreachable` for connection failures.
+        """
+        session = self._open()
+        body = _dumps(params)
+        headers = await self._signed(operation, body)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._connect_timeout, sock_read=self._read_timeout
+        )
+        try:
+            async with session.post(
+                self._url, data=body, headers=headers, proxy=self._proxy, timeout=timeout
+            ) as response:
+                raw = await response.read()
+                status = response.status
+                error_header = response.headers.get("x-amzn-ErrorType")
+        except asyncio.TimeoutError as exc:  # not TimeoutError's subclass before 3.11
+            raise _aws.translate_error(TimeoutError(str(exc)), operation) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _aws.translate_error(exc, operation) from exc
+        if status != 200:
+            raise response_error(operation, status, raw, error_header)
+        try:
+            answer = _loads(raw)
+            if not isinstance(answer, dict):
+                raise TypeError("not an object")
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            raise _aws.error_for_code(
+                "InvalidResponse", f"unreadable {operation} answer: {exc}", operation,
+                SERVICE, 502,
+            ) from exc
+        return answer
+
+    @asynccontextmanager
+    async def subscribe(self, params: dict[str, Any]) -> AsyncIterator[Events]:
+        """Open a SubscribeToShard stream; yields an iterator of its events' payloads
+        (``SubscribeToShardEvent`` objects: Records, ContinuationSequenceNumber,
+        MillisBehindLatest, ChildShards).
+
+        Opening raises the translated error of an error answer (ResourceInUse,
+        LimitExceeded, ResourceNotFound, ...). Iterating raises the translated error of an
+        exception event (e.g. InternalFailure), :class:`errors.RequestTimeout` when no
+        event came within the read timeout, :class:`errors.EndpointUnreachable` when the
+        stream breaks (a bad frame included); it ends when the service ends the stream.
+        Leaving the block closes the connection.
+        """
+        operation = "SubscribeToShard"
+        session = self._open()
+        body = _dumps(params)
+        headers = await self._signed(operation, body)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._connect_timeout, sock_read=self._read_timeout
+        )
+        try:
+            response = await session.post(
+                self._url, data=body, headers=headers, proxy=self._proxy, timeout=timeout
+            )
+        except asyncio.TimeoutError as exc:
+            raise _aws.translate_error(TimeoutError(str(exc)), operation) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _aws.translate_error(exc, operation) from exc
+        try:
+            if response.status != 200:
+                try:
+                    raw = await response.read()
+                except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                    raise _aws.translate_error(OSError(str(exc)), operation) from exc
+                raise response_error(
+                    operation, response.status, raw, response.headers.get("x-amzn-ErrorType")
+                )
+            yield _events(response, operation)
+        finally:
+            response.close()
+
+
+async def _events(response: aiohttp.ClientResponse, operation: str) -> Events:
+    decoder = EventStreamDecoder()
+    content = response.content
+    first = True
+    while True:
+        try:
+            chunk = await content.readany()
+        except asyncio.TimeoutError as exc:
+            raise _aws.translate_error(TimeoutError(str(exc)), operation) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _aws.translate_error(exc, operation) from exc
+        if not chunk:
+            if decoder.pending:
+                raise errors.EndpointUnreachable(
+                    "EventStreamCut", "the event stream ended inside a message", operation
+                )
+            return
+        try:
+            messages = decoder.feed(chunk)
+        except ValueError as exc:
+            raise errors.EndpointUnreachable("BadEventStream", str(exc), operation) from exc
+        for headers, payload in messages:
+            kind = headers.get(":message-type", "event")
+            if kind == "event":
+                event_type = headers.get(":event-type")
+                if event_type == "initial-response" and first:
+                    first = False
+                    continue  # AWS sends it ({}); kinesis-mock does not
+                first = False
+                if event_type != "SubscribeToShardEvent":
+                    continue  # an event type this reader does not know
+                try:
+                    event = _loads(payload)
+                except orjson.JSONDecodeError as exc:
+                    raise errors.EndpointUnreachable(
+                        "BadEventStream", f"unreadable event: {exc}", operation
+                    ) from exc
+                yield event
+            elif kind == "exception":
+                code = headers.get(":exception-type") or "UnknownException"
+                message = ""
+                try:
+                    doc = _loads(payload) if payload else None
+                    if isinstance(doc, dict):
+                        message = str(doc.get("message") or doc.get("Message") or "")
+                except orjson.JSONDecodeError:
+                    message = payload[:200].decode("utf-8", "replace")
+                raise _aws.error_for_code(code, message, operation, SERVICE)
+            else:  # "error": a service-side error that is not modelled
+                code = headers.get(":error-code") or "InternalFailure"
+                raise _aws.error_for_code(
+                    code, headers.get(":error-message") or "", operation, SERVICE, 500
+                )
+
+
+class EventStreamDecoder:
+    """AWS event-stream framing: ``total length, headers length, prelude CRC`` (three
+    big-endian uint32), headers, payload, message CRC. :meth:`feed` returns the messages
+    completed by a chunk as ``(headers, payload)``; a bad length or CRC is a ValueError."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    @property
+    def pending(self) -> bool:
+        """True while part of a message is buffered."""
+        return bool(self._buf)
+
+    def feed(self, chunk: bytes) -> list[tuple[dict[str, str], bytes]]:
+        buf = self._buf
+        buf += chunk
+        out: list[tuple[dict[str, str], bytes]] = []
+        start = 0
+        size = len(buf)
+        while size - start >= 12:
+            total, headers_len, prelude_crc = _PRELUDE.unpack_from(buf, start)
+            if crc32(buf[start : start + 8]) != prelude_crc:
+                raise ValueError("event stream prelude CRC mismatch")
+            if total < 16 or headers_len > total - 16 or total > 24 * 1024 * 1024:
+                raise ValueError(f"bad event stream message length {total}")
+            if size - start < total:
+                break
+            end = start + total
+            (message_crc,) = struct.unpack_from(">I", buf, end - 4)
+            if crc32(buf[start : end - 4]) != message_crc:
+                raise ValueError("event stream message CRC mismatch")
+            head_end = start + 12 + headers_len
+            headers = _headers(bytes(buf[start + 12 : head_end]))
+            out.append((headers, bytes(buf[head_end : end - 4])))
+            start = end
+        if start:
+            del buf[:start]
+        return out
+
+
+_FIXED = {0: 0, 1: 0, 2: 1, 3: 2, 4: 4, 5: 8, 8: 8, 9: 16}
+
+
+def _headers(raw: bytes) -> dict[str, str]:
+    """String headers by name (other value types are skipped over)."""
+    out: dict[str, str] = {}
+    i, n = 0, len(raw)
+    while i < n:
+        name_len = raw[i]
+        name = raw[i + 1 : i + 1 + name_len].decode("utf-8", "replace")
+        i += 1 + name_len
+        kind = raw[i]
+        i += 1
+        if kind in (6, 7):
+            (length,) = struct.unpack_from(">H", raw, i)
+            value = raw[i + 2 : i + 2 + length]
+            i += 2 + length
+            if kind == 7:
+                out[name] = value.decode("utf-8", "replace")
+        elif kind in _FIXED:
+            i += _FIXED[kind]
+        else:
+            raise ValueError(f"unknown event stream header type {kind}")
+    if i != n:
+        raise ValueError("event stream headers overrun")
+    return out
+
+
+def encode_message(headers: dict[str, str], payload: bytes) -> bytes:
+    """One event-stream message with string headers (for test endpoints and the fake)."""
+    head = b"".join(
+        bytes([len(k)]) + k.encode() + b"\x07" + struct.pack(">H", len(v)) + v.encode()
+        for k, v in ((k, v) for k, v in headers.items())
+    )
+    total = 12 + len(head) + len(payload) + 4
+    prelude = struct.pack(">II", total, len(head))
+    prelude += struct.pack(">I", crc32(prelude))
+    message = prelude + head + payload
+    return message + struct.pack(">I", crc32(message))
+
+
+def response_error(operation: str, status: int, raw: bytes, header: str | None) -> errors.AWSError:
+    """The shardflow error for a non-200 answer (AWS's JSON error body or header)."""
+    code: str | None = None
+    message = ""
+    try:
+        doc = _loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict):
+        kind = doc.get("__type")
+        if isinstance(kind, str) and kind:
+            code = kind.rsplit("#", 1)[-1]
+        msg = doc.get("message") or doc.get("Message")
+        if isinstance(msg, str):
+            message = msg
+    if not code and header:
+        code = header.split(":", 1)[0].rsplit("#", 1)[-1] or None
+    if not message and not code:
+        message = raw[:200].decode("utf-8", "replace")
+    return _aws.error_for_code(code or f"HTTP{status}", message, operation, SERVICE, status)
+
+
+def _env_proxy(url: str) -> str | None:
+    """The proxy for ``url`` from HTTP(S)_PROXY / NO_PROXY, as botocore reads them."""
+    parts = urlsplit(url)
+    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
+
+
+async def open_read_transport(client: Any, *, max_connections: int = 64) -> ReadTransport:
+    """A started transport signing with ``client``'s credentials for its endpoint and
+    region (the caller closes it)."""
+    endpoint_url, region_name = _aws.client_endpoint(client)
+
+    async def credentials() -> Any:
+        return await _aws.frozen_credentials(client)
+
+    transport = ReadTransport(
+        endpoint_url=endpoint_url,
+        region_name=region_name,
+        credentials=credentials,
+        max_connections=max_connections,
+    )
+    await transport.start()
+    return transport
