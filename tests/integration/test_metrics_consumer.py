@@ -74,7 +74,8 @@ async def test_leases_taken_and_lost_in_a_group(moto_url: str) -> None:
 
     def worker(worker_id: str, m: Metrics) -> Consumer:
         leases = DynamoDBLeases(
-            table, worker_id=worker_id, failover_time=1.0, endpoint_url=moto_url
+            table, worker_id=worker_id, failover_time=1.0, endpoint_url=moto_url,
+            meter_provider=m.provider,
         )
         return Consumer(
             name, endpoint_url=moto_url, app_name="group", checkpointer=leases,
@@ -90,3 +91,8 @@ async def test_leases_taken_and_lost_in_a_group(moto_url: str) -> None:
             await wait_until(lambda: ma.value("shardflow.consumer.leases.lost") == 1, within=20)
             assert ma.value("shardflow.consumer.leases.held") == 1
             assert mb.value("shardflow.consumer.leases.held") == 1
+            table_attrs = {"aws.dynamodb.table": table, "shardflow.app": "group"}
+            await wait_until(lambda: ma.value("shardflow.leases.workers", table_attrs) == 2)
+            assert ma.value("shardflow.leases.owned", table_attrs) == 1
+            assert mb.value("shardflow.leases.owned", table_attrs) == 1
+            assert ma.value("shardflow.leases.total", table_attrs) == 2

@@ -83,3 +83,27 @@ class ConsumerMetrics:
 
     def checkpointed(self, duration: float) -> None:
         self._checkpoint.record(duration, self.attributes)
+
+
+def _size(field: str) -> Any:
+    def read(session: Any) -> Iterable[tuple[float, Attributes]]:
+        return ((len(getattr(session, field)), {}),)
+
+    return read
+
+
+def _workers(session: Any) -> Iterable[tuple[float, Attributes]]:
+    return ((session._workers, {}),)
+
+
+def lease_metrics(session: Any, meter: Meter, table: str, app: str, stream: str) -> None:
+    """Observe one DynamoDBLeases session: this worker's view of its group's lease table."""
+    attrs = {"aws.dynamodb.table": table, APP: app, STREAM: stream}
+    o = meter.observe
+    o(session, "updown", "shardflow.leases.owned", "{lease}",
+      "Leases this worker holds in the table", _size("_held"), attrs)
+    o(session, "updown", "shardflow.leases.total", "{lease}",
+      "Leases of the application and stream in the table, as last scanned", _size("_leases"),
+      attrs)
+    o(session, "gauge", "shardflow.leases.workers", "{worker}",
+      "Workers holding leases in the table, as last scanned", _workers, attrs)

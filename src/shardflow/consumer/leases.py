@@ -66,8 +66,9 @@ from typing import Any
 
 import anyio
 
-from .. import _aws
+from .. import _aws, _metrics
 from .._validate import as_float, shown
+from ._metrics import lease_metrics
 from .checkpoint import AssignmentListener, CheckpointSession, ConsumerScope
 from .lease_session import RENEW_CONCURRENCY, WRITE_CONCURRENCY, LeaseSession
 from .lease_table import KeyScheme, LeaseTable
@@ -88,7 +89,9 @@ class DynamoDBLeases:
     take it; renewals run every third of it (see the module docs). ``shared_table=True`` lets
     several applications and streams share the table (keys ``app:stream:shardId``).
     DynamoDB is reached through ``endpoint_url`` / ``region_name`` / ``credentials``, or
-    an injected aiobotocore ``client`` (left open).
+    an injected aiobotocore ``client`` (left open). ``meter_provider``: an OpenTelemetry
+    MeterProvider for the group's metrics (leases owned, total, workers; default: the
+    global one when OpenTelemetry is installed).
 
     One instance is one worker: give each consumer process its own. An instance may be
     bound by consumers of different applications or streams at once (with
@@ -106,6 +109,7 @@ class DynamoDBLeases:
         region_name: str | None = None,
         client: Any = None,
         credentials: _aws.CredentialSource | None = None,
+        meter_provider: Any = None,
     ) -> None:
         if not isinstance(table, str) or not _TABLE_NAME.match(table):
             raise ValueError(
@@ -141,6 +145,7 @@ class DynamoDBLeases:
         self._client = client
         self._credentials = credentials
         self._bound: set[tuple[str, str]] = set()
+        self._meter = _metrics.meter(meter_provider)
 
     def __repr__(self) -> str:
         return (
@@ -216,6 +221,8 @@ class DynamoDBLeases:
             )
             await table.ensure()
             session = LeaseSession(table, scope, listener, self._failover)
+            if self._meter is not None:
+                lease_metrics(session, self._meter, self._table, *name)
             await session.start()
             async with anyio.create_task_group() as tg:
                 await session.run(tg)
