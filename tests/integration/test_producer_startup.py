@@ -142,3 +142,14 @@ async def test_put_nowait_refuses_a_large_record_until_the_limit_is_known(
             producer.put_nowait(b"x" * (2 * MiB), partition_key="k")
         with pytest.raises(errors.RecordTooLarge, match="not known yet"):
             await producer.put(b"x" * (2 * MiB), partition_key="k")  # waited record_ttl
+
+
+async def test_the_streams_record_size_is_capped_to_what_the_queue_holds() -> None:
+    with fake_kinesis(shards=1, max_record_bytes=8 * MiB) as fake:
+        async with Producer("big", endpoint_url=fake.url, max_queue_bytes=4 * MiB) as producer:
+            await producer.put_and_wait(b"x", partition_key="k")  # the stream is described
+            largest = producer.limits.max_record_bytes
+            assert MiB < largest < 4 * MiB  # one record's encoding must fit the queue
+            await producer.put_and_wait(b"x" * (largest - 1), partition_key="k")
+            with pytest.raises(errors.RecordTooLarge):
+                await producer.put(b"x" * largest, partition_key="k")
