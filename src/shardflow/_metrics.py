@@ -14,7 +14,7 @@ instrument (``{record}``, ``By``, ``s``, ``ms``), low-cardinality attributes onl
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -39,6 +39,10 @@ Reading = Callable[[Any], Iterable[tuple[float, Attributes]]]
 """Reads an owner: (value, extra attributes) pairs."""
 
 _VERSION = "0.1.0"
+
+SECONDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+"""Bucket bounds for request durations (OpenTelemetry's HTTP semantic conventions)."""
+COUNTS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
 def stream_name(stream: str) -> str:
@@ -136,8 +140,14 @@ class Meter:
     def counter(self, name: str, unit: str, description: str) -> Any:
         return self.otel.create_counter(name, unit=unit, description=description)
 
-    def histogram(self, name: str, unit: str, description: str) -> Any:
-        return self.otel.create_histogram(name, unit=unit, description=description)
+    def histogram(
+        self, name: str, unit: str, description: str, buckets: Sequence[float] = SECONDS
+    ) -> Any:
+        """A histogram with ``buckets`` advised (default: for durations in seconds)."""
+        return self.otel.create_histogram(
+            name, unit=unit, description=description,
+            explicit_bucket_boundaries_advisory=buckets,
+        )
 
 
 def stat(field: str) -> Reading:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .._metrics import ERROR, STREAM, Attributes, Meter, by_key, stat, stream_name
+from .._metrics import COUNTS, ERROR, STREAM, Attributes, Meter, by_key, stat, stream_name
 
 __all__ = ["ProducerMetrics"]
 
@@ -70,7 +70,8 @@ class ProducerMetrics:
             "shardflow.producer.aggregates", "{aggregate}", "KPL aggregates delivered"
         )
         self._per_aggregate = meter.histogram(
-            "shardflow.producer.aggregate.records", "{record}", "Records per aggregate delivered"
+            "shardflow.producer.aggregate.records", "{record}", "Records per aggregate delivered",
+            COUNTS,
         )
 
     def attach(self, sender: Any) -> None:
