@@ -153,3 +153,39 @@ async def test_the_streams_record_size_is_capped_to_what_the_queue_holds() -> No
             await producer.put_and_wait(b"x" * (largest - 1), partition_key="k")
             with pytest.raises(errors.RecordTooLarge):
                 await producer.put(b"x" * largest, partition_key="k")
+
+
+async def test_a_stream_deleted_while_producing_fails_fast_then_is_written_once_recreated(
+    kinesalite_url: str,
+) -> None:
+    from support import kinesis
+
+    name = create_stream(kinesalite_url, shards=1)
+    async with Producer(name, endpoint_url=kinesalite_url, linger=0.01, record_ttl=30) as p:
+        await p.put_and_wait(b"before", partition_key="k")
+        client = kinesis(kinesalite_url)
+        await anyio.to_thread.run_sync(lambda: client.delete_stream(StreamName=name))
+
+        async def first_failure() -> errors.DeliveryFailed:
+            while True:  # (kinesalite may take a moment to forget the stream)
+                try:
+                    await p.put_and_wait(b"gone", partition_key="k")
+                except errors.DeliveryFailed as exc:
+                    return exc
+
+        with anyio.fail_after(20):
+            failed = await first_failure()
+        assert isinstance(failed.cause, errors.StreamNotFound)
+        assert name in str(failed.cause)
+        with pytest.raises(errors.StreamNotFound):
+            await p.put(b"refused", partition_key="k")
+        await anyio.to_thread.run_sync(lambda: create_stream(kinesalite_url, name=name))
+        with anyio.fail_after(30):  # checked again every few seconds
+            while True:
+                try:
+                    result = await p.put_and_wait(b"after", partition_key="k")
+                except errors.StreamNotFound:
+                    await anyio.sleep(0.2)
+                else:
+                    break
+    assert result.attempts[-1].ok
