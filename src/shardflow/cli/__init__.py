@@ -323,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub, common)
     _add_put(sub, common)
     _add_tail(sub, common)
+    from ._status import add_status
+
+    add_status(sub, common, _stream, _seconds)
     add_local(sub, common)
     add_proxy(sub, common)
     add_bench(sub)
