@@ -17,6 +17,8 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from ._aws import stream_name as stream_name  # the attribute's value: a name, not an ARN
+
 __all__ = [
     "APP",
     "ERROR",
@@ -43,11 +45,6 @@ _VERSION = "0.1.0"
 SECONDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 """Bucket bounds for request durations (OpenTelemetry's HTTP semantic conventions)."""
 COUNTS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
-
-
-def stream_name(stream: str) -> str:
-    """The stream's name, also when given as an ARN (...:stream/NAME)."""
-    return stream.rsplit("/", 1)[-1] if stream.startswith("arn:") else stream
 
 
 def check_provider(meter_provider: object) -> None:

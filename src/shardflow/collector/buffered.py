@@ -8,7 +8,6 @@ are in :mod:`.policies`.
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import time
@@ -21,6 +20,7 @@ import orjson
 from anyio.abc import TaskGroup
 
 from .. import _metrics, errors
+from .._logs import get_logger
 from .._validate import as_float, shown
 from ._metrics import buffer_metrics
 from .outputs import Event, Output, close_output, start_output
@@ -37,7 +37,7 @@ from .spool import Entry, GroupCommit, MemoryStore, SQLiteSpool
 
 __all__ = ["BufferStats", "BufferedOutput", "DropHook", "Overflow"]
 
-log = logging.getLogger("shardflow.collector")
+log = get_logger("shardflow.collector")
 
 _NEW, _OPEN, _CLOSING, _CLOSED = range(4)
 

@@ -7,7 +7,6 @@ the order they were added), and hands the result to every output whose pattern m
 from __future__ import annotations
 
 import inspect
-import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -18,6 +17,7 @@ from typing import Any
 import orjson
 
 from .. import _metrics, errors
+from .._logs import get_logger
 from .._validate import shown
 from ._metrics import collector_metrics
 from .buffered import BufferedOutput
@@ -26,7 +26,7 @@ from .tags import TagPattern, validate_tag
 
 __all__ = ["Collector", "CollectorStats", "Filter"]
 
-log = logging.getLogger("shardflow.collector")
+log = get_logger("shardflow.collector")
 
 Filter = Callable[[Event], Event | Awaitable[Event | None] | None]
 """``fn(event) -> event | None``, sync or async; None drops the event."""

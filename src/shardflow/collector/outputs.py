@@ -20,7 +20,6 @@ getting ready.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -33,6 +32,7 @@ import anyio.to_thread
 import orjson
 
 from .. import errors
+from .._logs import get_logger
 from .._validate import shown
 from ..models import PutResult
 
@@ -44,7 +44,7 @@ __all__ = [
     "StdoutOutput",
 ]
 
-log = logging.getLogger("shardflow.collector")
+log = get_logger("shardflow.collector")
 
 Event = dict[str, Any]
 """An event as outputs see it: a JSON object."""

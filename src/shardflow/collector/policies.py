@@ -25,13 +25,13 @@ reports what is dropped.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import orjson
 
+from .._logs import get_logger
 from .._validate import as_float, shown
 from .outputs import Event
 from .spool import Entry
@@ -46,7 +46,7 @@ __all__ = [
     "check_positive",
 ]
 
-log = logging.getLogger("shardflow.collector")
+log = get_logger("shardflow.collector")
 
 Overflow = Literal["block", "drop_oldest", "raise"]
 OVERFLOW: tuple[Overflow, ...] = ("block", "drop_oldest", "raise")

@@ -57,7 +57,6 @@ sequence number; ``Checkpoint("4961...")`` a whole Kinesis record.
 
 from __future__ import annotations
 
-import logging
 import os
 import sqlite3
 import time
@@ -71,6 +70,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 import anyio
 import anyio.to_thread
 
+from .._logs import get_logger
 from .._validate import as_float, shown
 from ..models import Shard
 
@@ -86,7 +86,7 @@ __all__ = [
     "StartPositions",
 ]
 
-log = logging.getLogger("shardflow.consumer")
+log = get_logger("shardflow.consumer")
 
 _SHARD_END = "SHARD_END"
 END_POSITION: tuple[int, int] = (1 << 256, 0)

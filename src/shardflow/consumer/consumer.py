@@ -9,7 +9,6 @@ shard with data in turn, so shards are interleaved fairly and each shard stays i
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
@@ -21,7 +20,8 @@ from typing import Any, Literal
 import anyio
 import anyio.abc
 
-from .. import _aws, _metrics, errors
+from .. import _aws, _logs, _metrics, errors
+from .._logs import get_logger
 from .._validate import as_float, shown
 from ..limits import KinesisLimits
 from ..models import Record
@@ -35,7 +35,7 @@ from .shard_reader import Counters, PollingSource, ReadContext, ReaderConfig, Sh
 
 __all__ = ["Consumer", "ConsumerStats", "start_position"]
 
-log = logging.getLogger("shardflow.consumer")
+log = get_logger("shardflow.consumer")
 
 _START_WORDS = {
     "trim_horizon": "TRIM_HORIZON", "trim-horizon": "TRIM_HORIZON", "trim": "TRIM_HORIZON",
@@ -230,6 +230,7 @@ class Consumer:
 
     # --- lifecycle ----------------------------------------------------------------------
 
+    @_logs.with_fields(lambda c: {"stream": _aws.stream_name(c._stream), "app": c._app_name})
     async def __aenter__(self) -> Consumer:
         """List the shards, bind the checkpointer and start the readers.
 
@@ -325,6 +326,7 @@ class Consumer:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(self._close_timeout):
                     await stack.aclose()
 
+    @_logs.with_fields(lambda c: {"stream": _aws.stream_name(c._stream), "app": c._app_name})
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,

@@ -10,7 +10,6 @@ consumer's :class:`AssignmentListener` (for the checkpointer) and :class:`Reader
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -19,7 +18,8 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from .. import errors
+from .. import _logs, errors
+from .._logs import get_logger
 from ..models import Record, Shard
 from ..shardmap import list_shards
 from .checkpoint import CheckpointSession, StartPositions
@@ -27,7 +27,7 @@ from .shard_reader import ReadContext, ShardReader, Signal, backoff_delay
 
 __all__ = ["Coordinator"]
 
-log = logging.getLogger("shardflow.consumer")
+log = get_logger("shardflow.consumer")
 
 
 class Coordinator:
@@ -76,7 +76,7 @@ class Coordinator:
         self.lost.add(shard_id)
         if reader is not None:
             self.revoked += 1
-            log.info("lost %s: stopping its reader", shard_id)
+            log.info("lost %s: stopping its reader", shard_id, extra={"shard": shard_id})
             reader.revoke()
             self.announce.fire()
         for hook in self.on_revoke:
@@ -181,7 +181,8 @@ class Coordinator:
                 try:
                     await reader.flush()
                 except errors.ShardflowError as exc:
-                    log.warning("checkpoint of %s not written at close: %s", reader.shard_id, exc)
+                    log.warning("checkpoint of %s not written at close: %s", reader.shard_id, exc,
+                                extra={"shard": reader.shard_id})
 
     # --- delivery -----------------------------------------------------------------------
 
@@ -308,4 +309,8 @@ class Coordinator:
         self.readers[shard.shard_id] = reader
         self.taken += 1
         log.debug("starting reader for %s", shard.shard_id)
-        self.spawn(reader.run, f"shardflow reader {shard.shard_id}")
+        token = _logs.push(shard=shard.shard_id)  # the reader's log records carry it
+        try:
+            self.spawn(reader.run, f"shardflow reader {shard.shard_id}")
+        finally:
+            _logs.pop(token)

@@ -17,7 +17,6 @@ Three loops, each jittered so that workers do not line up:
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 from collections.abc import Callable, Collection, Sequence
@@ -28,6 +27,7 @@ import anyio
 import anyio.abc
 
 from .. import errors
+from .._logs import get_logger
 from ..models import Shard
 from .checkpoint import SHARD_END, AssignmentListener, Checkpoint, ConsumerScope
 from .lease_policy import (
@@ -44,7 +44,7 @@ from .shard_reader import backoff_delay
 
 __all__ = ["LeaseSession"]
 
-log = logging.getLogger("shardflow.consumer.leases")
+log = get_logger("shardflow.consumer.leases")
 
 EPSILON = 0.025
 """The KCL's epsilonMillis: the taker runs every 2 x (failover_time + EPSILON)."""
@@ -224,7 +224,8 @@ class LeaseSession:
         """Forget ``held`` and revoke its shard; the error to raise."""
         if self._held.get(held.shard_id) is held:
             del self._held[held.shard_id]
-            log.info("%s lost %s: %s", self._me, held.shard_id, why)
+            log.info("%s lost %s: %s", self._me, held.shard_id, why,
+                     extra={"shard": held.shard_id})
         self._listener.revoke(held.shard_id)
         return errors.LeaseLost(held.shard_id, why)
 
@@ -312,7 +313,8 @@ class LeaseSession:
                 except errors.AWSError as exc:
                     log.warning("could not release %s (%s); it will expire", held.shard_id, exc)
                 else:
-                    log.info("%s released %s", self._me, held.shard_id)
+                    log.info("%s released %s", self._me, held.shard_id,
+                             extra={"shard": held.shard_id})
                     lease = self._leases.get(held.shard_id)
                     if lease is not None:
                         self._leases[held.shard_id] = replace(
@@ -371,7 +373,8 @@ class LeaseSession:
                 return False
         self._leases[taken.shard_id] = taken
         self._held[taken.shard_id] = _Held(taken.shard_id, taken.counter, sent + self._failover)
-        log.info("%s took %s from %s", self._me, taken.shard_id, lease.owner or "nobody")
+        log.info("%s took %s from %s", self._me, taken.shard_id, lease.owner or "nobody",
+                 extra={"shard": taken.shard_id})
         return True
 
     async def _take_all(self, leases: Sequence[Lease]) -> int:

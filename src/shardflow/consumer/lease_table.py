@@ -31,7 +31,6 @@ worker that lost a lease can never write to it again. Only this module talks Dyn
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from typing import Any
 import anyio
 
 from .. import _aws, errors
+from .._logs import get_logger
 from ..models import Shard
 
 __all__ = [
@@ -54,7 +54,7 @@ __all__ = [
     "is_lease_item",
 ]
 
-log = logging.getLogger("shardflow.consumer.leases")
+log = get_logger("shardflow.consumer.leases")
 
 TRIM_HORIZON = "TRIM_HORIZON"
 LATEST = "LATEST"

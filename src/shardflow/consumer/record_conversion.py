@@ -7,18 +7,18 @@ a sub-record that hashes outside the shard is dropped whole, as the KCL does) an
 from __future__ import annotations
 
 import binascii
-import logging
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from .._logs import get_logger
 from ..aggregation import MAGIC, deaggregate
 from ..models import Record, Shard
 from ..shardmap import hash_key
 
 __all__ = ["child_shard", "to_records"]
 
-log = logging.getLogger("shardflow.consumer")
+log = get_logger("shardflow.consumer")
 
 _UTC = timezone.utc
 _EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)

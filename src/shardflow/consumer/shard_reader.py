@@ -15,7 +15,6 @@ waits ``poll_interval`` when caught up.
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any, Protocol, TypeVar
 import anyio
 
 from .. import _aws, errors
+from .._logs import get_logger
 from ..models import Record, Shard
 from ._transport import ReadTransport
 from .checkpoint import END_POSITION, SHARD_END, Checkpoint, CheckpointSession
@@ -46,7 +46,7 @@ __all__ = [
     "to_records",
 ]
 
-log = logging.getLogger("shardflow.consumer")
+log = get_logger("shardflow.consumer")
 
 _T = TypeVar("_T")
 

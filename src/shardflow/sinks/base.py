@@ -26,18 +26,18 @@ checkpointed without new traffic.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Protocol, TypeAlias, runtime_checkable
 
 import anyio
 
+from .._logs import get_logger
 from ..models import Record
 
 __all__ = ["Durable", "Sink", "pipe"]
 
-log = logging.getLogger("shardflow.sinks")
+log = get_logger("shardflow.sinks")
 
 Durable: TypeAlias = dict[str, Record]
 """``{shard_id: last durable record}``: the records (and all before them in their shard)

@@ -8,7 +8,6 @@ from a reported checkpoint rewrites the same objects instead of adding duplicate
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 from collections.abc import Iterable, Sequence
@@ -20,7 +19,8 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from .. import _aws, _metrics, errors
+from .. import _aws, _logs, _metrics, errors
+from .._logs import get_logger
 from .._validate import as_float, shown
 from ..models import Record
 from ._metrics import S3SinkMetrics
@@ -30,7 +30,7 @@ from .s3_layout import Encoded, Layout, Position, encode, encode_record
 
 __all__ = ["S3Sink", "S3SinkStats", "encode_record"]
 
-log = logging.getLogger("shardflow.sinks.s3")
+log = get_logger("shardflow.sinks.s3")
 
 MiB = 1024 * 1024
 _MAX_OBJECT_BYTES = 5 * 1024**3
@@ -156,6 +156,7 @@ class S3Sink:
 
     # -- lifecycle -----------------------------------------------------------------------
 
+    @_logs.with_fields(lambda sink: {"stream": sink.stream, "bucket": sink.bucket})
     async def __aenter__(self) -> S3Sink:
         """Open the client, check the bucket, start the interval timer.
 

@@ -28,7 +28,6 @@ objects queued in each shard's ``sealed``.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -36,12 +35,13 @@ from dataclasses import dataclass
 
 import anyio
 
+from .._logs import get_logger
 from ..models import Record
 from .s3_layout import HOUR_US, Encoded, Layout, Position, hour_of, position_text
 
 __all__ = ["SealedObject", "ShardBuffer", "ShardBuffers"]
 
-log = logging.getLogger("shardflow.sinks.s3")
+log = get_logger("shardflow.sinks.s3")
 
 
 @dataclass(slots=True)

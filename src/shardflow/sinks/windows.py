@@ -21,7 +21,6 @@ as an event at ``t`` would (for example from a timer when the input is idle).
 from __future__ import annotations
 
 import inspect
-import logging
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -33,12 +32,13 @@ from typing import Any, Generic, TypeVar, overload
 import anyio
 
 from .. import errors
+from .._logs import get_logger
 from .._validate import as_float, shown
 from ..models import Record
 
 __all__ = ["Aggregation", "TumblingWindows", "Window"]
 
-log = logging.getLogger("shardflow.sinks.windows")
+log = get_logger("shardflow.sinks.windows")
 
 E = TypeVar("E")
 K = TypeVar("K")
