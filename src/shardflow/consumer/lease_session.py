@@ -5,8 +5,9 @@ only through :class:`~.lease_store.LeaseStore`.
 
 Three loops, each jittered so that workers do not line up:
 
-- renewal every failover_time / 3 (DynamoDBLeaseRenewer), at most ``renew_concurrency``
-  conditional writes in flight;
+- renewal every failover_time / 3 (DynamoDBLeaseRenewer), with as many conditional
+  writes in flight as it takes to renew every held lease within half of that interval at
+  the latency measured (8 to ``max_renewals``);
 - a full scan every 2 x (failover_time + epsilon) (DynamoDBLeaseCoordinator's taker
   interval): shard sync, taking, stealing, releasing excess;
 - an expiry watch every failover_time / 3 that scans two parallel-scan segments of the
@@ -48,9 +49,11 @@ log = get_logger("shardflow.consumer.leases")
 
 EPSILON = 0.025
 """The KCL's epsilonMillis: the taker runs every 2 x (failover_time + EPSILON)."""
-RENEW_CONCURRENCY = 48
-"""Renewals in flight at once (the DynamoDB client for holders has 64 connections)."""
-WRITE_CONCURRENCY = 16
+RENEW_CONCURRENCY = 256
+"""At most this many renewals in flight at once (the holders' DynamoDB client has as many
+connections, plus some for checkpoints)."""
+_MIN_RENEWALS = 8
+WRITE_CONCURRENCY = 32
 """Creates, takes and releases in flight at once."""
 
 
@@ -85,7 +88,7 @@ class LeaseSession:
         failover_time: float,
         *,
         rng: random.Random | None = None,
-        renew_concurrency: int = RENEW_CONCURRENCY,
+        max_renewals: int = RENEW_CONCURRENCY,
         write_concurrency: int = WRITE_CONCURRENCY,
     ) -> None:
         self._table = table
@@ -97,11 +100,14 @@ class LeaseSession:
         self._scan_interval = 2 * (failover_time + EPSILON)
         self._clock = ExpiryClock(failover_time)
         self._rng = rng or random.Random()
-        self._renewals = anyio.CapacityLimiter(renew_concurrency)
+        self._max_renewals = max_renewals
+        self._renewals = anyio.CapacityLimiter(min(_MIN_RENEWALS, max_renewals))
+        self._renew_latency = 0.05  # seconds per renewal, moving average
         self._writes = anyio.CapacityLimiter(write_concurrency)
         self._table_was_empty = False
         self._waited_to_create = False
         self._missing_since: dict[str, float] = {}
+        self._table_grew = False
         self.cycles = 0
         self._listing: dict[str, Shard] = {}
         self._leases: dict[str, Lease] = {}  # the table as last seen or written
@@ -337,6 +343,8 @@ class LeaseSession:
                 sent = anyio.current_time()
                 try:
                     await self._table.renew(held.shard_id, held.counter)
+                    took = anyio.current_time() - sent
+                    self._renew_latency += 0.1 * (took - self._renew_latency)
                 except errors.ConditionFailed:
                     try:
                         current = await self._table.get(held.shard_id)
@@ -405,9 +413,9 @@ class LeaseSession:
         skipped). A worker that found the table empty waits a random time first and
         leaves the creation to whoever started it meanwhile (Scheduler's random wait on
         an empty lease table), so a group starting together does not stampede; a lease
-        found missing otherwise is created once it has been missing for failover_time / 2
-        (another worker may be creating it right now), unless ``urgent`` (the children
-        of a shard this worker just finished)."""
+        found missing otherwise is created once it has been missing for failover_time
+        and the table stopped growing (another worker may be creating it right now),
+        unless ``urgent`` (the children of a shard this worker just finished)."""
         planned = plan_new_leases(
             self._listing, self._leases, self._scope.start_at, self._table.scope
         )
@@ -424,8 +432,10 @@ class LeaseSession:
         elif planned and not urgent:
             now = anyio.current_time()
             since = {x.shard_id: self._missing_since.get(x.shard_id, now) for x in planned}
+            if self._table_grew:
+                since = dict.fromkeys(since, now)  # someone is creating them
             self._missing_since = since
-            planned = [x for x in planned if now - since[x.shard_id] >= self._failover / 2]
+            planned = [x for x in planned if now - since[x.shard_id] >= self._failover]
         if planned:
             await self._create_all(planned)
             self._wake.set()
@@ -515,6 +525,7 @@ class LeaseSession:
         if full:
             self._clock.observe(leases, now)
             scanned = {lease.shard_id: lease for lease in leases}
+            self._table_grew = bool(scanned.keys() - self._leases.keys())
             for shard_id, known in self._leases.items():
                 seen = scanned.get(shard_id)
                 if seen is not None and known.counter > seen.counter:
@@ -674,9 +685,13 @@ class LeaseSession:
 
     async def renew_loop(self, task_group: anyio.abc.TaskGroup) -> None:
         """Every failover_time / 3: stop leases not renewed in time, renew each lease
-        (at most renew_concurrency at once)."""
+        (as many at once as it takes to renew them all within half the interval)."""
         while True:
             await anyio.sleep(self._interval)
+            wanted = math.ceil(len(self._held) * self._renew_latency / (self._interval / 2))
+            self._renewals.total_tokens = max(
+                min(_MIN_RENEWALS, self._max_renewals), min(self._max_renewals, wanted)
+            )
             now = anyio.current_time()
             for held in list(self._held.values()):
                 if not held.suspended and now > held.valid_until:
