@@ -27,11 +27,19 @@ from ..limits import KinesisLimits
 from ..models import Record
 from ..shardmap import list_shards
 from ..sinks.base import Sink, first_failure, pipe
+from ._fan_out import check_consumer_name, open_fan_out
 from ._metrics import ConsumerMetrics
 from ._transport import open_read_transport
 from .checkpoint import Checkpointer, CheckpointSession, ConsumerScope, MemoryCheckpointer
 from .coordinator import Coordinator
-from .shard_reader import Counters, PollingSource, ReadContext, ReaderConfig, ShardReader
+from .shard_reader import (
+    Counters,
+    PollingSource,
+    ReadContext,
+    ReaderConfig,
+    ShardReader,
+    Source,
+)
 
 __all__ = ["Consumer", "ConsumerStats", "start_position"]
 
@@ -68,6 +76,9 @@ class ConsumerStats:
     checkpoints_saved: int
     out_of_range_dropped: int = 0
     """Sub-records of aggregates dropped for hashing outside their shard (as the KCL)."""
+    subscriptions: int = 0
+    """SubscribeToShard subscriptions opened (fan-out: one per shard, again at each
+    renewal and after each failure)."""
 
 
 def start_position(start_at: object) -> str | datetime:
@@ -119,6 +130,22 @@ def _positive(name: str, value: object, *, minimum: float = 0.0, integer: bool =
     return value
 
 
+def _fan_out_name(fan_out: object, app_name: str | None) -> str | None:
+    """The stream consumer's name for ``fan_out`` (None: polling)."""
+    if fan_out is False:
+        return None
+    if fan_out is True:
+        if app_name is None:
+            raise ValueError(
+                "fan_out=True names the stream consumer after app_name: pass app_name, "
+                "or fan_out='consumer-name'"
+            )
+        return check_consumer_name(app_name)
+    if not isinstance(fan_out, str):
+        raise TypeError(f"fan_out must be a bool or a consumer name, got {shown(fan_out)}")
+    return check_consumer_name(fan_out)
+
+
 class Consumer:
     """Reads every shard of a Kinesis stream and delivers its records.
 
@@ -138,6 +165,11 @@ class Consumer:
 
     ``meter_provider``: an OpenTelemetry MeterProvider for the consumer's metrics (README,
     "Metrics and logs"); default: the global one when OpenTelemetry is installed.
+
+    ``fan_out=True`` reads through enhanced fan-out (SubscribeToShard) as the stream
+    consumer named ``app_name`` (``fan_out="name"`` names it), registered on first use and
+    reused after; ``deregister_consumer=True`` deregisters it on close. Everything else is
+    as with polling (the default, ``fan_out=False``).
 
     Use exactly one way of reading: ``async for record in consumer`` and
     ``consumer.batches()`` (they share one queue), or ``consumer.shards()``.
@@ -161,6 +193,8 @@ class Consumer:
         close_timeout: float = 10.0,
         limits: KinesisLimits | None = None,
         meter_provider: Any = None,
+        fan_out: bool | str = False,
+        deregister_consumer: bool = False,
     ) -> None:
         self._stream_params = _aws.stream_params(stream)
         self._stream = stream
@@ -176,6 +210,8 @@ class Consumer:
             if app_name is None:
                 raise ValueError("app_name is required with a checkpointer: it keys positions")
         self._app_name = app_name or "shardflow"
+        self._fan_out = _fan_out_name(fan_out, app_name)
+        self._deregister_consumer = bool(deregister_consumer)
         self._checkpointer: Checkpointer = checkpointer or MemoryCheckpointer()
         self._start_at = start_position(start_at)
         self._poll_interval = float(
@@ -276,7 +312,13 @@ class Consumer:
             counters = Counters()
             transport = await open_read_transport(client)
             stack.push_async_callback(transport.aclose)
-            source = PollingSource(client, transport, self._stream_params, config, counters)
+            source: Source
+            if self._fan_out is None:
+                source = PollingSource(client, transport, self._stream_params, config, counters)
+            else:
+                source = await open_fan_out(stack, client, transport, self._stream,
+                                            self._fan_out, counters,
+                                            deregister_on_close=self._deregister_consumer)
             coord.ctx = ReadContext(
                 client=client,
                 stream_params=self._stream_params,
@@ -603,4 +645,5 @@ class Consumer:
             iterators_renewed=c.iterators_renewed,
             checkpoints_saved=c.checkpoints_saved,
             out_of_range_dropped=c.out_of_range_dropped,
+            subscriptions=c.subscriptions,
         )
