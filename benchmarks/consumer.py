@@ -1,13 +1,17 @@
-"""shardflow's Consumer: read-and-deliver throughput, and put-to-delivery latency.
+"""shardflow's Consumer beside other readers: throughput, and put-to-delivery latency.
 
     python -m benchmarks.consumer [--records N] [--endpoint fake|moto|both] [--out DIR]
-                                  [--shards 4] [--latency-records 200] [--poll 1.0]
+                                  [--shards 4] [--only READER] [--baseline SRC]
+                                  [--latency-records 200] [--poll 1.0]
 
-Throughput: the stream is filled first (not timed), then one Consumer reads it from
-TRIM_HORIZON and the application takes every record (``async for``, and ``batches()``);
-the figures are user records per second and this process's CPU microseconds per record
-(GetRecords answers parsed by botocore, Record objects built, delivery). A third run reads
-KPL aggregates of 100 user records each (deaggregation included).
+Throughput: for each reader of :mod:`benchmarks.contenders.readers` (a raw aiohttp
+ceiling, a naive aiobotocore loop, boto3, async-kinesis's Consumer, shardflow's Consumer
+with ``async for`` and with ``batches()``), a fresh stream is filled (not timed), then
+the reader, in its own process, reads it from TRIM_HORIZON until the application holds
+every user record; the figures are records per second and that process's CPU
+microseconds per record. Twice: plain records, then KPL aggregates of 100 (unpacked by
+each reader: aws-kinesis-agg for the loops, the library's own otherwise). ``--baseline
+SRC`` adds shardflow's reader run from another source tree (before/after in one run).
 
 Latency: 8 shards, mostly idle; a writer puts one record every ``--latency-interval``
 seconds (spread over the shards) while a Consumer at LATEST with the default
@@ -23,6 +27,7 @@ import argparse
 import contextlib
 import os
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -40,7 +45,6 @@ from shardflow.aggregation import aggregate
 from shardflow.shardmap import hash_key
 
 from benchmarks.common import (
-    Timer,
     add_common_arguments,
     bench_env,
     fmt_float,
@@ -49,7 +53,8 @@ from benchmarks.common import (
     markdown_table,
     write_results,
 )
-from benchmarks.compare import moto_endpoint
+from benchmarks.compare import ROOT, moto_endpoint
+from benchmarks.contenders.readers import CONTENDERS
 from benchmarks.fake_kinesis import fake_kinesis
 
 MOTO_MAX_RECORDS = 20_000
@@ -102,41 +107,7 @@ def fill(url: str, name: str, entries: Sequence[tuple[str, bytes]], per_request:
                        if "ErrorCode" in r]
 
 
-# --- throughput -------------------------------------------------------------------------
-
-
-async def read_all(url: str, name: str, expected: int, mode: str) -> dict[str, Any]:
-    consumer = Consumer(name, endpoint_url=url, poll_interval=0.2)
-    seen = 0
-    size = 0
-    async with consumer:
-        async with Timer() as timer:
-            with anyio.fail_after(600):
-                if mode == "batches":
-                    async for batch in consumer.batches():
-                        seen += len(batch)
-                        size += sum(len(r.data) for r in batch)
-                        if seen >= expected:
-                            break
-                else:
-                    async for record in consumer:
-                        seen += 1
-                        size += len(record.data)
-                        if seen >= expected:
-                            break
-        stats = consumer.stats()
-    m = timer.result
-    assert m is not None
-    return {
-        "mode": mode,
-        "records": seen,
-        "bytes": size,
-        "seconds": m.seconds,
-        "records_per_s": m.per_second(seen),
-        "cpu_us_per_record": m.cpu_us_per(seen),
-        "peak_rss_bytes": m.peak_rss_bytes,
-        "get_records_calls": stats.get_records_calls,
-    }
+# --- throughput ---------------------------------------------------------------------------
 
 
 Entries = list[tuple[str, bytes]]
@@ -157,28 +128,61 @@ def by_shard(url: str, name: str, entries: Entries) -> list[Entries]:
     return groups
 
 
-def throughput(ep: Endpoint, records: int, shards: int) -> list[dict[str, Any]]:
-    events = make_events(records)
-    plain = [(key, orjson.dumps(event)) for key, event in events]
-    rows = []
-    for mode in ("records", "batches"):
-        name = create_stream(ep.url, shards)
-        fill(ep.url, name, plain, 500)
-        print(f"[{ep.name}] reading {records:,} records ({mode}) ...", file=sys.stderr)
-        row = anyio.run(read_all, ep.url, name, records, mode)
-        rows.append({"endpoint": ep.name, "input": "plain", **row})
-    # KPL aggregates of 100 user records each, packed per shard as a KPL does (the
-    # consumer drops sub-records whose key hashes outside the shard, like the KCL).
-    name = create_stream(ep.url, shards)
+def filled_stream(url: str, records: int, shards: int, aggregated: bool) -> str:
+    """A new stream holding ``records`` ~200-byte JSON records, plain or as KPL aggregates
+    of 100 packed per shard as a KPL does (the consumer drops an aggregate holding a
+    sub-record whose key hashes outside the shard, like the KCL)."""
+    plain = [(key, orjson.dumps(event)) for key, event in make_events(records)]
+    name = create_stream(url, shards)
+    if not aggregated:
+        fill(url, name, plain, 500)
+        return name
     blobs = []
-    for group in by_shard(ep.url, name, plain):
+    for group in by_shard(url, name, plain):
         for start in range(0, len(group), 100):
             chunk = group[start:start + 100]
             blobs.append((chunk[0][0], aggregate([(k, None, d) for k, d in chunk])))
-    fill(ep.url, name, blobs, 100)
-    print(f"[{ep.name}] reading {records:,} aggregated records ...", file=sys.stderr)
-    row = anyio.run(read_all, ep.url, name, records, "records")
-    rows.append({"endpoint": ep.name, "input": "KPL aggregates of 100", **row})
+    fill(url, name, blobs, 100)
+    return name
+
+
+def run_reader(name: str, url: str, stream: str, records: int, aggregated: bool,
+               pythonpath: str | None = None) -> dict[str, Any]:
+    """One reader contender in its own process (its figures, or why it did not run)."""
+    env = dict(os.environ)
+    root = str(ROOT)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, root) if p)
+    command = [sys.executable, "-m", "benchmarks.contenders.readers", name, "--url", url,
+               "--stream", stream, "--records", str(records)]
+    if aggregated:
+        command.append("--aggregated")
+    proc = subprocess.run(command, cwd=root, env=env, capture_output=True, timeout=900,
+                          check=False)
+    lines = proc.stdout.decode().strip().splitlines()
+    if not lines:
+        return {"name": name, "status": "failed", "reason": proc.stderr.decode()[-500:]}
+    result: dict[str, Any] = orjson.loads(lines[-1])
+    if result.get("status") == "failed":
+        print(proc.stderr.decode()[-2000:], file=sys.stderr)
+    return result
+
+
+def throughput(ep: Endpoint, records: int, shards: int, only: Sequence[str],
+               baseline: str | None) -> list[dict[str, Any]]:
+    rows = []
+    names = [n for n in CONTENDERS if not only or n in only]
+    for aggregated in (False, True):
+        label = "KPL aggregates of 100" if aggregated else "plain"
+        runs: list[tuple[str, str, str | None]] = [(n, n, None) for n in names]
+        if baseline:
+            runs.append(("shardflow", "shardflow (baseline)", baseline))
+        for contender, shown_as, path in runs:
+            # a fresh stream each: no reader gets the endpoint's cache warmed by another
+            stream = filled_stream(ep.url, records, shards, aggregated)
+            print(f"[{ep.name}] {shown_as}: {records:,} {label} records ...", file=sys.stderr)
+            result = run_reader(contender, ep.url, stream, records, aggregated, path)
+            rows.append({"endpoint": ep.name, "input": label, "contender": shown_as,
+                         **result})
     return rows
 
 
@@ -250,6 +254,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--poll", type=float, default=1.0,
                         help="poll_interval of the latency run (default 1.0)")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--only", action="append", default=[], metavar="CONTENDER",
+                        help=f"throughput: only this reader ({', '.join(CONTENDERS)})")
+    parser.add_argument("--baseline", metavar="SRC",
+                        help="throughput: also run the shardflow reader with this src folder "
+                             "first on PYTHONPATH (before/after in one run)")
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args(argv)
     os.environ.update(bench_env())
@@ -262,19 +271,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.skip_throughput:
                 records = args.records if ep_name == "fake" else min(args.records,
                                                                       MOTO_MAX_RECORDS)
-                rows += throughput(ep, records, args.shards)
+                rows += throughput(ep, records, args.shards, args.only, args.baseline)
             if not args.skip_latency:
                 lat.append(latency(ep, args.latency_records, args.latency_interval, args.poll))
 
     if rows:
-        print("\nRead and deliver (one Consumer, TRIM_HORIZON, ~200-byte JSON records)\n")
+        print("\nRead and deliver: each reader in its own process, TRIM_HORIZON, "
+              "~200-byte JSON records\n")
         print(markdown_table(
-            ["endpoint", "input", "delivery", "records", "records/s", "CPU µs/record",
-             "GetRecords calls"],
-            [[r["endpoint"], r["input"], r["mode"], fmt_int(r["records"]),
-              fmt_int(r["records_per_s"]), fmt_float(r["cpu_us_per_record"], 2),
-              fmt_int(r["get_records_calls"])] for r in rows],
-            align="lllrrrr",
+            ["endpoint", "input", "reader", "records/s", "CPU µs/record"],
+            [[r["endpoint"], r["input"], r["contender"],
+              fmt_int(r["records_per_s"]) if r.get("status") == "ok" else r.get("status", "?"),
+              fmt_float(r["cpu_us_per_record"], 2) if r.get("status") == "ok"
+              else str(r.get("reason", ""))[:60]]
+             for r in rows],
+            align="lllrr",
         ))
     if lat:
         print("\nPut-to-delivery latency, 8 mostly idle shards, LATEST\n")
