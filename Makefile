@@ -6,11 +6,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 KINESALITE_DIR := .tools/kinesalite
+KINESIS_MOCK_DIR := .tools/kinesis-mock
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck check bench clean setup docs
 
-setup: $(STAMP) $(KINESALITE_DIR)/node_modules/kinesalite
+setup: $(STAMP) $(KINESALITE_DIR)/node_modules/kinesalite $(KINESIS_MOCK_DIR)/node_modules/kinesis-local
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,11 @@ $(STAMP): pyproject.toml
 $(KINESALITE_DIR)/node_modules/kinesalite:
 	mkdir -p $(KINESALITE_DIR)
 	npm install --silent --no-audit --no-fund --prefix $(KINESALITE_DIR) kinesalite@3
+
+# kinesis-mock: enhanced fan-out (SubscribeToShard), UpdateShardCount, ChildShards
+$(KINESIS_MOCK_DIR)/node_modules/kinesis-local:
+	mkdir -p $(KINESIS_MOCK_DIR)
+	npm install --silent --no-audit --no-fund --prefix $(KINESIS_MOCK_DIR) kinesis-local@0.6
 
 demo: $(STAMP)
 	$(BIN)/shardflow demo
