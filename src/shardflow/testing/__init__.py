@@ -45,6 +45,11 @@ Faults (all off by default; fractions are probabilities between 0 and 1):
   ``ExpiredIteratorException`` / ``ProvisionedThroughputExceededException`` (not
   forwarded). As on AWS, an expired iterator stays expired: only a new GetShardIterator
   gets the reader going again.
+- Enhanced fan-out: ``subscription_in_use_fraction`` / ``subscription_limit_fraction``:
+  per SubscribeToShard call, ``ResourceInUseException`` / ``LimitExceededException``
+  (not forwarded); ``cut_subscription_after``: each subscription's event stream is cut
+  (connection reset) after that many events, as when a network path breaks mid-way.
+  Events are relayed as they come (the stream is not buffered).
 - Request level, for the operations in ``operations`` (default: PutRecord, PutRecords,
   GetRecords; ``{"*"}`` means every operation): ``error_5xx_fraction`` (500
   ``InternalFailure`` or 503 ``ServiceUnavailable``, not forwarded),
@@ -63,7 +68,9 @@ same requests in the same order sees the same faults.
 ``resets_before``, ``resets_after``, ``reset_after_entries`` (records written upstream
 whose answer was dropped: the only source of duplicates), ``delayed``, ``stalled``,
 ``get_records``, ``read_records``, ``expired_iterators``, ``read_throttled`` (of which
-``read_limited``), ``upstream_errors``, ``upstream_unreachable``, ``shard_map_refreshes``.
+``read_limited``), ``upstream_errors``, ``upstream_unreachable``, ``shard_map_refreshes``,
+``subscriptions``, ``subscriptions_in_use``, ``subscriptions_limited``,
+``subscription_events``, ``subscriptions_cut``.
 
 Per-entry faults rewrite request bodies, which breaks SigV4 signatures: use them in front
 of local endpoints (they ignore signatures), not in front of AWS itself.
@@ -138,6 +145,9 @@ class FaultProxy:
         stall: bool = False,
         operations: set[str] | frozenset[str] | None = None,
         limits: KinesisLimits = KinesisLimits(),  # noqa: B008 - frozen value
+        subscription_in_use_fraction: float = 0.0,
+        subscription_limit_fraction: float = 0.0,
+        cut_subscription_after: int | None = None,
     ) -> None:
         parts = urlsplit(upstream_url) if isinstance(upstream_url, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
@@ -159,6 +169,9 @@ class FaultProxy:
             stall=stall,
             operations=operations,  # type: ignore[arg-type]  # normalised by FaultConfig
             limits=limits,
+            subscription_in_use_fraction=subscription_in_use_fraction,
+            subscription_limit_fraction=subscription_limit_fraction,
+            cut_subscription_after=cut_subscription_after,
         )
         self._upstream = upstream_url.rstrip("/")
         self._port = port
@@ -294,6 +307,8 @@ class FaultProxy:
         if self._closing:
             return _reset(request)
         operation = request.headers.get("X-Amz-Target", "").rpartition(".")[2]
+        if operation == "SubscribeToShard":
+            return await self._subscribe(request, body)
         fault = None
         if engine.config.applies_to(operation):
             if engine.config.stall:
@@ -343,6 +358,53 @@ class FaultProxy:
         if reply.status >= 400:
             self._engine.bump("upstream_errors")
         return reply
+
+    async def _subscribe(self, request: web.BaseRequest, body: bytes) -> web.StreamResponse:
+        """SubscribeToShard: refused by a fault, or its event stream relayed as it comes
+        (cut after ``cut_subscription_after`` events)."""
+        from ..consumer._transport import EventStreamDecoder
+
+        engine = self._engine
+        refused = engine.subscription_fault()
+        if refused is not None:
+            return refused
+        assert self._session is not None
+        engine.bump("forwarded")
+        try:
+            async with self._session.post(
+                self._upstream + request.raw_path,
+                data=body,
+                headers=_faults.copy_headers(request.headers),
+                allow_redirects=False,
+            ) as resp:
+                if resp.status != 200:
+                    engine.bump("upstream_errors")
+                    return Reply(
+                        resp.status, _faults.copy_headers(resp.headers), await resp.read()
+                    ).response()
+                answer = web.StreamResponse(status=200, headers=_faults.copy_headers(resp.headers))
+                await answer.prepare(request)
+                decoder = EventStreamDecoder()
+                events = 0
+                async for chunk in resp.content.iter_any():
+                    cut = engine.config.cut_subscription_after
+                    try:
+                        complete = len(decoder.feed(chunk))
+                    except ValueError:
+                        complete = 0
+                    if cut is not None and events + complete > cut:
+                        engine.bump("subscriptions_cut")  # this chunk is not relayed
+                        log.debug("cut a subscription after %d events", cut)
+                        _faults.reset_connection(request)
+                        return answer
+                    events += complete
+                    engine.bump("subscription_events", complete)
+                    await answer.write(chunk)
+                await answer.write_eof()
+                return answer
+        except _UPSTREAM_ERRORS as exc:
+            log.warning("upstream %s unreachable: %r", self._upstream, exc)
+            raise _Unreachable from exc
 
     async def _list_shards(
         self, params: dict[str, str], client_headers: Mapping[str, str]

@@ -60,6 +60,11 @@ COUNTS: Mapping[str, str] = {
     "upstream_errors": "forwarded requests the upstream answered with an error status",
     "upstream_unreachable": "requests whose upstream call failed (client connection reset)",
     "shard_map_refreshes": "ListShards calls the proxy made to map entries to shards",
+    "subscriptions": "SubscribeToShard requests received",
+    "subscriptions_in_use": "SubscribeToShard answered ResourceInUseException",
+    "subscriptions_limited": "SubscribeToShard answered LimitExceededException",
+    "subscription_events": "events forwarded from SubscribeToShard streams",
+    "subscriptions_cut": "SubscribeToShard streams cut mid-way (connection reset)",
 }
 """Every key of :attr:`FaultProxy.counts`, with what it counts."""
 
@@ -93,6 +98,7 @@ _FRACTION_GROUPS = (
     ("throttle_fraction", "internal_failure_fraction"),
     ("reset_before_fraction", "error_5xx_fraction", "reset_after_fraction"),
     ("expire_iterator_fraction", "read_throttle_fraction"),
+    ("subscription_in_use_fraction", "subscription_limit_fraction"),
 )
 
 
@@ -103,7 +109,7 @@ class FaultConfig:
     Fractions are probabilities in [0, 1]. The fractions of one group share one random
     draw, so their sum must not exceed 1: per PutRecords entry (throttle, internal
     failure), per request (reset before, 5xx, reset after), per GetRecords call (expire
-    iterator, read throttle).
+    iterator, read throttle), per SubscribeToShard call (in use, limit exceeded).
     """
 
     throttle_fraction: float = 0.0
@@ -119,6 +125,9 @@ class FaultConfig:
     stall: bool = False
     operations: frozenset[str] | None = None
     limits: KinesisLimits = KinesisLimits()  # noqa: RUF009 - frozen value
+    subscription_in_use_fraction: float = 0.0
+    subscription_limit_fraction: float = 0.0
+    cut_subscription_after: int | None = None
 
     def __post_init__(self) -> None:
         for group in _FRACTION_GROUPS:
@@ -138,6 +147,11 @@ class FaultConfig:
         object.__setattr__(self, "operations", _operations(self.operations))
         if not isinstance(self.limits, KinesisLimits):
             raise TypeError(f"limits must be a KinesisLimits, got {shown(self.limits)}")
+        cut = self.cut_subscription_after
+        if cut is not None and (not isinstance(cut, int) or isinstance(cut, bool) or cut < 0):
+            raise ValueError(
+                f"cut_subscription_after must be a number of events >= 0 or None, got {shown(cut)}"
+            )
 
     def applies_to(self, operation: str) -> bool:
         """True if request-level faults (5xx, resets, latency, stall) apply to it."""
@@ -254,6 +268,28 @@ class FaultEngine:
             return "5xx"
         r -= c.error_5xx_fraction
         return "reset_after" if r < c.reset_after_fraction else None
+
+    def subscription_fault(self) -> web.Response | None:
+        """One draw per SubscribeToShard call: the error answer to send instead of
+        forwarding it (ResourceInUseException, LimitExceededException), or None."""
+        self.bump("subscriptions")
+        c = self.config
+        if c.subscription_in_use_fraction + c.subscription_limit_fraction <= 0:
+            return None
+        r = self.rng.random()
+        if r < c.subscription_in_use_fraction:
+            self.bump("subscriptions_in_use")
+            return _faults.error_response(
+                400, "ResourceInUseException",
+                "Another active subscription exists for this consumer and shard.",
+            )
+        if r < c.subscription_in_use_fraction + c.subscription_limit_fraction:
+            self.bump("subscriptions_limited")
+            return _faults.error_response(
+                400, "LimitExceededException",
+                "Rate exceeded for consumer and shard: one SubscribeToShard per second.",
+            )
+        return None
 
     def error_5xx(self) -> web.Response:
         self.bump("errors_5xx")
