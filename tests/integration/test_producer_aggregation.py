@@ -15,7 +15,7 @@ from aws_kinesis_agg import deaggregator
 
 from shardflow import Consumer, Producer, PutResult, Record
 from shardflow.aggregation import deaggregate
-from shardflow.producer.sender import WRONG_SHARD
+from shardflow.producer import WRONG_SHARD
 
 from support import create_stream, kinesis, list_shards, read_stream, wait_active
 from support_consumer import POLL, collect

@@ -15,7 +15,7 @@ import pytest
 
 from shardflow import Producer, PutResult, errors
 from shardflow.aggregation import deaggregate
-from shardflow.producer.sender import WRONG_SHARD
+from shardflow.producer import WRONG_SHARD
 
 from support_producer import Entry, ScriptedKinesis
 

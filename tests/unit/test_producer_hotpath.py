@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from shardflow import Producer, PutResult, errors
-from shardflow._putrecords import all_written_raw
 from shardflow.aggregation import deaggregate
+from shardflow.producer._transport import all_written_raw
 
 from support_producer import ScriptedKinesis
 

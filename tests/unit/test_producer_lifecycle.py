@@ -11,8 +11,8 @@ import anyio
 import pytest
 
 from shardflow import KinesisLimits, Producer, PutResult, errors
-from shardflow.producer.producer import RECORD_OVERHEAD
-from shardflow.producer.sender import Sender
+from shardflow.producer import RECORD_OVERHEAD
+from shardflow.producer._request import PutRecordsRequest
 
 from support_producer import ScriptedKinesis
 
@@ -304,7 +304,7 @@ async def test_a_crashing_sender_fails_every_pending_delivery(
     def boom(*_args: object) -> None:
         raise RuntimeError("bug in the sender")
 
-    monkeypatch.setattr(Sender, "_read_results", boom)
+    monkeypatch.setattr(PutRecordsRequest, "_read", boom)
     async with ScriptedKinesis("s") as kinesis:
         producer = Producer("s", endpoint_url=kinesis.url, linger=0)
         futures = []

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from shardflow import errors
-from shardflow._putrecords import encode_entry, parse_response, request_body, response_error
+from shardflow.producer._transport import encode_entry, parse_response, request_body, response_error
 
 
 def test_entries_and_body_are_the_json_botocore_would_send() -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardflow.producer.ratelimit import ShardRateLimiter, TokenBucket
+from shardflow.producer._ratelimit import ShardRateLimiter, TokenBucket
 
 
 class FakeClock:

@@ -1,8 +1,15 @@
-"""The asyncio Kinesis producer (see :class:`Producer`)."""
+"""The asyncio Kinesis producer (see :class:`Producer`).
+
+The modules inside are private; a record goes one way through them: ``_intake`` →
+``_ledger`` → ``_accumulator`` (with ``_packing``) → ``_sender`` → ``_request`` →
+``_transport``.
+"""
 
 from __future__ import annotations
 
-from .producer import Producer as Producer
-from .producer import ProducerStats as ProducerStats
+from ._producer import RECORD_OVERHEAD as RECORD_OVERHEAD
+from ._producer import Producer as Producer
+from ._producer import ProducerStats as ProducerStats
+from ._request import WRONG_SHARD as WRONG_SHARD
 
-__all__ = ["Producer", "ProducerStats"]
+__all__ = ["RECORD_OVERHEAD", "WRONG_SHARD", "Producer", "ProducerStats"]

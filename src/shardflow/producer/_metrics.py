@@ -22,17 +22,17 @@ def _put(producer: Any) -> Iterable[tuple[float, Attributes]]:
 
 
 def _failed_codes(producer: Any) -> dict[str, int]:
-    sender = producer._sender
+    sender = producer._resolver
     return dict(sender.failed_codes) if sender is not None else {}
 
 
 def _throttled(producer: Any) -> Iterable[tuple[float, Attributes]]:
-    sender = producer._sender
+    sender = producer._resolver
     return ((sender.entry_errors.get(THROTTLED, 0) if sender is not None else 0, {}),)
 
 
 def _entry_errors(producer: Any) -> dict[str, int]:
-    sender = producer._sender
+    sender = producer._resolver
     return dict(sender.entry_errors) if sender is not None else {}
 
 
@@ -75,7 +75,7 @@ class ProducerMetrics:
         )
 
     def attach(self, sender: Any) -> None:
-        """Give the sender its per-request and per-aggregate hooks."""
+        """Give the resolver (request handlers report to it) its two hooks."""
         sender.on_request = self.request
         sender.on_aggregate = self.aggregate
 

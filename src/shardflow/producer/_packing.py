@@ -1,4 +1,6 @@
-"""KPL aggregates packed as records are put (unordered aggregating producers).
+"""Packing records into PutRecords entries and KPL aggregates.
+
+Unordered aggregating producers pack records as they are put:
 
 Each lane (:class:`.packing.Lane`) has at most one :class:`OpenAggregate`, which encodes
 each record as it is added (one protobuf ``Record`` with its data, one key table entry
@@ -8,31 +10,49 @@ are computed once, then. A record too large for an aggregate, or alone in one, g
 its own (:func:`plain_entry`). :data:`HEADERS` caches the bytes before a record's data
 per key index and data length, which the producer's hot path (:mod:`.hotpath`) uses to
 encode a record with one lookup and one concatenation.
+
+Ordered producers keep their records per key; :class:`Packer` packs the ready keys' next
+records when a batch is cut (``pack_runs``), so that a key's records share one entry.
 """
 
 from __future__ import annotations
 
-import binascii
+from collections.abc import Iterable, Sequence
 from hashlib import md5
 
-from .._putrecords import encode_entry
+import orjson
+
 from ..aggregation import (
     _ENTRIES,
     _PK_FIELD,
     _TABLE_SIZE,
     _VARINT,
     MAGIC,
+    OVERHEAD,
+    AggregateBuilder,
     _encode_varint,
     _key_entry,
     deaggregate,
 )
-from .records import Aggregate, Entry, PendingRecord
+from ..limits import KinesisLimits
+from ._records import Aggregate, Entry, PendingRecord
+from ._transport import entry, key_tail, with_hash_key
 
-__all__ = ["HEADERS", "HEADER_INDEXES", "OpenAggregate", "header", "plain_entry"]
+__all__ = [
+    "HEADERS",
+    "HEADER_INDEXES",
+    "OpenAggregate",
+    "Packer",
+    "Run",
+    "header",
+    "plain_entry",
+]
 
-_b64 = binascii.b2a_base64
-_DATA_HEAD = b'{"Data":"'
-_KEY_HEAD = b'","PartitionKey":'
+Run = tuple[str, Sequence[PendingRecord]]
+"""(partition key, its next records for the lane): an ordered key's records that may
+share one entry, oldest first."""
+_dumps = orjson.dumps
+
 
 
 HEADER_INDEXES = _TABLE_SIZE
@@ -152,11 +172,11 @@ class OpenAggregate:
         inner = len(fields) + 1 + len(dlv) + dl
         return b"\x1a" + _varint(inner) + fields + b"\x1a" + dlv + data, ehk_entry
 
-    def seal(self, tail: bytes, landing: bytes, shard_id: str) -> Entry:
+    def seal(self, tail: bytes, landing: str | None, shard_id: str) -> Entry:
         """The entry of what was added: an :class:`Aggregate` for ``shard_id``, or the
         only record as it is. ``tail`` is the first record's entry tail (its partition
         key's JSON after ``","PartitionKey":``, then ``}``), ``landing`` the end of an
-        aggregate's entry (its explicit hash key)."""
+        shard's starting hash key, which lands the aggregate there (None: none)."""
         records = self.records
         if len(records) == 1:
             record = records[0]
@@ -168,7 +188,7 @@ class OpenAggregate:
         table += self.parts
         blob = b"".join(table)
         blob += md5(memoryview(blob)[4:]).digest()
-        fragment = b"".join((_DATA_HEAD, _b64(blob, newline=False), tail[:-1], landing))
+        fragment = entry(blob, tail if landing is None else with_hash_key(tail, landing))
         return Aggregate(
             records, fragment, len(blob) + self.outer, shard_id, records[-1].deadline, self.nbytes
         )
@@ -196,8 +216,114 @@ def _varint(value: int) -> bytes:
 
 def plain_entry(record: PendingRecord, data: bytes, tail: bytes) -> PendingRecord:
     """``record`` as an entry of its own: its fragment built from ``data`` and ``tail``."""
-    if record.ehk is None:
-        record.fragment = b"".join((_DATA_HEAD, _b64(data, newline=False), tail))
-    else:
-        record.fragment = encode_entry(data, tail[len(_KEY_HEAD) : -1], record.ehk)
+    ehk = record.ehk
+    record.fragment = entry(data, tail if ehk is None else with_hash_key(tail, ehk))
     return record
+
+
+# --- ordered producers: packing at send time ---------------------------------------------
+
+
+class Packer:
+    """Cuts entries out of ordered lanes within request limits, shard tokens and
+    aggregate size."""
+
+    def __init__(self, limits: KinesisLimits, max_aggregate_bytes: int) -> None:
+        self.max_record_bytes = limits.max_record_bytes
+        self.max_aggregate_bytes = max_aggregate_bytes
+        """0: the producer does not aggregate (entries are built at ``put()``)."""
+
+    def _plain(self, record: PendingRecord) -> PendingRecord:
+        """``record`` as an entry of its own (its JSON built now if the producer aggregates)."""
+        if self.max_aggregate_bytes:
+            record.fragment = entry(record.data, key_tail(_dumps(record.key), record.ehk))
+        return record
+
+    def _close(
+        self,
+        shard_id: str,
+        landing: str | None,
+        builder: AggregateBuilder,
+        members: list[PendingRecord],
+    ) -> Entry:
+        if len(members) == 1:
+            return self._plain(members[0])
+        key = members[0].key
+        blob = builder.build()
+        fragment = entry(blob, key_tail(_dumps(key), landing))
+        size = len(blob) + members[0].size - len(members[0].data)
+        return Aggregate(members, fragment, size, shard_id)
+
+    def _limit(self, head: PendingRecord, room: int) -> int:
+        """The largest aggregate whose outer record (head's key included) fits ``room``."""
+        key_bytes = head.size - len(head.data)
+        return min(self.max_aggregate_bytes, self.max_record_bytes, room) - key_bytes
+
+    def pack_runs(
+        self,
+        shard_id: str | None,
+        landing: str | None,
+        runs: Iterable[Run],
+        out: list[Entry],
+        room_n: int,
+        room_b: int,
+        tokens_n: float,
+        tokens_b: float,
+    ) -> list[tuple[str, int]]:
+        """Take each key's next records into one entry (one record when the producer does
+        not aggregate): a run is never split between two entries of a request.
+
+        Returns (key, records taken) for each key that got an entry, in turn.
+        """
+        aggregating = bool(self.max_aggregate_bytes) and shard_id is not None
+        shard = shard_id or ""  # (aggregates are made only for a known shard)
+        taken: list[tuple[str, int]] = []
+        entries = used = 0
+        builder: AggregateBuilder | None = None
+        members: list[PendingRecord] = []
+        for key, run in runs:
+            n = 0
+            if builder is not None:
+                n = _fill(builder, run, members)
+                if not n:
+                    entry = self._close(shard, landing, builder, members)
+                    out.append(entry)
+                    entries += 1
+                    used += entry.size
+                    builder = None
+                    members = []
+            if builder is None:
+                if entries >= room_n or used >= room_b:
+                    break
+                if entries and (entries >= tokens_n or used >= tokens_b):
+                    break
+                head = run[0]
+                if aggregating and (limit := self._limit(head, room_b - used)) > OVERHEAD:
+                    builder = AggregateBuilder(limit)
+                    n = _fill(builder, run, members)
+                    if not n:
+                        builder = None
+                if not n:  # a record on its own
+                    if head.size > room_b - used or (entries and head.size > tokens_b - used):
+                        break
+                    out.append(self._plain(head))
+                    entries += 1
+                    used += head.size
+                    n = 1
+            taken.append((key, n))
+        if builder is not None and members:
+            out.append(self._close(shard, landing, builder, members))
+        return taken
+
+
+def _fill(
+    builder: AggregateBuilder, run: Sequence[PendingRecord], members: list[PendingRecord]
+) -> int:
+    """Add the longest prefix of ``run`` that fits; return its length."""
+    n = 0
+    for record in run:
+        if builder.try_add(record.key, record.ehk, record.data) < 0:
+            break
+        members.append(record)
+        n += 1
+    return n

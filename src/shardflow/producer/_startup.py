@@ -22,29 +22,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
 from .. import _aws, errors
+from .._backoff import full_jitter
 from ..limits import KiB, KinesisLimits
 from ..shardmap import ShardMap
-from .encoding import RecordMaker, record_cost
-from .records import PendingRecord
-from .shards import ShardTracker
-
-if TYPE_CHECKING:
-    from .accumulator import Accumulator
-    from .sender import Sender
+from ._intake import record_cost
+from ._shards import ShardTracker
 
 __all__ = [
     "NOT_DESCRIBED",
     "RECHECK_INTERVAL",
     "START_BACKOFF_BASE",
     "START_BACKOFF_CAP",
-    "Startup",
     "StreamStart",
     "stream_limits",
 ]
@@ -123,7 +117,6 @@ class StreamStart:
         self._on_fatal = on_fatal
 
     async def __call__(self) -> None:
-        delay = START_BACKOFF_BASE
         failures = 0
         described = False
         while True:
@@ -142,7 +135,8 @@ class StreamStart:
                         log.error("stream %s: the producer cannot send: %s", self._stream, exc)
                         self._on_fatal(exc)
                     failures = -1  # (logged once until it changes)
-                    await anyio.sleep(RECHECK_INTERVAL * (0.5 + random.random() / 2))
+                    half = RECHECK_INTERVAL / 2
+                    await anyio.sleep(half + full_jitter(0, half, half))
                     continue
                 if failures < 0:
                     failures = 0
@@ -154,96 +148,10 @@ class StreamStart:
                     exc,
                 )
                 failures += 1
-                await anyio.sleep(delay * (0.5 + random.random() / 2))
-                delay = min(START_BACKOFF_CAP, delay * 2)
+                await anyio.sleep(
+                    full_jitter(failures - 1, START_BACKOFF_BASE, START_BACKOFF_CAP)
+                )
                 continue
             if failures:
                 log.warning("stream %s: the producer can send now", self._stream)
             return
-
-
-class Startup:
-    """What the background start tells a :class:`Producer` (a base class of it, which
-    sets these attributes): the stream's record size, a missing stream, a retry."""
-
-    stream: str
-    limits: KinesisLimits
-    record_ttl: float
-    max_queue_bytes: int
-    aggregate: bool
-    _limits_given: bool
-    _maker: RecordMaker
-    _max_record_bytes: int
-    _acc: Accumulator
-    _sender: Sender | None
-    _state: str
-    _fatal: errors.ShardflowError | None
-    _described: anyio.Event
-    _where: tuple[str, str]
-    _prepare: Callable[[Any, str, Any], PendingRecord]
-
-    def _check_open(self) -> None:
-        raise NotImplementedError
-
-    def _described_as(self, summary: Mapping[str, Any]) -> None:
-        """The stream exists: size records to its ``MaxRecordSizeInKiB`` unless the user
-        gave ``limits``; a producer that found it missing takes records again."""
-        if self._state == "failed":
-            self._state = "open"
-            self._fatal = None
-        if not self._limits_given:
-            self._use_limits(
-                stream_limits(
-                    self.limits,
-                    summary,
-                    max_queue_bytes=self.max_queue_bytes,
-                    aggregate=self.aggregate,
-                )
-            )
-        self._described.set()
-
-    def _use_limits(self, limits: KinesisLimits) -> None:
-        self.limits = limits
-        self._maker.set_limits(limits)
-        self._max_record_bytes = self._maker.max_record_bytes
-        self._acc.set_limits(limits)
-
-    def _start_retry(self, error: errors.AWSError) -> None:
-        if self._sender is not None:
-            self._sender.start_error = error
-
-    def _cannot_send(self, error: errors.ShardflowError) -> None:
-        """The stream is missing (or access is denied): fail what waits, refuse new puts."""
-        if isinstance(error, errors.ResourceNotFound) and error.operation == "PutRecords":
-            endpoint_url, region_name = self._where
-            error = errors.StreamNotFound(
-                error.code,
-                f"stream {self.stream!r} not found in region {region_name} at {endpoint_url}",
-                error.operation,
-            )
-        self._fatal = error
-        if self._state in ("starting", "open"):
-            self._state = "failed"
-        self._described.set()
-        assert self._sender is not None
-        self._sender.fail_waiting(
-            errors.DeliveryFailed(f"the producer cannot send: {error}", cause=error)
-        )
-
-
-    async def _prepare_when_described(
-        self, obj: Any, partition_key: str, explicit_hash_key: str | int | None
-    ) -> PendingRecord:
-        """A record over the default size limit, put before the stream's own limit is
-        known: wait for the stream's description (at most ``record_ttl``), then check it
-        against that limit."""
-        with anyio.move_on_after(self.record_ttl):
-            await self._described.wait()
-        if self._state != "open":
-            self._check_open()
-        try:
-            return self._prepare(obj, partition_key, explicit_hash_key)
-        except errors.RecordTooLarge as exc:
-            if self._described.is_set():
-                raise
-            raise errors.RecordTooLarge(f"{exc}; {NOT_DESCRIBED}") from None

@@ -17,7 +17,6 @@ record whose result is never read costs no result object and no strings of its o
 from __future__ import annotations
 
 import asyncio
-import binascii
 from collections.abc import Generator, Sequence
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ import orjson
 
 from ..aggregation import deaggregate
 from ..models import PutResult as _put_result
+from ._transport import entry_data
 
 if TYPE_CHECKING:
     from ..models import Attempt, PutResult
@@ -34,7 +34,6 @@ __all__ = ["Aggregate", "Answer", "Entry", "Landing", "PendingRecord", "deliver"
 
 _deadline = attrgetter("deadline")
 _size = attrgetter("size")
-_DATA_HEAD = b'{"Data":"'
 
 _POSITIONS: tuple[int, ...] = tuple(range(8192))
 
@@ -193,10 +192,7 @@ class Aggregate:
         again; return the records."""
         records = self.records
         if not hasattr(records[0], "data"):
-            fragment = self.fragment
-            start = len(_DATA_HEAD)
-            blob = binascii.a2b_base64(fragment[start : fragment.index(b'"', start)])
-            decoded = deaggregate(blob)
+            decoded = deaggregate(entry_data(self.fragment))
             assert decoded is not None
             assert len(decoded) == len(records)
             for record, (key, ehk, data) in zip(records, decoded, strict=True):

@@ -1,4 +1,6 @@
-"""The producer's fast path: PutRecords as a hand-built, SigV4-signed HTTP request.
+"""The producer's transport: PutRecords as a hand-built, SigV4-signed HTTP request, and
+the one place the request's JSON is written (:func:`entry`, :func:`key_tail`,
+:func:`request_body`).
 
 Sending 500-entry PutRecords calls through botocore's client pipeline (parameter
 validation, serialisation, shape-based parsing) costs more client CPU than everything else
@@ -9,16 +11,18 @@ client resolved, and reads the answer with orjson. Errors are mapped by
 :mod:`shardflow._aws`, exactly as for every other call.
 
 Only this module and ``_aws`` know about transports; it never imports aiobotocore.
+:class:`MemoryTransport` answers in memory (every entry written on one shard), for tests
+and benchmarks of the client side alone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
+import binascii
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from itertools import repeat
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -26,15 +30,21 @@ import orjson
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
-from . import _aws, errors
+from .. import _aws, errors
 
 __all__ = [
+    "MemoryTransport",
     "PutRecordsTransport",
+    "Transport",
     "all_written",
     "all_written_raw",
     "encode_entry",
+    "entry",
+    "entry_data",
+    "key_tail",
     "parse_response",
     "request_body",
+    "with_hash_key",
 ]
 
 OPERATION = "PutRecords"
@@ -42,30 +52,43 @@ TARGET = "Kinesis_20131202.PutRecords"
 CONTENT_TYPE = "application/x-amz-json-1.1"
 SERVICE = "kinesis"
 
-_b64 = base64.b64encode
+_b64 = binascii.b2a_base64
 _dumps = orjson.dumps
+_join = b"".join
+_DATA_HEAD = b'{"Data":"'
+_KEY_HEAD = b'","PartitionKey":'
+
+
+def key_tail(key_json: bytes, explicit_hash_key: str | None = None) -> bytes:
+    """The end of an entry, after its data: ``","PartitionKey":<key_json>}`` (and its
+    explicit hash key). ``key_json`` is the partition key as a JSON string (quoted)."""
+    tail = _KEY_HEAD + key_json + b"}"
+    return tail if explicit_hash_key is None else with_hash_key(tail, explicit_hash_key)
+
+
+def with_hash_key(tail: bytes, explicit_hash_key: str) -> bytes:
+    """``tail`` (from :func:`key_tail`, without hash key) with ``explicit_hash_key``."""
+    return tail[:-1] + b',"ExplicitHashKey":"' + explicit_hash_key.encode() + b'"}'
+
+
+def entry(data: bytes, tail: bytes) -> bytes:
+    """One PutRecords entry as a JSON object: ``{"Data":"<base64>"`` then ``tail``."""
+    return _join((_DATA_HEAD, _b64(data, newline=False), tail))
 
 
 def encode_entry(data: bytes, key_json: bytes, explicit_hash_key: str | None = None) -> bytes:
-    """One PutRecords entry as a JSON object: ``{"Data":"<base64>","PartitionKey":...}``.
+    """One PutRecords entry: ``{"Data":"<base64>","PartitionKey":...}``."""
+    return entry(data, key_tail(key_json, explicit_hash_key))
 
-    ``key_json`` is the partition key already encoded as a JSON string (with quotes).
-    """
-    if explicit_hash_key is None:
-        return b'{"Data":"' + _b64(data) + b'","PartitionKey":' + key_json + b"}"
-    return (
-        b'{"Data":"'
-        + _b64(data)
-        + b'","PartitionKey":'
-        + key_json
-        + b',"ExplicitHashKey":"'
-        + explicit_hash_key.encode()
-        + b'"}'
-    )
+
+def entry_data(fragment: bytes) -> bytes:
+    """The data of an entry built by :func:`entry`."""
+    start = len(_DATA_HEAD)
+    return binascii.a2b_base64(fragment[start : fragment.index(b'"', start)])
 
 
 def request_body(stream_params: dict[str, str], entries: Sequence[bytes]) -> bytes:
-    """The PutRecords request body for ``entries`` (fragments from :func:`encode_entry`)."""
+    """The PutRecords request body for ``entries`` (from :func:`entry`)."""
     head = _dumps(stream_params)[:-1]  # '{"StreamName":"x"' without the closing brace
     return head + b',"Records":[' + b",".join(entries) + b"]}"
 
@@ -174,7 +197,6 @@ class PutRecordsTransport:
         self._url = endpoint_url if endpoint_url.endswith("/") else endpoint_url + "/"
         self._region = region_name
         self._stream_params = dict(stream_params)
-        self._head = _dumps(self._stream_params)[:-1] + b',"Records":['
         self._credentials = credentials
         self._max_connections = max_connections
         self._connect_timeout = connect_timeout
@@ -222,7 +244,7 @@ class PutRecordsTransport:
         session = self._session
         if session is None:
             raise errors.EndpointUnreachable("Closed", "transport is closed", OPERATION)
-        body = self._head + b",".join(entries) + b"]}"
+        body = request_body(self._stream_params, entries)
         headers = await self.sign(body)
         try:
             async with session.post(
@@ -242,3 +264,33 @@ class PutRecordsTransport:
         if status != 200:
             raise response_error(status, raw, error_header)
         return raw
+
+
+class Transport(Protocol):
+    """What the sender needs of a transport (:class:`PutRecordsTransport` or
+    :class:`MemoryTransport`)."""
+
+    async def put_records(self, entries: Sequence[bytes], timeout: float) -> bytes: ...
+
+
+class MemoryTransport:
+    """A transport that answers in memory: every entry is written, on ``shard_id``, with
+    increasing sequence numbers; ``bodies`` keeps each request body sent."""
+
+    def __init__(
+        self, stream_params: dict[str, str], shard_id: str = "shardId-000000000000"
+    ) -> None:
+        self._stream_params = dict(stream_params)
+        self._shard_id = shard_id
+        self._sequence = 0
+        self.bodies: list[bytes] = []
+
+    async def put_records(self, entries: Sequence[bytes], timeout: float) -> bytes:
+        self.bodies.append(request_body(self._stream_params, entries))
+        first = self._sequence
+        self._sequence += len(entries)
+        records = [
+            {"SequenceNumber": str(first + i), "ShardId": self._shard_id}
+            for i in range(len(entries))
+        ]
+        return _dumps({"FailedRecordCount": 0, "Records": records})

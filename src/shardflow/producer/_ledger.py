@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from operator import attrgetter
 
 from .. import errors
-from .records import PendingRecord
+from ._records import PendingRecord
 
 __all__ = ["Ledger"]
 
@@ -46,8 +46,7 @@ class Ledger:
         return self.records < self.max_records and self.bytes + cost <= self.max_bytes
 
     def admit(self, record: PendingRecord) -> None:
-        """Count ``record`` (taking its room): ``records``, ``bytes``, its epoch. (The
-        producer's hot path does the same inline.)"""
+        """Count ``record`` (taking its room): ``records``, ``bytes``, its epoch."""
         self.records += 1
         self.bytes += record.cost
         if self.epoch:
@@ -55,9 +54,15 @@ class Ledger:
 
     def try_admit(self, record: PendingRecord) -> bool:
         """Admit ``record`` if it fits now without overtaking a waiting put."""
-        if self.putters or not self._fits(record.cost):
+        cost = record.cost
+        if self.putters or not (
+            self.records < self.max_records and self.bytes + cost <= self.max_bytes
+        ):  # (_fits, inline: this runs once per record)
             return False
-        self.admit(record)
+        self.records += 1
+        self.bytes += cost
+        if self.epoch:
+            record.epoch = self.epoch
         return True
 
     async def wait_room(self, cost: int) -> None:

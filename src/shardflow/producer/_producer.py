@@ -1,22 +1,20 @@
 """The asyncio Kinesis producer: bounded queue, batching, retries, per-record results.
 
 :class:`Producer` checks its options, starts and stops the pipeline, and accepts records.
-A record goes through these modules of the package:
+A record goes one way through these modules of the package (see docs/architecture.md):
 
-- :mod:`.hotpath` (a record of a known key, in one call) or :mod:`.encoding` (every
-  other record: validation, serialisation, its entry and cost);
-- :mod:`.ledger`: the queue bounds (``max_queue_records``, ``max_queue_bytes``) and flush;
-- :mod:`.queues`: lanes per predicted shard, where records wait (packed at ``put()``
-  into :mod:`.open_aggregate` when aggregating unordered), come back for another try,
-  or expire;
-- :mod:`.accumulator`: batch cutting (with :mod:`.packing` for entries and aggregates,
-  :mod:`.ratelimit` for pacing);
-- :mod:`.startup`: the stream's description and shard map, read in the background (the
-  producer starts without reaching the endpoint), and what they change;
-- :mod:`.sender`: the requests in flight, reading answers, retries and resolution (with
-  :mod:`.offshard` for aggregates that landed off their predicted shard,
-  :mod:`.resolution` for the records it gives up on, :mod:`.shards`
-  for the shard map, and :mod:`.records` for what travels and where it landed).
+- :mod:`._intake`: validation, serialisation, the record's entry and cost (one path
+  for every record), then :mod:`._ledger`, the queue bounds (``max_queue_records``,
+  ``max_queue_bytes``) and flush;
+- :mod:`._accumulator`: lanes per predicted shard, retries, expiry and the batch cut
+  (with :mod:`._packing` for entries and aggregates, :mod:`._ratelimit` for pacing);
+- :mod:`._sender`: the loop that hands each batch to a :mod:`._request` handler, which
+  sends it and resolves its records (through :mod:`._resolve`), off-shard aggregates
+  included;
+- :mod:`._transport`: the PutRecords HTTP request.
+
+:mod:`._startup` reads the stream's description and shard map (:mod:`._shards`) in the
+background (the producer starts without reaching the endpoint).
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
@@ -32,21 +31,21 @@ from typing import Any
 import anyio
 
 from .. import _aws, _metrics, aggregation, errors
-from .._putrecords import PutRecordsTransport
 from .._validate import as_float, shown
 from ..limits import KinesisLimits
 from ..models import PutResult
+from ._accumulator import Accumulator
+from ._intake import RECORD_OVERHEAD as RECORD_OVERHEAD
+from ._intake import RecordMaker, record_cost
+from ._ledger import Ledger
 from ._metrics import ProducerMetrics
-from .accumulator import Accumulator
-from .encoding import RECORD_OVERHEAD as RECORD_OVERHEAD
-from .encoding import RecordMaker, record_cost
-from .hotpath import HotPath, no_fast
-from .ledger import Ledger
-from .ratelimit import ShardRateLimiter
-from .records import PendingRecord
-from .sender import Sender
-from .shards import ShardTracker
-from .startup import NOT_DESCRIBED, Startup, StreamStart
+from ._ratelimit import ShardRateLimiter
+from ._records import PendingRecord
+from ._resolve import Resolver
+from ._sender import Sender
+from ._shards import ShardTracker
+from ._startup import NOT_DESCRIBED, StreamStart, stream_limits
+from ._transport import PutRecordsTransport
 
 __all__ = ["Producer", "ProducerStats"]
 
@@ -107,7 +106,7 @@ def _check_seconds(name: str, value: object, *, positive: bool) -> float:
     return value
 
 
-class Producer(HotPath, Startup):
+class Producer:
     """Put records into a Kinesis stream, batched into PutRecords requests.
 
     ``stream`` is a stream name or ARN. Use as ``async with Producer(...) as p``; every
@@ -231,11 +230,6 @@ class Producer(HotPath, Startup):
             limits, aggregate=aggregate, record_ttl=self.record_ttl, packed=packed
         )
         self._prepare = self._maker.make
-        self._keys = self._maker.keys
-        self._max_record_bytes = self._maker.max_record_bytes
-        self._fast = (
-            self._fast_packed if packed else self._fast_plain if not aggregate else no_fast
-        )
         self._ledger = Ledger(max_queue_records, max_queue_bytes)
         limiter = None
         if rate_limit is not None:
@@ -254,7 +248,9 @@ class Producer(HotPath, Startup):
             limiter=limiter,
             pressure_records=max(1, max_queue_records // 4),
             tail_of=self._maker.tail_of,
+            on_unmapped=self._map_stale,
         )
+        self._resolver = Resolver(self._acc, self._ledger, stream)
         self._tracker: ShardTracker | None = None
         self._sender: Sender | None = None
         self._described = anyio.Event()  # the stream's description was read (or never will)
@@ -331,16 +327,16 @@ class Producer(HotPath, Startup):
             self._sender = Sender(
                 self._acc,
                 self._ledger,
+                self._resolver,
                 transport,
                 max_in_flight=self.max_in_flight,
                 record_ttl=self.record_ttl,
                 tracker=self._tracker,
                 start=start,
-                stream=self.stream,
                 on_missing=self._cannot_send,
             )
             if self._metrics is not None:
-                self._metrics.attach(self._sender)
+                self._metrics.attach(self._resolver)
             self._tg = anyio.create_task_group()
             await self._tg.__aenter__()
             await self._tg.start(self._sender.run)
@@ -426,6 +422,75 @@ class Producer(HotPath, Startup):
                     self._state = "closed"
                     self._closed.set()
 
+    # --- what the background start tells ------------------------------------------------
+
+    def _described_as(self, summary: Mapping[str, Any]) -> None:
+        """The stream exists: size records to its ``MaxRecordSizeInKiB`` unless the user
+        gave ``limits``; a producer that found it missing takes records again."""
+        if self._state == "failed":
+            self._state = "open"
+            self._fatal = None
+        if not self._limits_given:
+            self._use_limits(
+                stream_limits(
+                    self.limits,
+                    summary,
+                    max_queue_bytes=self.max_queue_bytes,
+                    aggregate=self.aggregate,
+                )
+            )
+        self._described.set()
+
+    def _use_limits(self, limits: KinesisLimits) -> None:
+        self.limits = limits
+        self._maker.set_limits(limits)
+        self._acc.set_limits(limits)
+
+    def _start_retry(self, error: errors.AWSError) -> None:
+        if self._sender is not None:
+            self._sender.start_error = error
+
+    def _cannot_send(self, error: errors.ShardflowError) -> None:
+        """The stream is missing (or access is denied): fail what waits, refuse new puts."""
+        if isinstance(error, errors.ResourceNotFound) and error.operation == "PutRecords":
+            endpoint_url, region_name = self._where
+            error = errors.StreamNotFound(
+                error.code,
+                f"stream {self.stream!r} not found in region {region_name} at {endpoint_url}",
+                error.operation,
+            )
+        self._fatal = error
+        if self._state in ("starting", "open"):
+            self._state = "failed"
+        self._described.set()
+        assert self._sender is not None
+        self._sender.fail_waiting(
+            errors.DeliveryFailed(f"the producer cannot send: {error}", cause=error)
+        )
+
+
+    async def _prepare_when_described(
+        self, obj: Any, partition_key: str, explicit_hash_key: str | int | None
+    ) -> PendingRecord:
+        """A record over the default size limit, put before the stream's own limit is
+        known: wait for the stream's description (at most ``record_ttl``), then check it
+        against that limit."""
+        with anyio.move_on_after(self.record_ttl):
+            await self._described.wait()
+        if self._state != "open":
+            self._check_open()
+        try:
+            return self._prepare(obj, partition_key, explicit_hash_key)
+        except errors.RecordTooLarge as exc:
+            if self._described.is_set():
+                raise
+            raise errors.RecordTooLarge(f"{exc}; {NOT_DESCRIBED}") from None
+
+    def _map_stale(self) -> None:
+        """A key fell outside every open shard of the map: refresh it."""
+        if self._tracker is not None:
+            self._tracker.mark_stale()
+
     # --- input --------------------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -469,10 +534,6 @@ class Producer(HotPath, Startup):
             await _sleep0(0)
         if self._state != "open":
             self._check_open()
-        if explicit_hash_key is None:
-            fast = self._fast(obj, partition_key)
-            if fast is not None:
-                return fast
         try:
             record = self._prepare(obj, partition_key, explicit_hash_key)
         except errors.RecordTooLarge:
@@ -493,10 +554,6 @@ class Producer(HotPath, Startup):
         """Like :meth:`put`, but raise :class:`errors.QueueFull` instead of waiting."""
         if self._state != "open":
             self._check_open()
-        if explicit_hash_key is None:
-            fast = self._fast(obj, partition_key)
-            if fast is not None:
-                return fast
         try:
             record = self._prepare(obj, partition_key, explicit_hash_key)
         except errors.RecordTooLarge as exc:
@@ -541,18 +598,19 @@ class Producer(HotPath, Startup):
     def stats(self) -> ProducerStats:
         """A snapshot of the producer's counters."""
         sender = self._sender
+        resolver = self._resolver
         return ProducerStats(
             queued=self._ledger.records,
             queued_bytes=self._ledger.bytes,
             waiting=self._acc.waiting + (sender.parked_records if sender else 0),
             in_flight=sender.in_flight_records if sender else 0,
             in_flight_requests=sender.in_flight_requests if sender else 0,
-            delivered=sender.delivered if sender else 0,
-            failed=sender.failed if sender else 0,
-            retried=sender.retried if sender else 0,
+            delivered=resolver.delivered,
+            failed=resolver.failed,
+            retried=resolver.retried,
             requests=sender.requests if sender else 0,
-            failed_requests=sender.failed_requests if sender else 0,
-            kinesis_records=sender.kinesis_records if sender else 0,
-            misrouted=sender.misrouted if sender else 0,
+            failed_requests=resolver.failed_requests,
+            kinesis_records=resolver.kinesis_records,
+            misrouted=resolver.misrouted,
             shard_map_refreshes=self._tracker.refreshes if self._tracker else 0,
         )

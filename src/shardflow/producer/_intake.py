@@ -1,15 +1,17 @@
-"""Turning ``put()`` arguments into records: validation, serialisation, sizes, costs.
+"""Intake: turning ``put()`` arguments into records (validation, serialisation, sizes,
+costs), the first step of every record (there is no second path).
 
 :class:`RecordMaker` does all of ``put()``'s per-record work before the record joins the
-queue, and raises the input errors (at the call, before anything is accepted). An
-unaggregated producer builds the record's PutRecords entry here, once; an aggregating one
-keeps a compact copy of the data, packed when the record is sent.
+queue, and raises the input errors (at the call, before anything is accepted). A key
+seen before is looked up in a small cache (its encoded entry tail, its UTF-8 length, its
+aggregate key-table entry) instead of being validated again. An unaggregated producer
+builds the record's PutRecords entry here, once; an aggregating one keeps its data, to
+be packed at once (unordered: into its lane's open aggregate) or when it is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import binascii
 import math
 import time
 from typing import Any
@@ -17,12 +19,12 @@ from typing import Any
 import orjson
 
 from .. import errors
-from .._putrecords import encode_entry
 from .._validate import shown
 from ..aggregation import _key_entry as table_entry
 from ..limits import KinesisLimits
 from ..shardmap import MAX_HASH_KEY, parse_explicit_hash_key
-from .records import PendingRecord
+from ._records import PendingRecord
+from ._transport import entry, key_tail, with_hash_key
 
 __all__ = ["AGGREGATED_OVERHEAD", "ENTRY_OVERHEAD", "RECORD_OVERHEAD", "RecordMaker", "record_cost"]
 
@@ -34,15 +36,10 @@ counted with the encoded entry against ``max_queue_bytes`` (measured on CPython 
 
 _KEY_CACHE_SIZE = 4096
 _BYTES_LIKE = (bytes, bytearray, memoryview)
-_DATA_HEAD = b'{"Data":"'
-_KEY_HEAD = b'","PartitionKey":'
-_TAIL_KEY = len(_KEY_HEAD)  # where the key's JSON starts in a cached entry tail
 AGGREGATED_OVERHEAD = ENTRY_OVERHEAD + RECORD_OVERHEAD
 """Beyond data and base64: what an aggregating producer's record costs (see record_cost)."""
 _EMPTY_PAIR = (b"", b"")  # data.join(_EMPTY_PAIR): a compact copy of data
-_b64 = binascii.b2a_base64
 _dumps = orjson.dumps
-_join = b"".join
 _monotonic = time.monotonic
 
 
@@ -91,17 +88,21 @@ class RecordMaker:
     def _plain(self, obj: Any, partition_key: str, explicit_hash_key: Any) -> PendingRecord:
         """A new record with its PutRecords entry (unaggregated producers)."""
         data = _data(obj)
-        tail, key_bytes, _ = self._key(partition_key)
+        try:
+            cached = self.keys.get(partition_key)
+        except TypeError:  # unhashable: not a str
+            cached = None
+        tail, key_bytes, _ = cached or self._key_entry(partition_key)
         size = len(data) + key_bytes
         if size > self.max_record_bytes:
             raise self._too_large(data, key_bytes)
         record = PendingRecord(loop=self.loop)
         if explicit_hash_key is None:
-            fragment = _join((_DATA_HEAD, _b64(data, newline=False), tail))
+            fragment = entry(data, tail)
             record.ehk = None
         else:
             ehk = record.ehk = _hash_key(explicit_hash_key)
-            fragment = encode_entry(data, tail[_TAIL_KEY:-1], ehk)
+            fragment = entry(data, with_hash_key(tail, ehk))
         record.fragment = fragment
         record.key = partition_key
         record.size = size
@@ -174,8 +175,8 @@ class RecordMaker:
             )
         if len(self.keys) >= _KEY_CACHE_SIZE:
             self.keys.clear()
-        entry = self.keys[key] = (_KEY_HEAD + key_json + b"}", len(encoded), table_entry(key))
-        return entry
+        cached = self.keys[key] = (key_tail(key_json), len(encoded), table_entry(key))
+        return cached
 
 
 def _data(obj: Any) -> bytes:
@@ -185,6 +186,11 @@ def _data(obj: Any) -> bytes:
     (:class:`errors.SerializationError` if it cannot)."""
     if type(obj) is bytes:
         return obj
+    if type(obj) is dict:
+        try:
+            return _dumps(obj)
+        except TypeError:
+            return _serialise(obj)  # raises SerializationError
     if isinstance(obj, _BYTES_LIKE):
         return bytes(obj)
     if isinstance(obj, str):

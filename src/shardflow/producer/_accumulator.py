@@ -1,0 +1,952 @@
+"""The accumulator: records waiting to be sent, in one lane per predicted shard, cut into
+PutRecords batches (:class:`Accumulator`).
+
+Lanes. Without a shard map (no aggregation, no rate limit) every record waits in one
+lane. With a map, a record's lane is the shard its partition key (or explicit hash key)
+hashes to; :meth:`Accumulator.set_map` replaces the map after a reshard and moves every
+waiting record to its new lane. An unordered aggregating producer packs each record into
+its lane's open aggregate as it is put (:mod:`._packing`); records that must be packed
+again (after a reshard, a failure, or when some in an aggregate expired) get their data
+back from the aggregate and are packed again, oldest first. A lane whose aggregate went
+astray (a stale map) is suspended until the next map. With ``ordered=True`` each
+partition key has a FIFO, and only keys with nothing on their way are offered ("ready"):
+a later record of a key never overtakes an earlier one, across retries too.
+
+Retries and expiry. Records that failed a try come back through
+:meth:`Accumulator.retry_at`: they wait in a heap until their backoff ends, then go
+first in line in their lane. A record has expired when ``deadline <= now``
+(:func:`overdue`, the one rule); :meth:`Accumulator.next_batch` returns those it meets,
+and the sender's periodic sweep (:meth:`Accumulator.expire`) takes out the others.
+
+Batch cut. A batch is cut when the oldest record of a lane that may send has lingered
+``linger`` seconds, when those lanes hold a full request (or ``pressure_records``: a
+quarter of the queue bound, so a producer whose queue fills never waits for linger), or
+at once while flushing (:meth:`Accumulator._due`, the one rule). It takes from every lane
+that may send, an equal share of the request each, then what is left, up to the request
+limits. With a rate limiter, a lane may send only what its shard's token buckets allow,
+and a lane short of tokens waits until it may send :data:`GRANULE` seconds' worth (or
+all it holds): a throttled shard goes in chunks and never holds up the others.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from itertools import count
+from operator import attrgetter
+from typing import NamedTuple
+
+from .. import aggregation
+from ..errors import UnmappedHashKey
+from ..limits import KinesisLimits
+from ..shardmap import ShardMap
+from ._packing import OpenAggregate, Packer, Run, plain_entry
+from ._ratelimit import ShardRateLimiter
+from ._records import Aggregate, Entry, PendingRecord
+
+__all__ = ["GRANULE", "Accumulator", "Batch", "Lane", "overdue"]
+
+GRANULE = 0.1
+"""Seconds' worth of a shard's rate that a lane short of tokens waits for before it sends."""
+
+_INF = math.inf
+_LANE_CACHE_LIMIT = 1 << 16
+_COMPACT = 4096  # taken records a lane's list keeps before it is cut
+_size = attrgetter("size")
+_deadline = attrgetter("deadline")
+
+
+def overdue(record: PendingRecord, now: float) -> bool:
+    """The expiry rule: a record whose deadline is ``now`` or earlier is not sent."""
+    return record.deadline <= now
+
+
+def _split(
+    records: Iterable[PendingRecord], now: float
+) -> tuple[list[PendingRecord], list[PendingRecord]]:
+    """(the records still live, those :func:`overdue`), each in their order."""
+    live: list[PendingRecord] = []
+    gone: list[PendingRecord] = []
+    for record in records:
+        (gone if overdue(record, now) else live).append(record)
+    return live, gone
+
+
+class Batch(NamedTuple):
+    """What :meth:`Accumulator.next_batch` returns."""
+
+    entries: list[Entry]
+    """The request's entries (empty: no batch is due)."""
+    records: int
+    """The user records in them."""
+    expired: list[PendingRecord]
+    """Records found expired on the way, already out of the accumulator: fail them."""
+
+class Lane:
+    """What waits for one predicted shard (``shard_id`` None: no prediction)."""
+
+    __slots__ = (
+        "count",
+        "head",
+        "landing",
+        "nbytes",
+        "open",
+        "ready",
+        "records",
+        "retried",
+        "sealed",
+        "shard_id",
+        "suspended",
+    )
+
+    def __init__(self, shard_id: str | None, starting_hash_key: int | None = None) -> None:
+        self.shard_id = shard_id
+        self.landing = None if starting_hash_key is None else str(starting_hash_key)
+        """The explicit hash key that lands an aggregate on the shard."""
+        self.records: list[PendingRecord] = []
+        """Unordered, unaggregated: the records, in put order, from ``head`` on (those
+        before were taken; the list is cut now and then)."""
+        self.head = 0
+        self.retried: list[PendingRecord] = []
+        """Unordered, unaggregated: records due for another try, oldest first; they go
+        before :attr:`records`."""
+        self.sealed: list[Entry] = []
+        """Unordered, aggregating: entries ready to go, first in line first."""
+        self.open: OpenAggregate | None = None
+        """Unordered, aggregating: the aggregate being filled (after :attr:`sealed`)."""
+        self.count = 0
+        """Unordered, aggregating: records waiting here (sealed or open)."""
+        self.ready: dict[str, None] = {}
+        """Ordered producers: keys whose next records may go, in turn."""
+        self.nbytes = 0
+        """Unordered, aggregating: bytes (AWS's count) of the records waiting here;
+        ordered producers: of the ready keys' next records."""
+        self.suspended = False
+        """True once an aggregate packed for the shard landed elsewhere: the lane waits
+        for the next shard map rather than send more aggregates to the wrong shard."""
+
+    def __repr__(self) -> str:
+        waiting = self.count or len(self.ready) or self.waiting_plain()
+        return f"<Lane {self.shard_id}: {waiting} waiting>"
+
+    def waiting_plain(self) -> int:
+        """Unordered, unaggregated: the records waiting."""
+        return len(self.records) - self.head + len(self.retried)
+
+    def take_fresh(self) -> list[PendingRecord]:
+        """Unordered, unaggregated: remove and return the (not retried) records."""
+        out = self.records[self.head :] if self.head else self.records
+        self.records = []
+        self.head = 0
+        return out
+
+    def oldest(self) -> PendingRecord | None:
+        """Unordered: the first record in line (the oldest but for retries), or None."""
+        if self.retried:
+            return self.retried[0]
+        if len(self.records) > self.head:
+            return self.records[self.head]
+        if self.sealed:
+            first = self.sealed[0]
+            return first.records[0] if type(first) is Aggregate else first  # type: ignore[return-value]
+        if self.open is not None and self.open.records:
+            return self.open.records[0]
+        return None
+
+
+
+class Accumulator:
+    """Records waiting to be sent (queued or backing off), in their lanes, cut into
+    batches. ``on_unmapped`` is called when a key falls outside every open shard of the
+    map (such records go unaggregated and unpaced): the map needs a refresh."""
+
+    def __init__(
+        self,
+        limits: KinesisLimits,
+        linger: float,
+        ordered: bool,
+        record_ttl: float,
+        *,
+        aggregate: bool = False,
+        max_aggregate_bytes: int = aggregation.DEFAULT_MAX_BYTES,
+        limiter: ShardRateLimiter | None = None,
+        pressure_records: int | None = None,
+        tail_of: Callable[[str], bytes] | None = None,
+        on_unmapped: Callable[[], None] | None = None,
+    ) -> None:
+        self.max_records = limits.max_batch_records
+        self.max_bytes = limits.max_batch_bytes
+        self.ordered = ordered
+        self.aggregate = aggregate
+        self.packing = aggregate and not ordered
+        """Records are packed into aggregates as they are put (unordered aggregation)."""
+        self._tail_of = tail_of
+        self._on_unmapped = on_unmapped
+        self._max_aggregate_bytes = max_aggregate_bytes
+        self._agg_limit = 0
+        self.solo = False
+        """Records may be larger than a request (``max_batch_bytes``): such a record goes
+        in a request of its own."""
+        self._packer = Packer(limits, max_aggregate_bytes if aggregate else 0)
+        self.set_limits(limits)
+        self.limiter = limiter
+        pressure = pressure_records or self.max_records
+        # a request's worth of records: aggregates carry many records per entry
+        self.full_records = pressure if aggregate else min(pressure, self.max_records)
+        """Records queued that make a batch due at once."""
+        self.linger = linger
+        # a record was accepted record_ttl before its deadline; it may go linger after that
+        self._linger_offset = linger - record_ttl
+        self._granule_records = self._granule_bytes = 0.0
+        if limiter is not None:
+            self._granule_records = max(1.0, limiter.records_per_s * GRANULE)
+            self._granule_bytes = limiter.bytes_per_s * GRANULE
+        self._turn = 0
+        self._map: ShardMap | None = None
+        self.default = Lane(None)
+        """The lane of records with no predicted shard (every record, without a map)."""
+        self._lanes: dict[str | None, Lane] = {None: self.default}
+        self.key_lanes: dict[str, Lane] | None = None
+        """With a map: the lane of each partition key seen (without explicit hash key)."""
+        self.queued = 0
+        """Records offered by the lanes (ordered: ready keys)."""
+        self.queued_bytes = 0
+        # ordered: a FIFO per key, and how many of its first records are on their way
+        self._queues: dict[str, deque[PendingRecord]] = {}
+        self._held: dict[str, int] = {}
+        # groups of records backing off: (ready_at, tiebreak, records)
+        self._retries: list[tuple[float, int, list[PendingRecord]]] = []
+        self._tiebreak = count()
+        self.waiting = 0
+        """Records held here (queued or backing off), not on their way."""
+
+    def set_limits(self, limits: KinesisLimits) -> None:
+        """Size aggregates to ``limits`` from now on (the request limits stay)."""
+        # the largest protobuf message of an aggregate, before its outer key's bytes
+        self._agg_limit = (
+            min(self._max_aggregate_bytes, limits.max_record_bytes, limits.max_batch_bytes)
+            - aggregation.OVERHEAD
+        )
+        self.solo = limits.max_record_bytes > self.max_bytes
+        self._packer.max_record_bytes = limits.max_record_bytes
+
+    # --- shard map ----------------------------------------------------------------------
+
+    @property
+    def shard_map(self) -> ShardMap | None:
+        return self._map
+
+    def set_map(self, shard_map: ShardMap) -> None:
+        """Predict shards with ``shard_map`` from now on; every waiting record moves to its
+        new lane (keeping its order within its old lane, and per key)."""
+        old = self._lanes
+        self._map = shard_map
+        self.default = Lane(None)
+        self._lanes = {None: self.default}
+        for shard in shard_map:
+            self._lanes[shard.shard_id] = Lane(shard.shard_id, shard.starting_hash_key)
+        self.key_lanes = {}
+        if self.limiter is not None:
+            self.limiter.retain(s.shard_id for s in shard_map)
+        if not self.ordered:
+            waiting: list[PendingRecord] = []
+            for lane in old.values():
+                waiting += self._take_all(lane)
+            self.queued = self.queued_bytes = 0
+            self._place(waiting)
+            return
+        for queue in self._queues.values():
+            for record in queue:
+                self._lane_for(record)
+        for lane in old.values():
+            for key in lane.ready:
+                head = self._queues[key][0]
+                target = self._lanes.get(head.shard, self.default)
+                target.ready[key] = None
+                target.nbytes += head.size
+
+    def _lane_for(self, record: PendingRecord) -> Lane:
+        """The lane of ``record``'s predicted shard; sets ``record.shard``."""
+        shard_map = self._map
+        lane = self.default
+        if shard_map is not None:
+            try:
+                shard = shard_map.shard_for_key(record.key, record.ehk)
+            except UnmappedHashKey:
+                if self._on_unmapped is not None:
+                    self._on_unmapped()
+            else:
+                lane = self._lanes[shard.shard_id]
+                lane_of = self.key_lanes
+                if record.ehk is None and lane_of is not None:
+                    if len(lane_of) >= _LANE_CACHE_LIMIT:
+                        lane_of.clear()
+                    lane_of[record.key] = lane
+        record.shard = lane.shard_id
+        return lane
+
+    def suspend(self, shard_id: str | None) -> None:
+        """Hold the records predicted for ``shard_id`` until the next :meth:`set_map`."""
+        lane = self._lanes.get(shard_id)
+        if lane is not None and lane.shard_id is not None:
+            lane.suspended = True
+
+    # --- input --------------------------------------------------------------------------
+
+    def add(self, record: PendingRecord) -> bool:
+        """Queue a new record; True if the sender should look now (first or full batch).
+
+        An aggregating unordered producer's record carries its data, which is packed
+        here (and no longer kept by the record)."""
+        self.waiting += 1
+        lane_of = self.key_lanes
+        if lane_of is None:  # (record.shard is then read only when ordered)
+            lane = self.default
+        else:
+            found = lane_of.get(record.key) if record.ehk is None else None
+            if found is None:
+                lane = self._lane_for(record)
+            else:
+                lane = found
+                record.shard = lane.shard_id
+        if not self.ordered:
+            size = record.size
+            if self.packing:
+                data = record.data
+                del record.data
+                self._pack(lane, record, data)
+                lane.count += 1
+                lane.nbytes += size
+            else:
+                lane.records.append(record)
+            return self._count_in(size)
+        if lane_of is None:
+            record.shard = None
+        queue = self._queues.get(record.key)
+        if queue is not None:
+            queue.append(record)
+            return False
+        self._queues[record.key] = deque((record,))
+        return self._offer(record.key, record)
+
+    # --- packing at put() time (unordered, aggregating) ---------------------------------
+
+    def _pack(self, lane: Lane, record: PendingRecord, data: bytes) -> None:
+        """Pack ``record`` into ``lane``'s open aggregate (sealing it when full), or make
+        it an entry of its own (no shard known, or too large for an aggregate)."""
+        agg = lane.open
+        if agg is not None and agg.add(record, data):
+            return
+        assert self._tail_of is not None
+        if lane.shard_id is not None:
+            key_bytes = record.size - len(data)
+            fresh = OpenAggregate(self._agg_limit - key_bytes, record.key, key_bytes)
+            if fresh.add(record, data):
+                if agg is not None:
+                    lane.sealed.append(self._seal(lane, agg))
+                lane.open = fresh
+                return
+        elif self._map is None:  # the producer is starting: packed once the map comes
+            record.data = data
+            lane.sealed.append(record)
+            return
+        lane.sealed.append(plain_entry(record, data, self._tail_of(record.key)))
+
+    def _seal(self, lane: Lane, agg: OpenAggregate) -> Entry:
+        assert self._tail_of is not None
+        assert lane.shard_id is not None
+        return agg.seal(self._tail_of(agg.key), lane.landing, lane.shard_id)
+
+    def _take_all(self, lane: Lane) -> list[PendingRecord]:
+        """Empty an unordered lane: its records, oldest first (an aggregating producer's
+        with their data back, but for those that go on their own)."""
+        if not self.packing:
+            out = lane.retried + lane.take_fresh()
+            lane.retried = []
+        else:
+            if lane.open is not None:
+                lane.sealed.append(self._seal(lane, lane.open))
+                lane.open = None
+            out = []
+            for entry in lane.sealed:
+                if type(entry) is Aggregate:
+                    out += entry.unpack()
+                else:
+                    out.append(entry)  # type: ignore[arg-type]
+            lane.sealed = []
+        lane.count = lane.nbytes = 0
+        return out
+
+    def _place(self, records: Iterable[PendingRecord], *, first: bool = False) -> None:
+        """Queue records again (unordered), each in its lane, oldest first; ``first``:
+        ahead of what waits there (retries)."""
+        groups: dict[str | None, list[PendingRecord]] = {}
+        for record in records:
+            groups.setdefault(self._lane_for(record).shard_id, []).append(record)
+        for shard_id, group in groups.items():
+            lane = self._lanes[shard_id]
+            group.sort(key=_deadline)
+            nbytes = sum(map(_size, group))
+            self.queued += len(group)
+            self.queued_bytes += nbytes
+            if not self.packing:
+                if first:
+                    lane.retried = sorted(lane.retried + group, key=_deadline)
+                else:
+                    lane.records = sorted(lane.take_fresh() + group, key=_deadline)
+                continue
+            # pack them on their own (records that went alone keep their entry)
+            lane.count += len(group)
+            lane.nbytes += nbytes
+            sealed, open_ = lane.sealed, lane.open
+            lane.sealed, lane.open = [], None
+            for record in group:
+                if hasattr(record, "data"):
+                    data = record.data
+                    del record.data
+                    self._pack(lane, record, data)
+                else:
+                    lane.sealed.append(record)
+            if lane.open is not None:
+                lane.sealed.append(self._seal(lane, lane.open))
+            if first:
+                lane.sealed += sealed
+            else:
+                if open_ is not None:
+                    sealed.append(self._seal(lane, open_))
+                    open_ = None
+                lane.sealed = sealed + lane.sealed
+            lane.open = open_
+
+    def _offer(self, key: str, head: PendingRecord) -> bool:
+        """Make ``key`` ready in its head's lane (ordered); True at a first or full batch."""
+        lane = self._lanes.get(head.shard, self.default)
+        lane.ready[key] = None
+        lane.nbytes += head.size
+        return self._count_in(head.size)
+
+    def _count_in(self, size: int) -> bool:
+        """Count one more record offered (``size`` bytes); True when that makes a batch
+        due: the first record, or the one that makes the lanes :meth:`_full`."""
+        n = self.queued = self.queued + 1
+        before = self.queued_bytes
+        self.queued_bytes = before + size
+        return n == 1 or n == self.full_records or before < self.max_bytes <= before + size
+
+    def _full(self, records: int, nbytes: int) -> bool:
+        """The batch-due rule by size: a request's worth (or ``pressure_records``)."""
+        return records >= self.full_records or nbytes >= self.max_bytes
+
+    def _withdraw(self, key: str, head: PendingRecord) -> None:
+        """Take ``key`` (whose next record is ``head``) out of its lane's ready keys."""
+        lane = self._lanes.get(head.shard, self.default)
+        del lane.ready[key]
+        lane.nbytes -= head.size
+        self.queued -= 1
+        self.queued_bytes -= head.size
+
+    def retry_at(self, records: list[PendingRecord], when: float) -> None:
+        """Send ``records`` again, first in line, once the monotonic clock reaches ``when``."""
+        self.waiting += len(records)
+        heapq.heappush(self._retries, (when, next(self._tiebreak), records))
+
+    def done(self, record: PendingRecord) -> None:
+        """``record``, taken in a batch, is resolved: its key's next may go (ordered)."""
+        if not self.ordered:
+            return
+        key = record.key
+        queue = self._queues.get(key)
+        if queue is None:
+            return
+        if queue and queue[0] is record:
+            queue.popleft()
+        else:
+            try:
+                queue.remove(record)
+            except ValueError:
+                return
+        held = self._held.get(key, 0) - 1
+        if held > 0:
+            self._held[key] = held
+            return
+        self._held.pop(key, None)
+        if queue:
+            self._offer(key, queue[0])
+        else:
+            del self._queues[key]
+
+    # --- retries, expiry, drain ----------------------------------------------------------
+
+    def _promote(self, now: float) -> None:
+        retries = self._retries
+        if not retries or retries[0][0] > now:
+            return
+        due: list[PendingRecord] = []
+        while retries and retries[0][0] <= now:
+            due.extend(heapq.heappop(retries)[2])
+        if self.ordered:
+            for record in due:
+                key = record.key
+                if self._held.pop(key, None) is not None:
+                    self._offer(key, self._queues[key][0])
+            return
+        self._place(due, first=True)
+
+
+    def _drop_expired(self, lane: Lane, now: float, gone: list[PendingRecord]) -> None:
+        """Unordered, aggregating: move the expired records of ``lane`` to ``gone``
+        (still counted in the totals), packing the others again."""
+        live, out = _split(self._take_all(lane), now)
+        self.queued -= len(live)
+        self.queued_bytes -= sum(map(_size, live))
+        self._place(live)
+        gone += out
+
+
+    def expire(self, now: float) -> list[PendingRecord]:
+        """Remove and return queued records whose deadline passed (not on their way)."""
+        out: list[PendingRecord] = []
+        if not self.ordered:
+            for lane in list(self._lanes.values()):
+                if self.packing:
+                    if not lane.count or min(map(_deadline, _waiting(lane))) > now:
+                        continue
+                    live, gone = _split(self._take_all(lane), now)
+                    out += gone
+                    self.queued -= len(live)
+                    self.queued_bytes -= sum(map(_size, live))
+                    self._place(live)
+                    continue
+                retried, newer = lane.retried, lane.records[lane.head :]
+                if retried and min(map(_deadline, retried)) <= now:
+                    lane.retried, gone = _split(retried, now)
+                    out += gone
+                if newer and min(map(_deadline, newer)) <= now:
+                    lane.records, gone = _split(newer, now)
+                    lane.head = 0
+                    out += gone
+            self.queued -= len(out)
+            self.queued_bytes -= sum(map(_size, out))
+        else:
+            for key in list(self._queues):
+                queue = self._queues[key]
+                held = self._held.get(key, 0)
+                waiting = list(queue)[held:]
+                if not any(overdue(r, now) for r in waiting):
+                    continue
+                if not held:
+                    self._withdraw(key, queue[0])
+                live, gone = _split(waiting, now)
+                fresh = deque(list(queue)[:held] + live)
+                out += gone
+                if not fresh:
+                    del self._queues[key]
+                    continue
+                self._queues[key] = fresh
+                if not held:
+                    self._offer(key, fresh[0])
+        self.waiting -= len(out)
+        return out
+
+    def drain(self) -> list[PendingRecord]:
+        """Remove and return every record held here (queued or backing off)."""
+        out = [r for entry in self._retries for r in entry[2]]
+        self._retries.clear()
+        retrying = {id(r) for r in out}
+        if not self.ordered:
+            for lane in self._lanes.values():
+                out += _waiting(lane)
+                lane.records, lane.retried, lane.sealed, lane.open = [], [], [], None
+                lane.head = 0
+                lane.count = lane.nbytes = 0
+        else:
+            for key, queue in self._queues.items():
+                held = self._held.get(key, 0)
+                out.extend(r for i, r in enumerate(queue) if i >= held)
+            # records on their way stay until their request ends; the rest is gone
+            self._queues = {
+                k: deque(r for r in list(q)[: self._held[k]] if id(r) not in retrying)
+                for k, q in self._queues.items()
+                if k in self._held
+            }
+            for lane in self._lanes.values():
+                lane.ready.clear()
+                lane.nbytes = 0
+        self.queued = self.queued_bytes = 0
+        self.waiting = 0
+        return out
+
+    def _entry_size(self, lane: Lane) -> int:
+        """The size of the entry a lane would send first (0: none): a record larger than
+        a request goes in a request of its own."""
+        if self.ordered:
+            ready = lane.ready
+            return self._queues[next(iter(ready))][0].size if ready else 0
+        if self.packing:  # (an open aggregate never exceeds a request)
+            return lane.sealed[0].size if lane.sealed else 0
+        head = lane.oldest()
+        return head.size if head is not None else 0
+
+    # --- cutting batches ----------------------------------------------------------------
+
+    def _head(self, lane: Lane) -> tuple[PendingRecord | None, int]:
+        """The oldest record a lane offers (None: none), and how many it offers."""
+        if self.ordered:
+            ready = lane.ready
+            return (self._queues[next(iter(ready))][0], len(ready)) if ready else (None, 0)
+        return lane.oldest(), lane.count if self.packing else lane.waiting_plain()
+
+    def _scan(self, now: float, flushing: bool) -> tuple[list[Lane] | None, float]:
+        """(lanes that may send, if a batch is due now, else None; when to look again)."""
+        limiter = self.limiter
+        ordered = self.ordered
+        sendable: list[Lane] = []
+        n = nbytes = 0
+        oldest = blocked = _INF
+        if self._map is None and not self.ordered:  # one lane, no pacing
+            head = self.default.oldest()
+            if head is None:
+                return None, _INF
+            oldest = head.deadline + self._linger_offset
+            if flushing or oldest <= now or self._full(self.queued, self.queued_bytes):
+                return [self.default], now
+            return None, oldest
+        for lane in self._lanes.values():
+            head, offered = self._head(lane)
+            if head is None or lane.suspended:
+                continue
+            # (unaggregated lanes do not keep their bytes: the head's size times the count
+            # estimates them, for decisions that need no more than an estimate)
+            lane_bytes = offered * head.size if not ordered and not self.packing else lane.nbytes
+            if limiter is not None and lane.shard_id is not None:
+                need_n = 1.0 if self.aggregate else min(offered, self._granule_records)
+                need_b = max(head.size, min(lane_bytes, self._granule_bytes))
+                wait = limiter.delay(lane.shard_id, need_n, need_b)
+                if wait > 0:
+                    blocked = min(blocked, now + wait)
+                    continue
+            sendable.append(lane)
+            n += offered
+            nbytes += lane_bytes
+            oldest = min(oldest, head.deadline + self._linger_offset)
+        if not ordered and blocked == _INF:
+            nbytes = self.queued_bytes  # every lane may send: the exact total
+        if sendable and (flushing or oldest <= now or self._full(n, nbytes)):
+            return sendable, now
+        return None, min(oldest, blocked)
+
+    def wake_time(self, now: float, flushing: bool) -> float | None:
+        """When a batch will be ready without new input (monotonic), None if never."""
+        self._promote(now)
+        _, when = self._scan(now, flushing)
+        if self._retries:
+            when = min(when, self._retries[0][0])
+        return None if when == _INF else when
+
+    def next_batch(self, now: float, flushing: bool) -> Batch | None:
+        """Take the next batch if one is ready (None: nothing due, nothing expired).
+
+        Records found expired on the way are returned in it. Every record taken is
+        later passed to :meth:`done` (directly, or after :meth:`retry_at`).
+        """
+        self._promote(now)
+        if not self.queued:
+            return None
+        lanes, _ = self._scan(now, flushing)
+        if lanes is None:
+            return None
+        if len(lanes) > 1:
+            turn = self._turn % len(lanes)
+            self._turn += 1
+            lanes = lanes[turn:] + lanes[:turn]
+        limiter = self.limiter
+        expired: list[PendingRecord] = []
+        entries: list[Entry] = []
+        room_n = self.max_records
+        room_b = self.max_bytes
+        taken = 0
+        # First each lane gets an equal share of the request (fair between shards, and a
+        # batch then spans the oldest records of every lane), then what is left over.
+        share_n = -(-room_n // len(lanes))
+        share_b = -(-room_b // len(lanes))
+        # (aggregating) open aggregates go only when they lingered, when flushing, or when
+        # nothing sealed waits: a full queue fills aggregates before they go
+        seal = flushing or not any(lane.sealed for lane in lanes)
+        sent: set[int] = set()  # lanes with an entry in the request (their first went)
+        for rest in (False, True) if len(lanes) > 1 else (True,):
+            for lane in lanes:
+                if room_n <= 0 or room_b <= 0:
+                    break
+                tokens_n = tokens_b = _INF
+                paced = limiter is not None and lane.shard_id is not None
+                if paced:
+                    tokens_n, tokens_b = limiter.available(lane.shard_id)  # type: ignore[union-attr, arg-type]
+                    if id(lane) in sent and (tokens_n < 1 or tokens_b <= 0):
+                        continue
+                room_n_lane = room_n if rest else min(room_n, share_n)
+                room_b_lane = room_b if rest else min(room_b, share_b)
+                if self.solo and not entries:
+                    big = self._entry_size(lane)
+                    if big > self.max_bytes:  # larger than a request: alone in one
+                        room_n_lane, room_b_lane = 1, big
+                first = len(entries)
+                if self.ordered:
+                    taken += self._take_runs(
+                        lane, entries, room_n_lane, room_b_lane, tokens_n, tokens_b, now, expired
+                    )
+                    used = sum(e.size for e in entries[first:])
+                elif self.packing:
+                    n, nbytes, used = self._take_packed(
+                        lane, entries, room_n_lane, room_b_lane, tokens_n, tokens_b, now, seal,
+                        expired,
+                    )
+                    taken += n
+                    self.queued -= n
+                    self.queued_bytes -= nbytes
+                else:
+                    n, nbytes, used = _take_built(
+                        lane, entries, room_n_lane, room_b_lane, tokens_n, tokens_b, now, expired
+                    )
+                    taken += n
+                    self.queued -= n
+                    self.queued_bytes -= nbytes
+                added = len(entries) - first
+                if added:
+                    sent.add(id(lane))
+                    if paced:
+                        limiter.take(lane.shard_id, added, used)  # type: ignore[union-attr, arg-type]
+                    room_n -= added
+                    room_b -= used
+        if expired and not self.ordered:
+            self.queued -= len(expired)
+            self.queued_bytes -= sum(map(_size, expired))
+        self.waiting -= taken + len(expired)
+        return Batch(entries, taken, expired) if entries or expired else None
+
+    def _take_packed(
+        self,
+        lane: Lane,
+        entries: list[Entry],
+        room_n: int,
+        room_b: int,
+        tokens_n: float,
+        tokens_b: float,
+        now: float,
+        seal: bool,
+        gone: list[PendingRecord],
+    ) -> tuple[int, int, int]:
+        """Unordered, aggregating: take a lane's sealed entries, then its open aggregate
+        (sealed now) if it lingered or ``seal``, and the request and the tokens have room
+        left for it. Expired records go to ``gone`` (counted out by the caller)."""
+        head = lane.oldest()
+        if head is not None and overdue(head, now):
+            self._drop_expired(lane, now, gone)
+        before = len(entries)
+        n, nbytes, used = _take_sealed(lane, entries, room_n, room_b, tokens_n, tokens_b)
+        added = len(entries) - before
+        agg = lane.open
+        if lane.sealed or agg is None or added >= room_n or used >= room_b:
+            return n, nbytes, used
+        if not seal and agg.records[0].deadline + self._linger_offset > now:
+            return n, nbytes, used
+        if added and (added >= tokens_n or used >= tokens_b):
+            return n, nbytes, used
+        lane.sealed.append(self._seal(lane, agg))
+        lane.open = None
+        more = _take_sealed(
+            lane, entries, room_n - added, room_b - used, tokens_n - added, tokens_b - used
+        )
+        return n + more[0], nbytes + more[1], used + more[2]
+
+
+    def _take_runs(
+        self,
+        lane: Lane,
+        entries: list[Entry],
+        room_n: int,
+        room_b: int,
+        tokens_n: float,
+        tokens_b: float,
+        now: float,
+        gone: list[PendingRecord],
+    ) -> int:
+        """Ordered: pack the ready keys' next records; mark what was taken as held."""
+        taken = self._packer.pack_runs(
+            lane.shard_id,
+            lane.landing,
+            self._runs(lane, now, gone),
+            entries,
+            room_n,
+            room_b,
+            tokens_n,
+            tokens_b,
+        )
+        n = 0
+        for key, count_ in taken:
+            self._withdraw(key, self._queues[key][0])
+            self._held[key] = count_
+            n += count_
+        return n
+
+    def _runs(self, lane: Lane, now: float, gone: list[PendingRecord]) -> Iterator[Run]:
+        """The ready keys of ``lane`` in turn, each with its next records for the lane
+        (only the next one without aggregation); expired ones go to ``gone`` first."""
+        shard_id = lane.shard_id
+        aggregate = self.aggregate and shard_id is not None
+        for key in list(lane.ready):
+            queue = self._queues[key]
+            head = queue[0]
+            if overdue(head, now):
+                self._withdraw(key, head)
+                while queue and overdue(queue[0], now):
+                    gone.append(queue.popleft())
+                if not queue:
+                    del self._queues[key]
+                    continue
+                self._offer(key, queue[0])
+                if queue[0].shard != shard_id:
+                    continue  # its next record is for another lane now
+                head = queue[0]
+            if not aggregate:
+                yield key, (head,)
+                continue
+            run = []
+            for record in queue:
+                if record.shard != shard_id or overdue(record, now):
+                    break
+                run.append(record)
+            yield key, run
+
+
+def _waiting(lane: Lane) -> list[PendingRecord]:
+    """Every record waiting in an unordered lane (aggregates' records as they are)."""
+    out = lane.retried + lane.records[lane.head :]
+    for entry in lane.sealed:
+        if type(entry) is Aggregate:
+            out += entry.records
+        else:
+            out.append(entry)  # type: ignore[arg-type]
+    if lane.open is not None:
+        out += lane.open.records
+    return out
+
+
+# --- taking entries into a request -------------------------------------------------------
+
+
+def _take_built(
+    lane: Lane,
+    out: list[Entry],
+    room_n: int,
+    room_b: int,
+    tokens_n: float,
+    tokens_b: float,
+    now: float,
+    expired: list[PendingRecord],
+) -> tuple[int, int, int]:
+    """Take records built at ``put()`` as entries of their own: retried ones first, then
+    the others in put order, in bulk while none expired and the sizes fit at a glance.
+
+    Returns (records taken, their bytes, the entries' bytes); expired records go to
+    ``expired``.
+    """
+    cap_n = room_n if tokens_n >= room_n else max(1, int(tokens_n))
+    cap_b = room_b if tokens_b >= room_b else tokens_b
+    n = used = 0
+    if lane.retried:
+        n, used, i = _take_one_by_one(
+            lane.retried, 0, out, cap_n, cap_b, room_b, now, expired, 0, 0
+        )
+        del lane.retried[:i]
+    records = lane.records
+    head = lane.head
+    k = min(cap_n - n, len(records) - head)
+    if k > 0:
+        # The records are in put order, so in deadline order: if the first did not
+        # expire, none did (the periodic sweep catches any exception to the rule).
+        chunk = records[head : head + k]
+        nbytes = sum(map(_size, chunk))
+        if used + nbytes <= cap_b and not overdue(chunk[0], now):
+            head += k
+            out += chunk
+            n += k
+            used += nbytes
+        else:
+            n, used, head = _take_one_by_one(
+                records, head, out, cap_n, cap_b, room_b, now, expired, n, used
+            )
+        if head >= _COMPACT and head * 2 >= len(records):
+            del records[:head]
+            head = 0
+        lane.head = head
+    return n, used, used
+
+
+def _take_one_by_one(
+    records: list[PendingRecord],
+    i: int,
+    out: list[Entry],
+    cap_n: int,
+    cap_b: float,
+    room_b: int,
+    now: float,
+    expired: list[PendingRecord],
+    n: int,
+    used: int,
+) -> tuple[int, int, int]:
+    """Take ``records`` from index ``i`` on, one at a time, within the caps; the expired
+    ones go to ``expired``. Returns (records taken, bytes, the index reached)."""
+    while i < len(records) and n < cap_n:
+        record = records[i]
+        size = record.size
+        if used + size > cap_b and (n or size > room_b):
+            break
+        i += 1
+        if overdue(record, now):
+            expired.append(record)
+            continue
+        used += size
+        n += 1
+        out.append(record)
+    return n, used, i
+
+
+def _take_sealed(
+    lane: Lane,
+    out: list[Entry],
+    room_n: int,
+    room_b: int,
+    tokens_n: float,
+    tokens_b: float,
+) -> tuple[int, int, int]:
+    """Take a lane's sealed entries as they are, first in line first.
+
+    Returns (records taken, their bytes, the entries' bytes). Expired records are taken
+    out beforehand by the accumulator.
+    """
+    sealed = lane.sealed
+    taken = taken_bytes = entries = used = i = 0
+    while i < len(sealed) and entries < room_n and used < room_b:
+        if entries and (entries >= tokens_n or used >= tokens_b):
+            break
+        entry = sealed[i]
+        size = entry.size
+        if size > room_b - used or (entries and size > tokens_b - used):
+            break
+        i += 1
+        out.append(entry)
+        entries += 1
+        used += size
+        if type(entry) is Aggregate:
+            taken += len(entry.records)
+            taken_bytes += entry.nbytes
+        else:
+            taken += 1
+            taken_bytes += size
+    del sealed[:i]
+    lane.count -= taken
+    lane.nbytes -= taken_bytes
+    return taken, taken_bytes, used
+
