@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime, timezone
 
 import anyio
 import anyio.abc
@@ -16,6 +17,7 @@ import anyio.abc
 from shardflow.consumer.checkpoint import ConsumerScope
 from shardflow.consumer.lease_session import LeaseSession
 from shardflow.consumer.lease_store import MemoryLeaseTable
+from shardflow.consumer.lease_table import Lease
 from shardflow.models import Shard
 
 FAILOVER = 0.5
@@ -116,3 +118,22 @@ async def test_one_worker_holding_every_lease_gives_the_others_their_share() -> 
         await until(group.balanced, 30, "balanced: 5 leases each")
         assert set(group.loads().values()) == {5}
         tg.cancel_scope.cancel()
+
+
+async def test_a_lease_without_a_checkpoint_starts_at_its_sentinel() -> None:
+    # IteratorBuilder starts a lease from its sentinel; the KCL keeps AT_TIMESTAMP's time
+    # in the worker's InitialPositionInStreamExtended, not in the lease.
+    when = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    for start_at, at_timestamp in (("LATEST", "TRIM_HORIZON"), (when, when)):
+        table = MemoryLeaseTable()
+        for n, checkpoint in enumerate(
+            ["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP", "4959033827149", "SHARD_END"]
+        ):
+            table.items[f"s{n}"] = Lease(f"s{n}", checkpoint=checkpoint)
+        session = LeaseSession(
+            table.store("me"), ConsumerScope("app", "s", "s", start_at), Listener(), FAILOVER
+        )
+        await session.start()
+        assert [session.start_position(f"s{n}") for n in range(6)] == [
+            "TRIM_HORIZON", "LATEST", at_timestamp, None, None, None
+        ]

@@ -439,15 +439,22 @@ class LeaseSession:
         if planned:
             await self._create_all(planned)
             self._wake.set()
+        listed_children = self._listed_children()
         for lease in list(self._leases.values()):
             if not lease.finished:
                 continue
-            children = frozenset(
-                s.shard_id for s in self._listing.values() if lease.shard_id in s.parent_ids
-            )
+            children = listed_children.get(lease.shard_id, frozenset())
             if children and not children <= lease.children:
                 await self._table.set_children(lease.shard_id, children | lease.children)
                 self._leases[lease.shard_id] = replace(lease, children=children | lease.children)
+
+    def _listed_children(self) -> dict[str, frozenset[str]]:
+        """Parent id -> its children in the listing (one pass over the listing)."""
+        children: dict[str, set[str]] = {}
+        for shard in self._listing.values():
+            for parent in shard.parent_ids:
+                children.setdefault(parent, set()).add(shard.shard_id)
+        return {parent: frozenset(ids) for parent, ids in children.items()}
 
     async def _create_all(self, planned: Sequence[Lease]) -> None:
         """Create ``planned``; once one exists already, another worker is creating them
@@ -573,10 +580,11 @@ class LeaseSession:
             await self._shed(plan.shed)
         if not notify:
             return
+        listed_children = self._listed_children()
         stale_listing = any(
             lease.finished
             and lease.shard_id in self._listing
-            and not any(lease.shard_id in s.parent_ids for s in self._listing.values())
+            and lease.shard_id not in listed_children
             for lease in self._leases.values()
         )
         if stale_listing and now - self._relisted_at > self._failover:
