@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -151,7 +152,8 @@ def run_reader(name: str, url: str, stream: str, records: int, aggregated: bool,
     """One reader contender in its own process (its figures, or why it did not run)."""
     env = dict(os.environ)
     root = str(ROOT)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, root) if p)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (pythonpath, os.environ.get("PYTHONPATH"), root) if p)
     command = [sys.executable, "-m", "benchmarks.contenders.readers", name, "--url", url,
                "--stream", stream, "--records", str(records)]
     if aggregated:
@@ -190,14 +192,18 @@ def throughput(ep: Endpoint, records: int, shards: int, only: Sequence[str],
 
 
 async def measure_latency(
-    url: str, name: str, count: int, interval: float, poll: float
+    url: str, name: str, count: int, interval: float, poll: float, fan_out: bool
 ) -> dict[str, Any]:
     sent: dict[bytes, float] = {}
     latencies: list[float] = []
-    async with Consumer(name, endpoint_url=url, start_at="LATEST", poll_interval=poll) as c:
-        # Every shard has its LATEST iterator (and is idle) before the first put.
+    cpu0 = _cpu()
+    async with Consumer(name, endpoint_url=url, start_at="LATEST", poll_interval=poll,
+                        fan_out="bench-latency" if fan_out else False) as c:
+        # Every shard has its LATEST iterator or subscription (and is idle) before the
+        # first put.
         with anyio.fail_after(30):
-            while c.stats().get_records_calls < 8:  # noqa: ASYNC110 - polling counters
+            while (c.stats().subscriptions if fan_out  # noqa: ASYNC110 - polling counters
+                   else c.stats().get_records_calls) < 8:
                 await anyio.sleep(0.01)
         async with contextlib.AsyncExitStack() as stack:
             kinesis = await _aws.open_client(stack, "kinesis", endpoint_url=url)
@@ -217,9 +223,12 @@ async def measure_latency(
                         latencies.append(time.perf_counter() - sent[record.data])
                         if len(latencies) >= count:
                             break
+    cpu = _cpu() - cpu0
     latencies.sort()
     q = statistics.quantiles(latencies, n=100, method="inclusive")
     return {
+        "reader": "fan-out (SubscribeToShard)" if fan_out else "polling (GetRecords)",
+        "cpu_s": cpu,
         "records": len(latencies),
         "shards": 8,
         "poll_interval": poll,
@@ -232,12 +241,20 @@ async def measure_latency(
     }
 
 
-def latency(ep: Endpoint, count: int, interval: float, poll: float) -> dict[str, Any]:
-    name = create_stream(ep.url, 8)
-    print(f"[{ep.name}] latency: {count} records, one every {interval}s over 8 shards ...",
-          file=sys.stderr)
-    return {"endpoint": ep.name, **anyio.run(measure_latency, ep.url, name, count, interval,
-                                             poll)}
+def latency(ep: Endpoint, count: int, interval: float, poll: float) -> list[dict[str, Any]]:
+    rows = []
+    for fan_out in (False, True):
+        name = create_stream(ep.url, 8)
+        print(f"[{ep.name}] latency ({'fan-out' if fan_out else 'polling'}): {count} records, "
+              f"one every {interval}s over 8 shards ...", file=sys.stderr)
+        rows.append({"endpoint": ep.name, **anyio.run(measure_latency, ep.url, name, count,
+                                                      interval, poll, fan_out)})
+    return rows
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -273,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                       MOTO_MAX_RECORDS)
                 rows += throughput(ep, records, args.shards, args.only, args.baseline)
             if not args.skip_latency:
-                lat.append(latency(ep, args.latency_records, args.latency_interval, args.poll))
+                lat += latency(ep, args.latency_records, args.latency_interval, args.poll)
 
     if rows:
         print("\nRead and deliver: each reader in its own process, TRIM_HORIZON, "
@@ -288,12 +305,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             align="lllrr",
         ))
     if lat:
-        print("\nPut-to-delivery latency, 8 mostly idle shards, LATEST\n")
+        print("\nPut-to-delivery latency, 8 mostly idle shards, LATEST (client CPU: the "
+              "whole run, writer included)\n")
         print(markdown_table(
-            ["endpoint", "records", "poll_interval s", "p50 s", "p90 s", "p99 s", "max s"],
-            [[r["endpoint"], fmt_int(r["records"]), fmt_float(r["poll_interval"], 1),
+            ["endpoint", "reader", "records", "poll_interval s", "p50 s", "p90 s", "p99 s",
+             "max s", "client CPU s"],
+            [[r["endpoint"], r["reader"], fmt_int(r["records"]), fmt_float(r["poll_interval"], 1),
               fmt_float(r["p50_s"], 3), fmt_float(r["p90_s"], 3), fmt_float(r["p99_s"], 3),
-              fmt_float(r["max_s"], 3)] for r in lat],
+              fmt_float(r["max_s"], 3), fmt_float(r["cpu_s"], 2)] for r in lat],
+            align="llrrrrrrr",
         ))
     path = write_results("consumer", {"throughput": rows, "latency": lat,
                                       "command": " ".join(["python -m benchmarks.consumer",

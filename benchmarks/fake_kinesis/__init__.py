@@ -17,6 +17,10 @@ bodies) in front of an in-memory Kinesis. Its CPU is not the client's.
 - ListShards, DescribeStream(Summary), ListStreams, CreateStream, DeleteStream,
   GetShardIterator (all five types) and GetRecords. Records are kept for GetRecords only
   with ``--store`` (without it memory stays flat and GetRecords returns nothing).
+- Enhanced fan-out: Register/Describe/List/DeregisterStreamConsumer, and SubscribeToShard
+  answered in AWS's binary event-stream framing (an initial-response event, then an event
+  at once, after every put to the shard, and every second when idle; 5 minutes each).
+  Events carry stored records, so fan-out needs ``--store``.
 - It counts Kinesis records and USER records: a KPL aggregate counts its sub-records
   (decoded with ``shardflow.aggregation``, only when the magic matches).
 - ``GET /_stats`` returns the counters (JSON); ``POST /_reset`` forgets streams and counters.

@@ -19,6 +19,7 @@ import orjson
 
 from . import reads
 from .aggregates import count_user_records
+from .fan_out import FanOut
 from .reads import decode_token, encode_token
 from .streams import ACCOUNT, Stream
 from .validation import (
@@ -91,12 +92,15 @@ class KinesisFake:
             "GetShardIterator": self.get_shard_iterator,
             "GetRecords": self.get_records,
         }
+        self.fan_out = FanOut(self.streams, lambda req: self._stream(req, create=False))
+        self._ops.update(self.fan_out.ops())
 
     # -- plumbing ------------------------------------------------------------------------
 
     def reset(self) -> None:
         """Forget every stream and zero the counters."""
         self.streams.clear()
+        self.fan_out.consumers.clear()
         self.stats = _new_stats()
 
     def snapshot(self) -> dict[str, Any]:
@@ -280,6 +284,8 @@ class KinesisFake:
             stored = stream.stored
             for e, index in zip(records, shard_of, strict=True):
                 stored[index].append((now, e["Data"], e["PartitionKey"]))
+            if self.fan_out.watchers:
+                self.fan_out.notify(stream, set(shard_of))
         users = len(records)
         for data, index in aggregates:
             users += self._sub_records(stream, data, index) - 1

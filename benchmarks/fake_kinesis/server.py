@@ -19,12 +19,18 @@ from collections.abc import Callable
 import orjson
 
 from .backend import KinesisFake
+from .fan_out import INITIAL_RESPONSE, Subscription
 from .validation import KinesisError
 
 __all__ = ["HOST", "serve"]
 
 HOST = "127.0.0.1"
 TARGET_PREFIX = "Kinesis_20131202."
+SUBSCRIBE = TARGET_PREFIX + "SubscribeToShard"
+HEARTBEAT = 1.0
+"""Seconds between events on an idle subscription."""
+LIFETIME = 300.0
+"""Seconds a subscription lasts, as on AWS."""
 MAX_BODY = 32 * 1024 * 1024
 MAX_HEAD = 64 * 1024
 
@@ -92,6 +98,7 @@ class HTTPConnection(asyncio.Protocol):
         self.pending: deque[tuple[float, bytes, bool]] = deque()
         self.closing = False
         self.loop = asyncio.get_running_loop()
+        self.stream: EventStream | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -101,6 +108,34 @@ class HTTPConnection(asyncio.Protocol):
         self.transport = None
         self.closing = True
         self.pending.clear()
+        if self.stream is not None:
+            self.stream.stop()
+            self.stream = None
+
+    def _subscribe(self, body: bytes) -> None:
+        """SubscribeToShard: an error answer, or this connection becomes an event stream."""
+        fake = self.server.fake
+        stats = fake.stats
+        stats["requests"] += 1
+        ops = stats["operations"]
+        ops["SubscribeToShard"] = ops.get("SubscribeToShard", 0) + 1
+        try:
+            request = orjson.loads(body)
+            if not isinstance(request, dict):
+                raise KinesisError("SerializationException", "Request body must be a JSON "
+                                   "object", "bad_json")
+            sub = fake.fan_out.subscribe(request)
+        except orjson.JSONDecodeError:
+            self._send(Server._error(KinesisError(
+                "SerializationException", "Malformed JSON request body", "bad_json")),
+                close=False)
+            return
+        except KinesisError as exc:
+            self._send(Server._error(exc), close=False)
+            return
+        assert self.transport is not None
+        self.stream = EventStream(self, sub)
+        self.stream.start()
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
@@ -121,6 +156,9 @@ class HTTPConnection(asyncio.Protocol):
             body = bytes(buf[self.body_start:self.need])
             del buf[:self.need]
             self.head = None
+            if headers.get("x-amz-target") == SUBSCRIBE and method == "POST" and path == "/":
+                self._subscribe(body)
+                return  # the connection is the subscription's until it ends
             self._send(self.server.respond(method, path, headers, body), close=not keep_alive)
 
     def _parse_head(self, text: str, end: int) -> bool:
@@ -186,6 +224,72 @@ class HTTPConnection(asyncio.Protocol):
             self.transport.close()
             self.transport = None
             self.pending.clear()
+
+
+class EventStream:
+    """A SubscribeToShard answer on one connection: chunked event-stream messages, an
+    event at once, one after every put to the shard, a heartbeat event every
+    ``HEARTBEAT`` seconds, and the end of the stream after ``LIFETIME`` (5 minutes)."""
+
+    def __init__(self, conn: HTTPConnection, sub: Subscription) -> None:
+        self.conn = conn
+        self.sub = sub
+        self.loop = conn.loop
+        self.unwatch: Callable[[], None] | None = None
+        self.scheduled = False
+        self.last_sent = 0.0
+        self.timers: list[asyncio.TimerHandle] = []
+
+    def start(self) -> None:
+        head = ("HTTP/1.1 200 OK\r\nContent-Type: application/vnd.amazon.eventstream\r\n"
+                "Transfer-Encoding: chunked\r\n"
+                f"x-amzn-RequestId: {os.urandom(16).hex()}\r\n\r\n")
+        self._write(head.encode("latin-1"))
+        self._chunk(INITIAL_RESPONSE)
+        self.unwatch = self.conn.server.fake.fan_out.watch(self.sub, self.wake)
+        self.push()
+        self.timers.append(self.loop.call_later(HEARTBEAT, self.heartbeat))
+        self.timers.append(self.loop.call_later(LIFETIME, self.end))
+
+    def wake(self) -> None:
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.push)
+
+    def push(self) -> None:
+        self.scheduled = False
+        self._chunk(self.sub.event())
+        while self.sub.pending:
+            self._chunk(self.sub.event())
+
+    def heartbeat(self) -> None:
+        if self.loop.time() - self.last_sent >= HEARTBEAT * 0.9:
+            self.push()
+        self.timers.append(self.loop.call_later(HEARTBEAT, self.heartbeat))
+
+    def end(self) -> None:
+        self._write(b"0\r\n\r\n")
+        self.stop()
+        transport = self.conn.transport
+        if transport is not None:
+            transport.close()
+
+    def stop(self) -> None:
+        if self.unwatch is not None:
+            self.unwatch()
+            self.unwatch = None
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
+
+    def _chunk(self, message: bytes) -> None:
+        self.last_sent = self.loop.time()
+        self._write(f"{len(message):x}\r\n".encode() + message + b"\r\n")
+
+    def _write(self, data: bytes) -> None:
+        transport = self.conn.transport
+        if transport is not None:
+            transport.write(data)
 
 
 async def serve(

@@ -31,6 +31,7 @@ CONTENDERS: tuple[str, ...] = (
     "async_kinesis",
     "shardflow",
     "shardflow_batches",
+    "shardflow_fan_out",
 )
 
 

@@ -434,18 +434,18 @@ class ShardReader:
         if self._last_seq is None or int(sequence_number) > int(self._last_seq):
             self._last_seq = sequence_number
 
-    def accept(self, raw_records: Sequence[dict[str, Any]]) -> None:
-        """Convert and buffer one answer's ``Records`` (in the service's JSON shape).
-        Records at or before the last one fetched are left out (a renewed fetch may
-        repeat its start)."""
+    def accept(self, raw_records: Sequence[dict[str, Any]]) -> int:
+        """Convert and buffer one answer's ``Records`` (in the service's JSON shape);
+        returns the number of user records they held. Records at or before the last one
+        fetched are left out (a renewed fetch may repeat its start)."""
         if not raw_records:
-            return
+            return 0
         last_seq = self._last_seq
         if last_seq is not None and int(raw_records[0]["SequenceNumber"]) <= int(last_seq):
             after = int(last_seq)
             raw_records = [r for r in raw_records if int(r["SequenceNumber"]) > after]
             if not raw_records:
-                return
+                return 0
         self._last_seq = raw_records[-1]["SequenceNumber"]
         batch, dropped = to_records(self.shard, raw_records, self._skip_to)
         if dropped:  # (to_records logs each dropped aggregate)
@@ -454,6 +454,7 @@ class ShardReader:
         if batch:
             self._last_position = batch[-1].position
             self._push(batch)
+        return len(batch) + dropped
 
     async def wait_for_room(self) -> None:
         """Return once the buffer has room for another answer."""
@@ -511,6 +512,9 @@ class PollingSource:
         cfg, counters, call = self._config, self._counters, self._transport.call
         pacer = ReadPacer(1.0 / cfg.min_call_interval, cfg.read_bytes_per_s)
         limit = cfg.get_records_limit
+        # KPL aggregates hold many user records each: ask for fewer Kinesis records so
+        # one answer stays within the buffer (max_buffer_records user records).
+        per_record = 1.0
         iterator: str | None = await self._iterator(reader)
         attempt = 0
         while iterator is not None:
@@ -521,7 +525,8 @@ class PollingSource:
             pacer.called(anyio.current_time())
             counters.get_records_calls += 1
             try:
-                response = await call("GetRecords", {"ShardIterator": iterator, "Limit": limit})
+                ask = min(limit, max(1, int(cfg.max_buffer_records / per_record)))
+                response = await call("GetRecords", {"ShardIterator": iterator, "Limit": ask})
             except errors.ExpiredIterator:
                 counters.iterators_renewed += 1
                 iterator = await self._iterator(reader)
@@ -541,7 +546,7 @@ class PollingSource:
                 # AWS counts record data against the shard's 2 MiB/s (base64: 4 chars, 3 bytes)
                 nbytes = sum(map(len, map(_data, raw))) * 3 // 4
                 pacer.spent(anyio.current_time(), nbytes)
-                reader.accept(raw)
+                per_record = max(1.0, reader.accept(raw) / len(raw))
             iterator = response.get("NextShardIterator")
             if iterator is None:
                 await reader.reach_end([child_shard(c) for c in response.get("ChildShards") or ()])
@@ -549,7 +554,7 @@ class PollingSource:
             # Caught up: wait poll_interval. A full response, or an empty one that says
             # the tip is still ahead (AWS skips gaps this way), reads again at once.
             behind = response.get("MillisBehindLatest")
-            if len(raw) < limit and (behind == 0 or (behind is None and not raw)):
+            if len(raw) < ask and (behind == 0 or (behind is None and not raw)):
                 await anyio.sleep(cfg.poll_interval)
 
     async def _iterator(self, reader: ShardReader) -> str:
