@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import random
 import selectors
 import statistics
@@ -108,7 +109,10 @@ class Worker:
 
 
 class Group:
-    def __init__(self, shards: int, failover: float, latency: float, seed: int) -> None:
+    def __init__(
+        self, shards: int, failover: float, latency: float, seed: int, **session: Any
+    ) -> None:
+        self.session_options = session
         self.table = MemoryLeaseTable(latency=latency)
         step = (MAX_HASH + 1) // shards
         self.listing = [
@@ -129,7 +133,7 @@ class Group:
         scope = ConsumerScope("app", "stream", "stream", "TRIM_HORIZON")
         session = LeaseSession(
             self.table.store(name), scope, listener, self.failover,
-            rng=random.Random(self.rng.random()),
+            rng=random.Random(self.rng.random()), **self.session_options,
         )
         worker = Worker(name, session, listener)
         self.workers.append(worker)
@@ -207,9 +211,9 @@ def _rates(samples: list[dict[str, float]], since: float, until: float) -> dict[
     }
 
 
-async def cold(workers: int, shards: int, failover: float, latency: float, seed: int
-               ) -> dict[str, Any]:
-    group = Group(shards, failover, latency, seed)
+async def cold(workers: int, shards: int, failover: float, latency: float, seed: int,
+               *, kill: bool = True, **session: Any) -> dict[str, Any]:
+    group = Group(shards, failover, latency, seed, **session)
     async with anyio.create_task_group() as tg:
         tg.start_soon(group.sample)
         group.expected = workers
@@ -229,6 +233,9 @@ async def cold(workers: int, shards: int, failover: float, latency: float, seed:
         t1 = anyio.current_time()
         steady = _rates(group.samples, t0, t1)
         startup = _rates(group.samples, 0.0, t0)
+        if not kill:
+            tg.cancel_scope.cancel()
+            return {"balance_s": balance, "steady": steady, "startup": startup}
         victim = group.workers[0]
         held = {x.shard_id for x in group.table.items.values() if x.owner == victim.name}
         victim.scope.cancel()  # killed: no release
@@ -293,7 +300,14 @@ def run_group(workers: int, shards: int, args: argparse.Namespace) -> dict[str, 
         result["cpu_s"] = timer.result.cpu_seconds
         return result
 
-    return {"workers": workers, "shards": shards, "cold": sim(cold), "hold_all": sim(hold_all)}
+    result = {"workers": workers, "shards": shards, "cold": sim(cold), "hold_all": sim(hold_all)}
+    if args.compare:
+        # The cadence before issue 18, same code otherwise: every worker scans the whole
+        # table every failover_time / 3, no expiry watch.
+        result["old_cadence"] = sim(functools.partial(
+            cold, kill=False, scan_interval=args.failover / 3, watch=False
+        ))
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--failover", type=float, default=10.0,
                         help="failover_time in seconds (default 10, the KCL's)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--compare", action="store_true",
+                        help="also run each group with every worker scanning the whole "
+                             "table every failover/3 and no expiry watch (the cadence "
+                             "before issue 18): steady reads in the same run")
     parser.add_argument("--out", default=None, help="results folder")
     args = parser.parse_args(argv)
     groups = [tuple(int(x) for x in g.split("x")) for g in args.groups.split(",")]
@@ -337,6 +355,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nLease groups: failover_time {args.failover} s, DynamoDB latency "
           f"{args.latency * 1000:g} ms, virtual time\n")
     print(markdown_table(headers, rows))
+    if args.compare:
+        compared = []
+        for r in results:
+            new, old = r["cold"]["steady"], r["old_cadence"]["steady"]
+            compared.append([
+                f"{r['workers']} x {r['shards']:,}", fmt_float(old["rcu"]), fmt_float(new["rcu"]),
+                fmt_float(old["rcu"] / new["rcu"] if new["rcu"] else None, 2),
+                fmt_float(old["wcu"]), fmt_float(new["wcu"]),
+            ])
+        print("\nSteady reads, same run: scanning everything every failover/3 (old) vs now\n")
+        print(markdown_table(
+            ["workers x shards", "old RCU/s", "now RCU/s", "old / now", "old WCU/s",
+             "now WCU/s"], compared))
     from pathlib import Path
 
     path = write_results(
