@@ -87,3 +87,25 @@ async def test_a_consumer_deregistered_while_in_use_is_a_clear_error(
         await read_on()
     assert "doomed" in str(caught.value)
     assert "shardId-000000000000" in str(caught.value)
+
+
+async def test_internal_failure_events_are_retried_without_loss_or_repeat(
+    kinesis_mock_url: str,  # noqa: F811
+) -> None:
+    url = kinesis_mock_url
+    name = unique_name("fo")
+    create_mock_stream(url, name, shards=1)
+    items = numbered(120)
+    async with FaultProxy(url, fail_subscription_after=1) as proxy, Consumer(
+        name, fan_out="failing", endpoint_url=proxy.url
+    ) as consumer:
+        got = []
+        for start in range(0, len(items), 40):
+            put_records(url, name, items[start:start + 40])
+            got += await collect(consumer, 40, within=30)
+        assert await no_more(consumer, 1.5) == []
+        stats = consumer.stats()
+        failed = proxy.counts["subscriptions_failed"]
+    assert [r.data for r in got] == [d for _, d in items]
+    assert failed >= 2
+    assert stats.retries >= failed

@@ -48,7 +48,9 @@ Faults (all off by default; fractions are probabilities between 0 and 1):
 - Enhanced fan-out: ``subscription_in_use_fraction`` / ``subscription_limit_fraction``:
   per SubscribeToShard call, ``ResourceInUseException`` / ``LimitExceededException``
   (not forwarded); ``cut_subscription_after``: each subscription's event stream is cut
-  (connection reset) after that many events, as when a network path breaks mid-way.
+  (connection reset) after that many events, as when a network path breaks mid-way;
+  ``fail_subscription_after``: each subscription ends after that many events with an
+  ``InternalFailureException`` exception event, as AWS ends a failing one.
   Events are relayed as they come (the stream is not buffered).
 - Request level, for the operations in ``operations`` (default: PutRecord, PutRecords,
   GetRecords; ``{"*"}`` means every operation): ``error_5xx_fraction`` (500
@@ -70,7 +72,7 @@ whose answer was dropped: the only source of duplicates), ``delayed``, ``stalled
 ``get_records``, ``read_records``, ``expired_iterators``, ``read_throttled`` (of which
 ``read_limited``), ``upstream_errors``, ``upstream_unreachable``, ``shard_map_refreshes``,
 ``subscriptions``, ``subscriptions_in_use``, ``subscriptions_limited``,
-``subscription_events``, ``subscriptions_cut``.
+``subscription_events``, ``subscriptions_cut``, ``subscriptions_failed``.
 
 Per-entry faults rewrite request bodies, which breaks SigV4 signatures: use them in front
 of local endpoints (they ignore signatures), not in front of AWS itself.
@@ -148,6 +150,7 @@ class FaultProxy:
         subscription_in_use_fraction: float = 0.0,
         subscription_limit_fraction: float = 0.0,
         cut_subscription_after: int | None = None,
+        fail_subscription_after: int | None = None,
     ) -> None:
         parts = urlsplit(upstream_url) if isinstance(upstream_url, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
@@ -172,6 +175,7 @@ class FaultProxy:
             subscription_in_use_fraction=subscription_in_use_fraction,
             subscription_limit_fraction=subscription_limit_fraction,
             cut_subscription_after=cut_subscription_after,
+            fail_subscription_after=fail_subscription_after,
         )
         self._upstream = upstream_url.rstrip("/")
         self._port = port
@@ -361,8 +365,9 @@ class FaultProxy:
 
     async def _subscribe(self, request: web.BaseRequest, body: bytes) -> web.StreamResponse:
         """SubscribeToShard: refused by a fault, or its event stream relayed as it comes
-        (cut after ``cut_subscription_after`` events)."""
-        from ..consumer._transport import EventStreamDecoder
+        (cut after ``cut_subscription_after`` events, failed after
+        ``fail_subscription_after``)."""
+        from ..consumer._transport import EventStreamDecoder, encode_message
 
         engine = self._engine
         refused = engine.subscription_fault()
@@ -396,6 +401,16 @@ class FaultProxy:
                         engine.bump("subscriptions_cut")  # this chunk is not relayed
                         log.debug("cut a subscription after %d events", cut)
                         _faults.reset_connection(request)
+                        return answer
+                    fail = engine.config.fail_subscription_after
+                    if fail is not None and events + complete > fail:
+                        engine.bump("subscriptions_failed")  # this chunk is not relayed
+                        await answer.write(encode_message(
+                            {":message-type": "exception",
+                             ":exception-type": "InternalFailureException",
+                             ":content-type": "application/json"},
+                            b'{"message":"Internal service failure."}'))
+                        await answer.write_eof()
                         return answer
                     events += complete
                     engine.bump("subscription_events", complete)

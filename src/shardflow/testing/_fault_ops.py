@@ -65,6 +65,7 @@ COUNTS: Mapping[str, str] = {
     "subscriptions_limited": "SubscribeToShard answered LimitExceededException",
     "subscription_events": "events forwarded from SubscribeToShard streams",
     "subscriptions_cut": "SubscribeToShard streams cut mid-way (connection reset)",
+    "subscriptions_failed": "SubscribeToShard streams ended by an InternalFailure event",
 }
 """Every key of :attr:`FaultProxy.counts`, with what it counts."""
 
@@ -128,6 +129,7 @@ class FaultConfig:
     subscription_in_use_fraction: float = 0.0
     subscription_limit_fraction: float = 0.0
     cut_subscription_after: int | None = None
+    fail_subscription_after: int | None = None
 
     def __post_init__(self) -> None:
         for group in _FRACTION_GROUPS:
@@ -147,11 +149,10 @@ class FaultConfig:
         object.__setattr__(self, "operations", _operations(self.operations))
         if not isinstance(self.limits, KinesisLimits):
             raise TypeError(f"limits must be a KinesisLimits, got {shown(self.limits)}")
-        cut = self.cut_subscription_after
-        if cut is not None and (not isinstance(cut, int) or isinstance(cut, bool) or cut < 0):
-            raise ValueError(
-                f"cut_subscription_after must be a number of events >= 0 or None, got {shown(cut)}"
-            )
+        for name in ("cut_subscription_after", "fail_subscription_after"):
+            n = getattr(self, name)
+            if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+                raise ValueError(f"{name} must be a number of events >= 0 or None, got {shown(n)}")
 
     def applies_to(self, operation: str) -> bool:
         """True if request-level faults (5xx, resets, latency, stall) apply to it."""
