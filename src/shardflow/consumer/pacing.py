@@ -5,9 +5,9 @@ the tasks waiting for data or for room in a buffer.
 
 from __future__ import annotations
 
-import random
-
 import anyio
+
+from .._backoff import full_jitter
 
 __all__ = ["ReadPacer", "Signal", "backoff_delay"]
 
@@ -17,7 +17,7 @@ _BACKOFF_CAP = 10.0
 
 def backoff_delay(attempt: int, base: float = _BACKOFF_BASE, cap: float = _BACKOFF_CAP) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
-    return random.uniform(0.0, min(cap, base * (1 << min(attempt, 30))))
+    return full_jitter(attempt, base, cap)
 
 
 class ReadPacer:
