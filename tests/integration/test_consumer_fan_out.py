@@ -162,3 +162,20 @@ async def test_an_endpoint_without_fan_out_is_a_clear_error_at_start(
         async with consumer:
             pass
     assert caught.value.code == "FanOutUnsupported"
+
+
+async def test_an_endpoint_that_registers_but_cannot_subscribe_is_a_clear_error(
+    moto_url: str,
+) -> None:
+    from support import create_stream
+
+    name = create_stream(moto_url)  # moto: RegisterStreamConsumer yes, SubscribeToShard no
+
+    async def read() -> None:
+        async with Consumer(name, fan_out="x", endpoint_url=moto_url) as consumer:
+            with anyio.fail_after(30):
+                async for _ in consumer:
+                    pass
+
+    with pytest.raises(errors.InvalidArgument, match="does not support enhanced fan-out"):
+        await read()

@@ -56,6 +56,13 @@ END_PROBE_INTERVAL = 10.0
 ended (AWS says so in the last event; kinesis-mock never does)."""
 
 
+_NOT_AN_AWS_ANSWER = frozenset(
+    {"UnknownOperationException", "UnknownOperation", "HTTP404", "HTTP500", "HTTP501"}
+)
+"""Codes of answers that are no AWS error: an endpoint without SubscribeToShard when no
+subscription ever succeeded."""
+
+
 def check_consumer_name(name: object) -> str:
     """``name`` if AWS accepts it as a stream consumer name (1-128 of ``a-zA-Z0-9_.-``);
     else ValueError (TypeError for a non-str)."""
@@ -218,6 +225,11 @@ class FanOutSource:
             try:
                 ended = await self._subscription(reader, params)
             except errors.AWSError as exc:
+                if (exc.code in _NOT_AN_AWS_ANSWER and not self._counters.subscriptions
+                        and attempt >= 2):
+                    # e.g. moto: registers consumers, answers SubscribeToShard with an
+                    # HTML 500 page
+                    raise _unsupported(exc, _endpoint(self._client), "SubscribeToShard") from exc
                 if isinstance(exc, errors.ResourceNotFound):
                     raise errors.ResourceNotFound(
                         exc.code,
