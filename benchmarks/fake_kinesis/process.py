@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from .backend import KinesisFake
-from .server import HOST, serve
+from .server import HOST, LIFETIME, serve
 from .validation import MAX_RECORD_BYTES
 
 __all__ = ["FakeKinesis", "fake_kinesis", "main", "start"]
@@ -37,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seconds added to every response (default 0)")
     parser.add_argument("--max-record-bytes", type=int, default=MAX_RECORD_BYTES,
                         help="largest data blob accepted (default 1 MiB)")
+    parser.add_argument("--subscription-seconds", type=float, default=LIFETIME,
+                        help="seconds a SubscribeToShard stream lasts (default 300, as AWS)")
     args = parser.parse_args(argv)
     if args.shards < 1 or args.latency < 0 or args.max_record_bytes < 1:
         parser.error("--shards and --max-record-bytes must be >= 1, --latency >= 0")
@@ -47,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(url, flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(fake, port=args.port, latency=args.latency, announce=announce))
+        asyncio.run(serve(fake, port=args.port, latency=args.latency, announce=announce,
+                          subscription_seconds=args.subscription_seconds))
     return 0
 
 
@@ -93,7 +96,7 @@ class FakeKinesis:
 
 def start(
     shards: int = 4, *, store: bool = False, latency: float = 0.0, port: int = 0,
-    max_record_bytes: int = MAX_RECORD_BYTES,
+    max_record_bytes: int = MAX_RECORD_BYTES, subscription_seconds: float = LIFETIME,
 ) -> FakeKinesis:
     """Start the fake in its own process; returns once it listens. Call ``close()``.
 
@@ -101,7 +104,8 @@ def start(
     """
     cmd = [sys.executable, "-m", "benchmarks.fake_kinesis", "--port", str(port),
            "--shards", str(shards), "--latency", str(latency),
-           "--max-record-bytes", str(max_record_bytes)]
+           "--max-record-bytes", str(max_record_bytes),
+           "--subscription-seconds", str(subscription_seconds)]
     if store:
         cmd.append("--store")
     env = dict(os.environ)
@@ -122,15 +126,16 @@ def start(
 @contextlib.contextmanager
 def fake_kinesis(
     shards: int = 4, *, store: bool = False, latency: float = 0.0, port: int = 0,
-    max_record_bytes: int = MAX_RECORD_BYTES,
+    max_record_bytes: int = MAX_RECORD_BYTES, subscription_seconds: float = LIFETIME,
 ) -> Iterator[FakeKinesis]:
     """Run the fake in a subprocess for the block; yields a :class:`FakeKinesis`.
 
     ``shards``: shards of streams created on first use; ``store``: keep records for
-    GetRecords; ``latency``: seconds added to every answer.
+    GetRecords; ``latency``: seconds added to every answer; ``subscription_seconds``: how
+    long a SubscribeToShard stream lasts (300, as on AWS).
     """
     fake = start(shards, store=store, latency=latency, port=port,
-                 max_record_bytes=max_record_bytes)
+                 max_record_bytes=max_record_bytes, subscription_seconds=subscription_seconds)
     try:
         yield fake
     finally:

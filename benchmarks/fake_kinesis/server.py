@@ -52,9 +52,11 @@ def _response(status: int, body: bytes, extra: str = "") -> bytes:
 class Server:
     """Routes HTTP requests to the fake; handles /_stats and /_reset."""
 
-    def __init__(self, fake: KinesisFake, latency: float = 0.0) -> None:
+    def __init__(self, fake: KinesisFake, latency: float = 0.0,
+                 subscription_seconds: float = 300.0) -> None:
         self.fake = fake
         self.latency = latency
+        self.subscription_seconds = subscription_seconds
 
     def respond(self, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
         if method == "POST" and path == "/":
@@ -229,7 +231,8 @@ class HTTPConnection(asyncio.Protocol):
 class EventStream:
     """A SubscribeToShard answer on one connection: chunked event-stream messages, an
     event at once, one after every put to the shard, a heartbeat event every
-    ``HEARTBEAT`` seconds, and the end of the stream after ``LIFETIME`` (5 minutes)."""
+    ``HEARTBEAT`` seconds, and the end of the stream after the server's
+    ``subscription_seconds`` (``LIFETIME``, 5 minutes, by default)."""
 
     def __init__(self, conn: HTTPConnection, sub: Subscription) -> None:
         self.conn = conn
@@ -242,14 +245,15 @@ class EventStream:
 
     def start(self) -> None:
         head = ("HTTP/1.1 200 OK\r\nContent-Type: application/vnd.amazon.eventstream\r\n"
-                "Transfer-Encoding: chunked\r\n"
+                "Transfer-Encoding: chunked\r\nConnection: close\r\n"
                 f"x-amzn-RequestId: {os.urandom(16).hex()}\r\n\r\n")
         self._write(head.encode("latin-1"))
         self._chunk(INITIAL_RESPONSE)
         self.unwatch = self.conn.server.fake.fan_out.watch(self.sub, self.wake)
         self.push()
         self.timers.append(self.loop.call_later(HEARTBEAT, self.heartbeat))
-        self.timers.append(self.loop.call_later(LIFETIME, self.end))
+        lifetime = self.conn.server.subscription_seconds
+        self.timers.append(self.loop.call_later(lifetime, self.end))
 
     def wake(self) -> None:
         if not self.scheduled:
@@ -294,14 +298,14 @@ class EventStream:
 
 async def serve(
     fake: KinesisFake, *, port: int = 0, latency: float = 0.0,
-    announce: Callable[[str], None] = print,
+    announce: Callable[[str], None] = print, subscription_seconds: float = LIFETIME,
 ) -> None:
     """Serve ``fake`` on 127.0.0.1:``port`` until cancelled or SIGTERM/SIGINT.
 
     ``announce`` receives the URL once the socket listens.
     """
     loop = asyncio.get_running_loop()
-    server = Server(fake, latency)
+    server = Server(fake, latency, subscription_seconds)
     listener = await loop.create_server(
         lambda: HTTPConnection(server), HOST, port, reuse_address=True, backlog=256
     )

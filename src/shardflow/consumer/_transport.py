@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,7 +47,7 @@ _dumps = orjson.dumps
 _loads = orjson.loads
 _PRELUDE = struct.Struct(">III")
 
-Events = AsyncIterator[dict[str, Any]]
+Events = AsyncGenerator[dict[str, Any], None]
 
 
 class ReadTransport:
@@ -180,7 +180,11 @@ class ReadTransport:
                 raise response_error(
                     operation, response.status, raw, response.headers.get("x-amzn-ErrorType")
                 )
-            yield _events(response, operation)
+            events = _events(response, operation)
+            try:
+                yield events
+            finally:
+                await events.aclose()
         finally:
             response.close()
 
