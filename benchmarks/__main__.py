@@ -35,6 +35,8 @@ SUITES: dict[str, tuple[str, str]] = {
     "sinks": ("benchmarks.sinks", "S3Sink encode/gzip/upload, tumbling windows"),
     "lambda_events": ("benchmarks.lambda_events",
                       "lambda_records: a Lambda Kinesis event into Records, per record"),
+    "metrics": ("benchmarks.metrics",
+                "OpenTelemetry metrics off / API only / SDK: CPU added per record"),
 }
 
 

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from shardflow import Consumer, DynamoDBLeases
+from shardflow import Consumer, DynamoDBLeases, Producer, errors
 from shardflow.testing import FaultProxy
 
 from support import create_stream, unique_name
@@ -41,3 +41,18 @@ async def test_consumer_records_carry_stream_and_shard(
     # lease lines name the shard they are about
     took = [r for r in ours if " took " in r.getMessage()]
     assert {r.shard for r in took} == shard_ids  # type: ignore[attr-defined]
+
+
+async def test_producer_records_carry_the_stream(
+    moto_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="shardflow")
+    async with Producer("no-such-stream", endpoint_url=moto_url, record_ttl=2.0) as producer:
+        deliveries = [producer.put_nowait(b"x", partition_key=f"k{i}") for i in range(3)]
+        for delivery in deliveries:
+            with pytest.raises(errors.DeliveryFailed):
+                await delivery
+    ours = [r for r in caplog.records if r.name == "shardflow.producer"]
+    assert [r.levelname for r in ours if "not delivered" in r.getMessage()] == ["WARNING"]
+    for record in ours:
+        assert getattr(record, "stream", None) == "no-such-stream", record.getMessage()

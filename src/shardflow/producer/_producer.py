@@ -20,7 +20,6 @@ background (the producer starts without reaching the endpoint).
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
@@ -30,7 +29,8 @@ from typing import Any
 
 import anyio
 
-from .. import _aws, _metrics, aggregation, errors
+from .. import _aws, _logs, _metrics, aggregation, errors
+from .._logs import get_logger
 from .._validate import as_float, shown
 from ..limits import KinesisLimits
 from ..models import PutResult
@@ -49,7 +49,7 @@ from ._transport import PutRecordsTransport
 
 __all__ = ["Producer", "ProducerStats"]
 
-log = logging.getLogger("shardflow.producer")
+log = get_logger("shardflow.producer")
 
 MiB = 1024 * 1024
 RATE_BURST = 0.5
@@ -269,6 +269,7 @@ class Producer:
 
     # --- lifecycle ----------------------------------------------------------------------
 
+    @_logs.with_fields(lambda p: {"stream": _aws.stream_name(p.stream)})
     async def __aenter__(self) -> Producer:
         """Open the clients and start the sender, without reaching the endpoint.
 
@@ -389,6 +390,7 @@ class Producer:
             grace = _check_seconds("grace", grace, positive=False)
         await self._shutdown(grace)
 
+    @_logs.with_fields(lambda p: {"stream": _aws.stream_name(p.stream)})
     async def _shutdown(self, grace: float | None) -> None:
         if self._state not in ("open", "failed"):
             if self._state == "closing":

@@ -24,13 +24,13 @@ before the map is refreshed fails (:meth:`PutRecordsRequest.expire`).
 
 from __future__ import annotations
 
-import logging
 import time
 from itertools import repeat
 from operator import attrgetter
 from typing import Any
 
 from .. import _aws, errors
+from .._logs import get_logger
 from ..models import Attempt
 from ..shardmap import hash_key
 from ._accumulator import Accumulator
@@ -41,7 +41,7 @@ from ._transport import Transport, all_written, all_written_raw, parse_response
 
 __all__ = ["MIN_REQUEST_TIMEOUT", "REQUEST_TIMEOUT", "WRONG_SHARD", "PutRecordsRequest"]
 
-log = logging.getLogger("shardflow.producer")
+log = get_logger("shardflow.producer")
 
 WRONG_SHARD = "WrongShard"
 """Error code of the attempt of an aggregate that landed where a KCL consumer drops it."""

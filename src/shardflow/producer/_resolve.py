@@ -11,11 +11,11 @@ does not log again on its own. A record to send again waits a full-jitter backof
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 from .. import errors
 from .._backoff import full_jitter
+from .._logs import get_logger
 from ..models import Attempt
 from ._accumulator import Accumulator
 from ._ledger import Ledger
@@ -23,7 +23,7 @@ from ._records import Aggregate, Entry, Landing, PendingRecord, deliver
 
 __all__ = ["BACKOFF_BASE", "BACKOFF_CAP", "Resolver", "entry_records", "unpacked"]
 
-log = logging.getLogger("shardflow.producer")
+log = get_logger("shardflow.producer")
 
 BACKOFF_BASE = 0.1
 """First retry waits up to this long (seconds); each further try doubles the ceiling."""

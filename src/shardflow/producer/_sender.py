@@ -15,7 +15,6 @@ hanging.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
 
@@ -23,6 +22,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from .. import errors
+from .._logs import get_logger
 from ..shardmap import ShardMap
 from ._accumulator import Accumulator
 from ._ledger import Ledger
@@ -34,7 +34,7 @@ from ._transport import Transport
 
 __all__ = ["Sender"]
 
-log = logging.getLogger("shardflow.producer")
+log = get_logger("shardflow.producer")
 
 _monotonic = time.monotonic  # the producer's clock for deadlines and linger
 

@@ -10,7 +10,6 @@ Refreshes run in their own task, never on the hot path, at most once per
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -20,11 +19,12 @@ import anyio
 from anyio.abc import TaskStatus
 
 from .. import errors
+from .._logs import get_logger
 from ..shardmap import ShardMap, list_shards
 
 __all__ = ["ShardTracker"]
 
-log = logging.getLogger("shardflow.producer")
+log = get_logger("shardflow.producer")
 
 MIN_REFRESH_INTERVAL = 1.0
 """Seconds between two shard map refreshes, at least."""

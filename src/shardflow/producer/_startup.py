@@ -21,7 +21,6 @@ later. A larger record waits in ``put()`` for the description (see ``Producer.pu
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,6 +28,7 @@ import anyio
 
 from .. import _aws, errors
 from .._backoff import full_jitter
+from .._logs import get_logger
 from ..limits import KiB, KinesisLimits
 from ..shardmap import ShardMap
 from ._intake import record_cost
@@ -43,7 +43,7 @@ __all__ = [
     "stream_limits",
 ]
 
-log = logging.getLogger("shardflow.producer")
+log = get_logger("shardflow.producer")
 
 START_BACKOFF_BASE = 0.1
 """First wait (seconds) before describing the stream again after a retriable failure."""
