@@ -222,9 +222,12 @@ class FanOutSource:
             last_call = anyio.current_time()
             params = {"ConsumerARN": consumer.arn, "ShardId": reader.shard_id,
                       "StartingPosition": _starting_position(reader)}
+            opened = self._counters.subscriptions
             try:
                 ended = await self._subscription(reader, params)
             except errors.AWSError as exc:
+                if self._counters.subscriptions > opened:
+                    attempt = 0  # it was open: a stream broken later starts backing off anew
                 if (exc.code in _NOT_AN_AWS_ANSWER and not self._counters.subscriptions
                         and attempt >= 2):
                     # e.g. moto: registers consumers, answers SubscribeToShard with an
