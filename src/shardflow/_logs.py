@@ -18,7 +18,7 @@ from contextvars import ContextVar, Token
 from types import MappingProxyType
 from typing import Any, TypeVar, cast
 
-__all__ = ["get_logger", "pop", "push", "with_fields"]
+__all__ = ["fields", "get_logger", "pop", "push", "with_fields"]
 
 _F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
 
@@ -49,6 +49,11 @@ def push(**fields: str | None) -> Token[Mapping[str, str]]:
 
 def pop(token: Token[Mapping[str, str]]) -> None:
     _fields.reset(token)
+
+
+def fields() -> Mapping[str, str]:
+    """The fields this context's log records carry."""
+    return _fields.get()
 
 
 def with_fields(fields: Callable[[Any], Mapping[str, str | None]]) -> Callable[[_F], _F]:

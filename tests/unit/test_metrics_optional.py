@@ -6,6 +6,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+from shardflow import Consumer, Producer
+
 WITHOUT_OTEL = """
 import sys
 
@@ -25,6 +29,12 @@ b = shardflow.BufferedOutput(shardflow.StdoutOutput())
 s = shardflow.S3Sink("bucket", region_name="us-east-1")
 d = shardflow.DynamoDBLeases("table", region_name="us-east-1")
 assert p._metrics is None and c._metrics is None and s._metrics is None
+try:
+    shardflow.Collector(trace_context=True)
+except shardflow.errors.MissingDependency as exc:
+    assert "pip install 'shardflow[otel]'" in str(exc)
+else:
+    raise AssertionError("trace_context=True without OpenTelemetry was accepted")
 print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
 """
 
@@ -72,3 +82,10 @@ def test_import_shardflow_loads_no_opentelemetry() -> None:
 
 def test_without_meter_provider_the_global_provider_is_used() -> None:
     assert run(GLOBAL_PROVIDER) == "True"
+
+
+def test_tracer_provider_is_checked() -> None:
+    with pytest.raises(TypeError, match="tracer_provider"):
+        Producer("s", region_name="us-east-1", tracer_provider=object())
+    with pytest.raises(TypeError, match="tracer_provider"):
+        Consumer("s", region_name="us-east-1", tracer_provider=object())

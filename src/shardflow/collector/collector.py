@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from .. import _metrics, errors
+from .. import _metrics, _trace, errors
 from .._logs import get_logger
 from .._validate import shown
 from ._metrics import collector_metrics
@@ -75,12 +75,23 @@ class Collector:
     output gets its own copy of the filtered event, so one output cannot affect another
     (or the caller). Outputs are started on ``async with`` and closed (flushed) on exit.
     ``meter_provider``: an OpenTelemetry MeterProvider for its metrics (default: the
-    global one when OpenTelemetry is installed).
+    global one when OpenTelemetry is installed). ``trace_context=True`` (needs the
+    ``otel`` extra) adds ``traceparent``, the W3C trace context of the span current at
+    :meth:`post`, to each event that has none, so a consumer can continue the trace.
     """
 
     def __init__(
-        self, *, clock: Callable[[], float] = time.time, meter_provider: Any = None
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        meter_provider: Any = None,
+        trace_context: bool = False,
     ) -> None:
+        if not isinstance(trace_context, bool):
+            raise TypeError(f"trace_context must be True or False, got {shown(trace_context)}")
+        if trace_context:
+            _trace.check_available()
+        self._trace_context = trace_context
         if not callable(clock):
             raise TypeError(f"clock must be callable() -> epoch seconds, got {shown(clock)}")
         self._clock = clock
@@ -181,6 +192,10 @@ class Collector:
             stamped["tag"] = tag
         if "time" not in stamped:
             stamped["time"] = self._clock()
+        if self._trace_context and "traceparent" not in stamped:
+            parent = _trace.traceparent()
+            if parent is not None:
+                stamped["traceparent"] = parent
         if filters:
             stamped = orjson.loads(_serialise(stamped))
             for pattern, fn in filters:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import anyio
 import anyio.abc
 
-from .. import _aws, _logs, _metrics, errors
+from .. import _aws, _logs, _metrics, _trace, errors
 from .._logs import get_logger
 from .._validate import as_float, shown
 from ..limits import KinesisLimits
@@ -165,6 +165,8 @@ class Consumer:
 
     ``meter_provider``: an OpenTelemetry MeterProvider for the consumer's metrics (README,
     "Metrics and logs"); default: the global one when OpenTelemetry is installed.
+    ``tracer_provider``: an OpenTelemetry TracerProvider: one span per GetRecords request
+    (``Kinesis.GetRecords``, with the shard). Default None: no spans.
 
     ``fan_out=True`` reads through enhanced fan-out (SubscribeToShard) as the stream
     consumer named ``app_name`` (``fan_out="name"`` names it), registered on first use and
@@ -193,6 +195,7 @@ class Consumer:
         close_timeout: float = 10.0,
         limits: KinesisLimits | None = None,
         meter_provider: Any = None,
+        tracer_provider: Any = None,
         fan_out: bool | str = False,
         deregister_consumer: bool = False,
     ) -> None:
@@ -249,6 +252,7 @@ class Consumer:
             if meter is not None
             else None
         )
+        self._tracer = _trace.tracer(tracer_provider)
         self._chunk: list[Record] = []
         self._chunk_reader: ShardReader | None = None
         self._index = 0
@@ -311,6 +315,10 @@ class Consumer:
             )
             counters = Counters()
             transport = await open_read_transport(client)
+            if self._tracer is not None:  # a span per request, GetRecords included
+                attrs = {_metrics.STREAM: _aws.stream_name(self._stream)}
+                call = _trace.traced_call(self._tracer, transport.call, attrs)
+                setattr(transport, "call", call)  # noqa: B010
             stack.push_async_callback(transport.aclose)
             source: Source
             if self._fan_out is None:

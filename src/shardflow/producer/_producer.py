@@ -29,7 +29,7 @@ from typing import Any
 
 import anyio
 
-from .. import _aws, _logs, _metrics, aggregation, errors
+from .. import _aws, _logs, _metrics, _trace, aggregation, errors
 from .._logs import get_logger
 from .._validate import as_float, shown
 from ..limits import KinesisLimits
@@ -147,6 +147,8 @@ class Producer:
     - ``meter_provider``: an OpenTelemetry MeterProvider for the producer's metrics
       (README, "Metrics and logs"); default: the global one when OpenTelemetry is
       installed, none otherwise.
+    - ``tracer_provider``: an OpenTelemetry TracerProvider: one span per PutRecords
+      request (``Kinesis.PutRecords``). Default None: no spans.
 
     The producer starts without reaching the endpoint (see :meth:`__aenter__`): the
     stream's description (its ``MaxRecordSizeInKiB`` sizes records unless ``limits`` is
@@ -180,6 +182,7 @@ class Producer:
         record_ttl: float = 30.0,
         limits: KinesisLimits | None = None,
         meter_provider: Any = None,
+        tracer_provider: Any = None,
     ) -> None:
         self._stream_params = _aws.stream_params(stream)
         self.stream = stream
@@ -263,6 +266,7 @@ class Producer:
         self._closed = anyio.Event()
         meter = _metrics.meter(meter_provider)
         self._metrics = ProducerMetrics(self, meter) if meter is not None else None
+        self._tracer = _trace.tracer(tracer_provider)
 
     def __repr__(self) -> str:
         return f"Producer({self.stream!r}, state={self._state})"
@@ -338,6 +342,11 @@ class Producer:
             )
             if self._metrics is not None:
                 self._metrics.attach(self._resolver)
+            if self._tracer is not None:
+                self._resolver.on_request = _trace.on_request_span(
+                    self._tracer, "PutRecords", {_metrics.STREAM: _aws.stream_name(self.stream)},
+                    self._resolver.on_request,
+                )
             self._tg = anyio.create_task_group()
             await self._tg.__aenter__()
             await self._tg.start(self._sender.run)
