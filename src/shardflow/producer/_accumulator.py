@@ -296,7 +296,8 @@ class Accumulator:
     # --- input --------------------------------------------------------------------------
 
     def add(self, record: PendingRecord) -> bool:
-        """Queue a new record; True if the sender should look now (first or full batch).
+        """Queue a new record; True if the sender should look now: the batch-due rule on
+        arrival (the first record offered, or the one that makes the lanes :meth:`_full`).
 
         An aggregating unordered producer's record carries its data, which is packed
         here (and no longer kept by the record)."""
@@ -316,29 +317,35 @@ class Accumulator:
             if self.packing:
                 data = record.data
                 del record.data
-                self._pack(lane, record, data)
+                agg = lane.open
+                if agg is None or not agg.add(record, data):
+                    self._pack(lane, record, data)
                 lane.count += 1
                 lane.nbytes += size
             else:
                 lane.records.append(record)
-            return self._count_in(size)
-        if lane_of is None:
-            record.shard = None
-        queue = self._queues.get(record.key)
-        if queue is not None:
-            queue.append(record)
-            return False
-        self._queues[record.key] = deque((record,))
-        return self._offer(record.key, record)
+        else:
+            if lane_of is None:
+                record.shard = None
+            queue = self._queues.get(record.key)
+            if queue is not None:
+                queue.append(record)
+                return False
+            self._queues[record.key] = deque((record,))
+            size = record.size
+            self._ready(record.key, record)
+        n = self.queued = self.queued + 1
+        before = self.queued_bytes
+        self.queued_bytes = before + size
+        return n == 1 or n == self.full_records or before < self.max_bytes <= before + size
 
     # --- packing at put() time (unordered, aggregating) ---------------------------------
 
     def _pack(self, lane: Lane, record: PendingRecord, data: bytes) -> None:
-        """Pack ``record`` into ``lane``'s open aggregate (sealing it when full), or make
-        it an entry of its own (no shard known, or too large for an aggregate)."""
+        """Pack ``record`` into a new open aggregate of ``lane`` (sealing the full one),
+        or make it an entry of its own (no shard known, or too large for an aggregate).
+        (``add`` tried the lane's open aggregate first.)"""
         agg = lane.open
-        if agg is not None and agg.add(record, data):
-            return
         assert self._tail_of is not None
         if lane.shard_id is not None:
             key_bytes = record.size - len(data)
@@ -406,7 +413,9 @@ class Accumulator:
                 if hasattr(record, "data"):
                     data = record.data
                     del record.data
-                    self._pack(lane, record, data)
+                    agg = lane.open
+                    if agg is None or not agg.add(record, data):
+                        self._pack(lane, record, data)
                 else:
                     lane.sealed.append(record)
             if lane.open is not None:
@@ -420,20 +429,17 @@ class Accumulator:
                 lane.sealed = sealed + lane.sealed
             lane.open = open_
 
-    def _offer(self, key: str, head: PendingRecord) -> bool:
-        """Make ``key`` ready in its head's lane (ordered); True at a first or full batch."""
+    def _ready(self, key: str, head: PendingRecord) -> None:
+        """Make ``key`` ready in its head's lane (ordered), not counted yet."""
         lane = self._lanes.get(head.shard, self.default)
         lane.ready[key] = None
         lane.nbytes += head.size
-        return self._count_in(head.size)
 
-    def _count_in(self, size: int) -> bool:
-        """Count one more record offered (``size`` bytes); True when that makes a batch
-        due: the first record, or the one that makes the lanes :meth:`_full`."""
-        n = self.queued = self.queued + 1
-        before = self.queued_bytes
-        self.queued_bytes = before + size
-        return n == 1 or n == self.full_records or before < self.max_bytes <= before + size
+    def _offer(self, key: str, head: PendingRecord) -> None:
+        """Make ``key`` ready again in its head's lane (ordered), counted as offered."""
+        self._ready(key, head)
+        self.queued += 1
+        self.queued_bytes += head.size
 
     def _full(self, records: int, nbytes: int) -> bool:
         """The batch-due rule by size: a request's worth (or ``pressure_records``)."""

@@ -12,7 +12,6 @@ be packed at once (unordered: into its lane's open aggregate) or when it is sent
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from typing import Any
 
@@ -47,8 +46,8 @@ def record_cost(size: int, aggregate: bool) -> int:
     """The most bytes a record of ``size`` (data plus key) holds in memory, counted
     against ``max_queue_bytes``: its base64 entry and bookkeeping, plus its raw data when
     it waits to be packed (aggregate)."""
-    b64 = 4 * math.ceil(size / 3) + ENTRY_OVERHEAD
-    return b64 + RECORD_OVERHEAD + (size if aggregate else 0)
+    held = 4 * ((size + 2) // 3) + ENTRY_OVERHEAD + RECORD_OVERHEAD  # base64: ceil(size / 3)
+    return held + size if aggregate else held
 
 
 class RecordMaker:
@@ -71,9 +70,10 @@ class RecordMaker:
         self.keys: dict[str, tuple[bytes, int, bytes]] = {}
         """Partition keys seen (valid): (the end of their entry, their UTF-8 bytes, their
         entry in an aggregate's key table)."""
-        self.make = self._plain if not aggregate else self._packed if packed else self._aggregated
-        """``packed``: the data is packed into an aggregate at once (the accumulator takes
-        it from the record), so it is not copied."""
+        self._aggregate = aggregate
+        self._copy = aggregate and not packed
+        """Records wait with their data until sent (``packed``: the accumulator packs it
+        into an aggregate at once, so it is not copied)."""
 
     def set_limits(self, limits: KinesisLimits) -> None:
         """Check records against ``limits`` from now on (the stream's own record size)."""
@@ -85,9 +85,18 @@ class RecordMaker:
         cached = self.keys.get(key)
         return (cached or self._key_entry(key))[0]
 
-    def _plain(self, obj: Any, partition_key: str, explicit_hash_key: Any) -> PendingRecord:
-        """A new record with its PutRecords entry (unaggregated producers)."""
-        data = _data(obj)
+    def make(self, obj: Any, partition_key: str, explicit_hash_key: Any) -> PendingRecord:
+        """A new record of ``put(obj, partition_key, explicit_hash_key=...)``: with its
+        PutRecords entry (unaggregated producers), or keeping its data until it is packed
+        (aggregating ones). Raises the input errors (see the class)."""
+        try:
+            data = _dumps(obj) if type(obj) is dict else _data(obj)
+        except errors.SerializationError:
+            raise
+        except TypeError as exc:
+            raise errors.SerializationError(
+                f"cannot serialise {type(obj).__name__} as JSON: {exc}"
+            ) from exc
         try:
             cached = self.keys.get(partition_key)
         except TypeError:  # unhashable: not a str
@@ -97,54 +106,23 @@ class RecordMaker:
         if size > self.max_record_bytes:
             raise self._too_large(data, key_bytes)
         record = PendingRecord(loop=self.loop)
-        if explicit_hash_key is None:
-            fragment = entry(data, tail)
-            record.ehk = None
+        ehk = record.ehk = None if explicit_hash_key is None else _hash_key(explicit_hash_key)
+        record.key = partition_key
+        record.size = size
+        record.deadline = _monotonic() + self.record_ttl
+        if self._aggregate:
+            if self._copy and not isinstance(obj, _BYTES_LIKE):
+                # orjson's result keeps a 4 KiB allocation alive: a record that waits to be
+                # packed when sent holds a compact copy instead (cheaper than the memory)
+                data = data.join(_EMPTY_PAIR)
+            record.data = data
+            record.cost = record_cost(size, True)
         else:
-            ehk = record.ehk = _hash_key(explicit_hash_key)
-            fragment = entry(data, with_hash_key(tail, ehk))
-        record.fragment = fragment
-        record.key = partition_key
-        record.size = size
-        record.cost = len(fragment) + RECORD_OVERHEAD
-        record.deadline = _monotonic() + self.record_ttl
+            fragment = record.fragment = entry(
+                data, tail if ehk is None else with_hash_key(tail, ehk)
+            )
+            record.cost = len(fragment) + RECORD_OVERHEAD  # (what it holds, exactly)
         return record
-
-    def _aggregated(self, obj: Any, partition_key: str, explicit_hash_key: Any) -> PendingRecord:
-        """A new record keeping its data, to be packed when sent (aggregating producers)."""
-        data = _data(obj)
-        if not isinstance(obj, _BYTES_LIKE):
-            # orjson's result keeps a 4 KiB allocation alive: a record that waits to be
-            # packed holds a compact copy instead (cheaper than the memory it saves)
-            data = data.join(_EMPTY_PAIR)
-        return self._keeping(data, partition_key, explicit_hash_key)
-
-    def _packed(self, obj: Any, partition_key: str, explicit_hash_key: Any) -> PendingRecord:
-        """A new record with its data, packed at once (unordered aggregating producers)."""
-        return self._keeping(_data(obj), partition_key, explicit_hash_key)
-
-    def _keeping(self, data: bytes, partition_key: str, explicit_hash_key: Any) -> PendingRecord:
-        """A new record that keeps ``data`` (and its key) until it is packed."""
-        key_bytes = self._key(partition_key)[1]
-        size = len(data) + key_bytes
-        if size > self.max_record_bytes:
-            raise self._too_large(data, key_bytes)
-        record = PendingRecord(loop=self.loop)
-        record.ehk = None if explicit_hash_key is None else _hash_key(explicit_hash_key)
-        record.data = data
-        record.key = partition_key
-        record.size = size
-        record.cost = size + 4 * ((size + 2) // 3) + AGGREGATED_OVERHEAD
-        record.deadline = _monotonic() + self.record_ttl
-        return record
-
-    def _key(self, partition_key: str) -> tuple[bytes, int, bytes]:
-        """The cached entry of ``partition_key``, validated and cached on first use."""
-        try:
-            cached = self.keys.get(partition_key)
-        except TypeError:  # unhashable: not a str
-            cached = None
-        return cached if cached is not None else self._key_entry(partition_key)
 
     def _too_large(self, data: bytes, key_bytes: int) -> errors.RecordTooLarge:
         return errors.RecordTooLarge(
@@ -182,15 +160,11 @@ class RecordMaker:
 def _data(obj: Any) -> bytes:
     """The record's data: bytes as they are, other bytes-like objects copied, a str as
     its UTF-8 bytes (as boto3 sends it: ``put(json.dumps(event))`` stores the JSON, not a
-    JSON string literal), anything else serialised to JSON by orjson
-    (:class:`errors.SerializationError` if it cannot)."""
+    JSON string literal), anything else serialised to JSON by orjson (``TypeError`` if
+    it cannot: :meth:`RecordMaker.make` raises :class:`errors.SerializationError`).
+    (:meth:`RecordMaker.make` serialises a dict, the commonest, without this call.)"""
     if type(obj) is bytes:
         return obj
-    if type(obj) is dict:
-        try:
-            return _dumps(obj)
-        except TypeError:
-            return _serialise(obj)  # raises SerializationError
     if isinstance(obj, _BYTES_LIKE):
         return bytes(obj)
     if isinstance(obj, str):
@@ -198,19 +172,7 @@ def _data(obj: Any) -> bytes:
             return obj.encode()
         except UnicodeEncodeError as exc:  # a lone surrogate
             raise errors.SerializationError(f"cannot encode the str as UTF-8: {exc}") from exc
-    try:
-        return _dumps(obj)
-    except TypeError:
-        return _serialise(obj)  # raises SerializationError
-
-
-def _serialise(obj: Any) -> bytes:
-    try:
-        return _dumps(obj)
-    except TypeError as exc:
-        raise errors.SerializationError(
-            f"cannot serialise {type(obj).__name__} as JSON: {exc}"
-        ) from exc
+    return _dumps(obj)
 
 
 def _hash_key(value: object) -> str:

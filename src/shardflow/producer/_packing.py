@@ -126,20 +126,21 @@ class OpenAggregate:
         key = record.key
         fields = self.fields
         index = fields.get(key)
-        entry = b""
         if index is None:
             index = len(fields)
             entry = _ENTRIES.get(key) or _key_entry(key)
+        else:
+            entry = b""
+        ehk_entry = b""
         if record.ehk is None:
             dl = len(data)
-            prefix = (HEADERS[index].get(dl) if index < _TABLE_SIZE else None) or header(
-                index, dl
-            )
-            part = prefix + data
-            ehk_entry = b""
+            part = (
+                (HEADERS[index].get(dl) if index < _TABLE_SIZE else None) or header(index, dl)
+            ) + data
+            body = self.body + len(part) + len(entry)
         else:
             part, ehk_entry = self._encode_with_hash_key(index, record.ehk, data)
-        body = self.body + len(part) + len(entry) + len(ehk_entry)
+            body = self.body + len(part) + len(entry) + len(ehk_entry)
         if body > self.limit:
             return False
         if entry:

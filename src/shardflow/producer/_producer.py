@@ -514,11 +514,11 @@ class Producer:
             raise fatal
         raise errors.ProducerClosed("the producer is closed")
 
-    def _queue(self, record: PendingRecord) -> None:
-        if self._acc.add(record):
-            assert self._sender is not None
-            self._sender.notify()
-            self._yield = self.aggregate and self._acc.waiting > 1
+    def _batch_due(self) -> None:
+        """A record just queued made a batch due: wake the sender."""
+        assert self._sender is not None
+        self._sender.notify()
+        self._yield = self.aggregate and self._acc.waiting > 1
 
     async def put(
         self, obj: Any, partition_key: str, *, explicit_hash_key: str | int | None = None
@@ -556,7 +556,8 @@ class Producer:
             await ledger.wait_room(record.cost)
             ledger.admit(record)
             ledger.wake_putter()
-        self._queue(record)
+        if self._acc.add(record):
+            self._batch_due()
         return record
 
     def put_nowait(
@@ -576,7 +577,8 @@ class Producer:
                 f"producer queue is full ({self._ledger.records} records, "
                 f"{self._ledger.bytes} bytes)"
             )
-        self._queue(record)
+        if self._acc.add(record):
+            self._batch_due()
         return record
 
     async def put_and_wait(
