@@ -9,7 +9,6 @@ are in :mod:`.policies`.
 from __future__ import annotations
 
 import os
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
@@ -20,6 +19,7 @@ import orjson
 from anyio.abc import TaskGroup
 
 from .. import _metrics, errors
+from .._backoff import full_jitter
 from .._logs import get_logger
 from .._validate import as_float, shown
 from ._metrics import buffer_metrics
@@ -169,7 +169,6 @@ class BufferedOutput:
         self._progress = anyio.Event()
         self._space = anyio.Event()
         self._closed = anyio.Event()
-        self._random = random.Random()
         self._sent = self._failed_attempts = self._refused = 0
 
     def __repr__(self) -> str:
@@ -427,8 +426,7 @@ class BufferedOutput:
                 self._notify()
 
     def _backoff(self, failures: int) -> float:
-        ceiling = min(self.backoff_cap, self.backoff_base * 2.0 ** min(failures - 1, 62))
-        return self._random.uniform(0.0, ceiling)
+        return full_jitter(failures - 1, self.backoff_base, self.backoff_cap)
 
     def _expired(self, entry: Entry, now: float) -> bool:
         return self.purge_age is not None and entry.created < now - self.purge_age

@@ -9,7 +9,6 @@ from a reported checkpoint rewrites the same objects instead of adding duplicate
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .. import _aws, _logs, _metrics, errors
+from .._backoff import full_jitter
 from .._logs import get_logger
 from .._validate import as_float, shown
 from ..models import Record
@@ -469,7 +469,6 @@ class S3Sink:
 
     async def _call(self, operation: str, **params: Any) -> Any:
         """One S3 call, retried with full-jitter backoff while the error is retriable."""
-        delay = _BACKOFF_BASE
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
                 return await _aws.call(self._client, operation, service="s3", **params)
@@ -481,8 +480,7 @@ class S3Sink:
                 if not exc.retriable or attempt == _MAX_ATTEMPTS:
                     raise
                 log.debug("%s failed (%s), attempt %d; retrying", operation, exc, attempt)
-            await anyio.sleep(random.uniform(0, delay))
-            delay = min(delay * 2, _BACKOFF_CAP)
+            await anyio.sleep(full_jitter(attempt - 1, _BACKOFF_BASE, _BACKOFF_CAP))
         raise AssertionError("unreachable")
 
     async def _check_bucket(self) -> None:
