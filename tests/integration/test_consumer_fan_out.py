@@ -179,3 +179,8 @@ async def test_an_endpoint_that_registers_but_cannot_subscribe_is_a_clear_error(
 
     with pytest.raises(errors.InvalidArgument, match="does not support enhanced fan-out"):
         await read()
+
+
+def test_deregister_consumer_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="deregister_consumer"):
+        Consumer("s", fan_out="x", deregister_consumer="yes")  # type: ignore[arg-type]

@@ -214,7 +214,9 @@ class Consumer:
                 raise ValueError("app_name is required with a checkpointer: it keys positions")
         self._app_name = app_name or "shardflow"
         self._fan_out = _fan_out_name(fan_out, app_name)
-        self._deregister_consumer = bool(deregister_consumer)
+        if not isinstance(deregister_consumer, bool):
+            raise TypeError(f"deregister_consumer must be a bool, got {shown(deregister_consumer)}")
+        self._deregister_consumer = deregister_consumer
         self._checkpointer: Checkpointer = checkpointer or MemoryCheckpointer()
         self._start_at = start_position(start_at)
         self._poll_interval = float(
