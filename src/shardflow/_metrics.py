@@ -47,6 +47,9 @@ SECONDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
 COUNTS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
+_meters: weakref.WeakKeyDictionary[Any, Meter] = weakref.WeakKeyDictionary()
+
+
 def check_provider(meter_provider: object) -> None:
     """Refuse at construction what is not a MeterProvider (TypeError)."""
     if meter_provider is not None and not callable(getattr(meter_provider, "get_meter", None)):
@@ -66,7 +69,15 @@ def meter(meter_provider: object = None) -> Meter | None:
         except ImportError:
             return None
         meter_provider = metrics.get_meter_provider()
-    return Meter(meter_provider.get_meter("shardflow", _VERSION))  # type: ignore[attr-defined]
+    try:
+        found = _meters.get(meter_provider)
+    except TypeError:  # a provider that cannot be weakly referenced: not cached
+        return Meter(meter_provider.get_meter("shardflow", _VERSION))  # type: ignore[attr-defined]
+    if found is None:
+        found = _meters[meter_provider] = Meter(
+            meter_provider.get_meter("shardflow", _VERSION)  # type: ignore[attr-defined]
+        )
+    return found
 
 
 class _Observed:
@@ -97,14 +108,14 @@ _KINDS = {
 
 
 class Meter:
-    """An OpenTelemetry meter with one registry of observable instruments per meter."""
-
-    _observed: weakref.WeakKeyDictionary[Any, dict[str, _Observed]] = (
-        weakref.WeakKeyDictionary()
-    )
+    """shardflow's OpenTelemetry meter of one provider (one per provider: see
+    :func:`meter`), creating each instrument once; every object that reports registers
+    with it."""
 
     def __init__(self, otel_meter: Any) -> None:
         self.otel = otel_meter
+        self._observed: dict[str, _Observed] = {}
+        self._instruments: dict[str, Any] = {}
 
     def observe(
         self,
@@ -118,33 +129,35 @@ class Meter:
     ) -> None:
         """Report ``read(owner)`` under ``name`` at each collection while ``owner`` lives
         (held weakly: a closed, dropped object stops reporting)."""
-        try:
-            by_name = self._observed[self.otel]
-        except TypeError:  # a meter that cannot be weakly referenced: keep it
-            by_name = {}
-        except KeyError:
-            by_name = self._observed[self.otel] = {}
-        observed = by_name.get(name)
+        observed = self._observed.get(name)
         if observed is None:
             from opentelemetry.metrics import Observation
 
-            observed = by_name[name] = _Observed(Observation)
+            observed = self._observed[name] = _Observed(Observation)
             getattr(self.otel, _KINDS[kind])(
                 name, callbacks=[observed], unit=unit, description=description
             )
         observed.owners.setdefault(owner, []).append((read, dict(attributes)))
 
     def counter(self, name: str, unit: str, description: str) -> Any:
-        return self.otel.create_counter(name, unit=unit, description=description)
+        found = self._instruments.get(name)
+        if found is None:
+            found = self._instruments[name] = self.otel.create_counter(
+                name, unit=unit, description=description
+            )
+        return found
 
     def histogram(
         self, name: str, unit: str, description: str, buckets: Sequence[float] = SECONDS
     ) -> Any:
         """A histogram with ``buckets`` advised (default: for durations in seconds)."""
-        return self.otel.create_histogram(
-            name, unit=unit, description=description,
-            explicit_bucket_boundaries_advisory=buckets,
-        )
+        found = self._instruments.get(name)
+        if found is None:
+            found = self._instruments[name] = self.otel.create_histogram(
+                name, unit=unit, description=description,
+                explicit_bucket_boundaries_advisory=buckets,
+            )
+        return found
 
 
 def stat(field: str) -> Reading:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
@@ -75,3 +76,16 @@ async def test_aggregates_and_records_per_aggregate(moto_url: str) -> None:
 def test_meter_provider_is_checked() -> None:
     with pytest.raises(TypeError, match="meter_provider"):
         Producer("s", region_name="us-east-1", meter_provider=object())
+
+
+def test_every_producer_of_a_provider_reports_while_it_lives() -> None:
+    m = Metrics()
+    first = Producer("orders", region_name="us-east-1", meter_provider=m.provider)
+    second = Producer("clicks", region_name="us-east-1", meter_provider=m.provider)
+    streams = {p.attributes[STREAM] for p in m.points("shardflow.producer.records.put")}
+    assert streams == {"orders", "clicks"}
+    del second
+    gc.collect()
+    streams = {p.attributes[STREAM] for p in m.points("shardflow.producer.records.put")}
+    assert streams == {"orders"}
+    assert first.stats().queued == 0
