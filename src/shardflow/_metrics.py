@@ -86,15 +86,25 @@ class _Observed:
 
     def __init__(self, observation: Any) -> None:
         self._observation = observation
-        self.owners: weakref.WeakKeyDictionary[Any, list[tuple[Reading, dict[str, str]]]] = (
-            weakref.WeakKeyDictionary()
-        )
+        # owners held weakly (a dropped object stops reporting), in a plain dict that a
+        # collecting thread can copy in one step
+        self.owners: dict[weakref.ref[Any], list[tuple[Reading, dict[str, str]]]] = {}
+
+    def add(self, owner: object, read: Reading, attributes: dict[str, str]) -> None:
+        self.owners.setdefault(weakref.ref(owner, self._gone), []).append((read, attributes))
+
+    def _gone(self, ref: weakref.ref[Any]) -> None:
+        self.owners.pop(ref, None)
 
     def __call__(self, options: Any) -> list[Any]:
         out = []
         observation = self._observation
-        for owner, readings in list(self.owners.items()):
-            for read, base in readings:
+        # (a periodic reader collects from its own thread: copy the dict in one step)
+        for ref, readings in list(self.owners.items()):
+            owner = ref()
+            if owner is None:
+                continue
+            for read, base in list(readings):
                 for value, extra in read(owner):
                     out.append(observation(value, {**base, **extra} if extra else base))
         return out
@@ -137,7 +147,7 @@ class Meter:
             getattr(self.otel, _KINDS[kind])(
                 name, callbacks=[observed], unit=unit, description=description
             )
-        observed.owners.setdefault(owner, []).append((read, dict(attributes)))
+        observed.add(owner, read, dict(attributes))
 
     def counter(self, name: str, unit: str, description: str) -> Any:
         found = self._instruments.get(name)
