@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["as_float", "shown"]
+__all__ = ["as_float", "check_int", "check_number", "shown"]
 
 _SHORT_BITS = 128
 """Ints longer than this (about 39 digits) are not printed in full in messages."""
@@ -45,3 +45,27 @@ def as_float(name: str, value: float, must: str) -> float:
         return float(value)
     except OverflowError:
         raise ValueError(f"{name} must be {must}, got {shown(value)}, beyond float range") from None
+
+
+def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    """``value`` if it is an int (not a bool) in ``[low, high]``; else TypeError or
+    ValueError naming the option ("``{name} must be between 1 and 1000, got 0``")."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {shown(value)}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bound}, got {shown(value)}")
+    return value
+
+
+def check_number(name: str, value: object, *, positive: bool = True, unit: str = "") -> float:
+    """``value`` as a finite float, > 0 (``positive``) or >= 0; else TypeError or
+    ValueError naming the option and ``unit`` ("``{name} must be > 0 seconds, got 0.0``")."""
+    of_unit = f" of {unit}" if unit else ""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number{of_unit}, got {shown(value)}")
+    bound = "> 0" if positive else ">= 0"
+    number = as_float(name, value, f"a finite number{of_unit} {bound}")
+    if math.isnan(number) or math.isinf(number) or number < 0 or (positive and number == 0):
+        raise ValueError(f"{name} must be {bound}{' ' + unit if unit else ''}, got {number}")
+    return number

@@ -20,7 +20,6 @@ background (the producer starts without reaching the endpoint).
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import anyio
 
 from .. import _aws, _logs, _metrics, _trace, aggregation, errors
 from .._logs import get_logger
-from .._validate import as_float, shown
+from .._validate import check_int, check_number, shown
 from ..limits import KinesisLimits
 from ..models import PutResult
 from ._accumulator import Accumulator
@@ -85,25 +84,6 @@ class ProducerStats:
     """Kinesis records that landed on a shard other than the predicted one."""
     shard_map_refreshes: int = 0
     """Shard maps loaded after the first (after a reshard, or a stale prediction)."""
-
-
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {shown(value)}")
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, got {shown(value)}")
-    return value
-
-
-def _check_seconds(name: str, value: object, *, positive: bool) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number of seconds, got {shown(value)}")
-    must = f"a finite number of seconds {'> 0' if positive else '>= 0'}"
-    value = as_float(name, value, must)
-    if math.isnan(value) or math.isinf(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} seconds, got {value}")
-    return value
 
 
 class Producer:
@@ -197,8 +177,8 @@ class Producer:
         elif not isinstance(limits, KinesisLimits):
             raise TypeError(f"limits must be a KinesisLimits, got {shown(limits)}")
         self.limits = limits
-        self.max_queue_records = _check_int("max_queue_records", max_queue_records, 1)
-        self.max_queue_bytes = _check_int("max_queue_bytes", max_queue_bytes, 1)
+        self.max_queue_records = check_int("max_queue_records", max_queue_records, 1)
+        self.max_queue_bytes = check_int("max_queue_bytes", max_queue_bytes, 1)
         if not isinstance(aggregate, bool):
             raise TypeError(f"aggregate must be True or False, got {shown(aggregate)}")
         largest = record_cost(limits.max_record_bytes, aggregate)
@@ -207,14 +187,14 @@ class Producer:
                 f"max_queue_bytes ({max_queue_bytes}) must hold one record of "
                 f"limits.max_record_bytes ({limits.max_record_bytes} bytes, {largest} encoded)"
             )
-        self.linger = _check_seconds("linger", linger, positive=False)
-        self.max_in_flight = _check_int("max_in_flight", max_in_flight, 1, 1000)
-        self.record_ttl = _check_seconds("record_ttl", record_ttl, positive=True)
+        self.linger = check_number("linger", linger, positive=False, unit="seconds")
+        self.max_in_flight = check_int("max_in_flight", max_in_flight, 1, 1000)
+        self.record_ttl = check_number("record_ttl", record_ttl, unit="seconds")
         if not isinstance(ordered, bool):
             raise TypeError(f"ordered must be True or False, got {shown(ordered)}")
         self.aggregate = aggregate
         # (an aggregate is also kept within limits.max_record_bytes, partition key included)
-        self.max_aggregate_bytes = _check_int(
+        self.max_aggregate_bytes = check_int(
             "max_aggregate_bytes", max_aggregate_bytes, aggregation.OVERHEAD + 16
         )
         self.ordered = ordered
@@ -396,7 +376,7 @@ class Producer:
         Leaving the ``async with`` block calls this.
         """
         if grace is not None:
-            grace = _check_seconds("grace", grace, positive=False)
+            grace = check_number("grace", grace, positive=False, unit="seconds")
         await self._shutdown(grace)
 
     @_logs.with_fields(lambda p: {"stream": _aws.stream_name(p.stream)})

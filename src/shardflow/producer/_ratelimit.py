@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from .._validate import shown
+from .._validate import check_number
 
 __all__ = ["ShardRateLimiter", "TokenBucket"]
 
@@ -28,19 +28,11 @@ _SLACK = 1e-6
 
 
 def _positive(name: str, value: float) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {shown(value)}")
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{name} must be a positive finite number, got {shown(value)}")
-    return float(value)
+    return check_number(name, value)
 
 
 def _amount(value: float) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"amount must be a number, got {shown(value)}")
-    if not value >= 0 or value == float("inf"):
-        raise ValueError(f"amount must be a finite number >= 0, got {shown(value)}")
-    return value
+    return check_number("amount", value, positive=False)
 
 
 class TokenBucket:
