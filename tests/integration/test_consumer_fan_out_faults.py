@@ -12,7 +12,15 @@ from shardflow import Consumer, errors
 from shardflow.testing import FaultProxy
 
 from support import kinesis, unique_name
-from support_consumer import assert_per_key_order, collect, no_more, numbered, put_records
+from support_consumer import (
+    GrantingCheckpointer,
+    assert_per_key_order,
+    collect,
+    no_more,
+    numbered,
+    put_records,
+    wait_until,
+)
 from support_fan_out import consumers, create_mock_stream, kinesis_mock_url  # noqa: F401
 
 
@@ -109,3 +117,27 @@ async def test_internal_failure_events_are_retried_without_loss_or_repeat(
     assert [r.data for r in got] == [d for _, d in items]
     assert failed >= 2
     assert stats.retries >= failed
+
+
+async def test_a_lost_lease_ends_its_subscription_at_once(
+    kinesis_mock_url: str,  # noqa: F811
+) -> None:
+    url = kinesis_mock_url
+    name = unique_name("fo")
+    create_mock_stream(url, name, shards=2)
+    shards = [s["ShardId"] for s in kinesis(url).list_shards(StreamName=name)["Shards"]]
+    coordinator = GrantingCheckpointer(set(shards))
+    async with FaultProxy(url) as proxy, Consumer(
+        name, app_name="leases", checkpointer=coordinator, fan_out=True, endpoint_url=proxy.url
+    ) as consumer:
+        await wait_until(lambda: proxy.counts["subscription_events"] >= 4)  # both streaming
+        assert proxy.counts["subscriptions_closed"] == 0
+        coordinator.take_away(shards[0])
+        await wait_until(lambda: proxy.counts["subscriptions_closed"] == 1, within=2.0)
+        items = numbered(60, keys=16)
+        results = put_records(url, name, items)
+        kept = [d for (_, d), r in zip(items, results, strict=True) if r["ShardId"] == shards[1]]
+        got = await collect(consumer, len(kept))
+        assert await no_more(consumer, 1.5) == []
+        assert proxy.counts["subscriptions"] == 2  # the lost shard was not subscribed again
+    assert [r.data for r in got] == kept

@@ -72,7 +72,8 @@ whose answer was dropped: the only source of duplicates), ``delayed``, ``stalled
 ``get_records``, ``read_records``, ``expired_iterators``, ``read_throttled`` (of which
 ``read_limited``), ``upstream_errors``, ``upstream_unreachable``, ``shard_map_refreshes``,
 ``subscriptions``, ``subscriptions_in_use``, ``subscriptions_limited``,
-``subscription_events``, ``subscriptions_cut``, ``subscriptions_failed``.
+``subscription_events``, ``subscriptions_cut``, ``subscriptions_failed``,
+``subscriptions_closed``.
 
 Per-entry faults rewrite request bodies, which breaks SigV4 signatures: use them in front
 of local endpoints (they ignore signatures), not in front of AWS itself.
@@ -367,8 +368,6 @@ class FaultProxy:
         """SubscribeToShard: refused by a fault, or its event stream relayed as it comes
         (cut after ``cut_subscription_after`` events, failed after
         ``fail_subscription_after``)."""
-        from ..consumer._transport import EventStreamDecoder, encode_message
-
         engine = self._engine
         refused = engine.subscription_fault()
         if refused is not None:
@@ -388,38 +387,52 @@ class FaultProxy:
                         resp.status, _faults.copy_headers(resp.headers), await resp.read()
                     ).response()
                 answer = web.StreamResponse(status=200, headers=_faults.copy_headers(resp.headers))
-                await answer.prepare(request)
-                decoder = EventStreamDecoder()
-                events = 0
-                async for chunk in resp.content.iter_any():
-                    cut = engine.config.cut_subscription_after
-                    try:
-                        complete = len(decoder.feed(chunk))
-                    except ValueError:
-                        complete = 0
-                    if cut is not None and events + complete > cut:
-                        engine.bump("subscriptions_cut")  # this chunk is not relayed
-                        log.debug("cut a subscription after %d events", cut)
-                        _faults.reset_connection(request)
-                        return answer
-                    fail = engine.config.fail_subscription_after
-                    if fail is not None and events + complete > fail:
-                        engine.bump("subscriptions_failed")  # this chunk is not relayed
-                        await answer.write(encode_message(
-                            {":message-type": "exception",
-                             ":exception-type": "InternalFailureException",
-                             ":content-type": "application/json"},
-                            b'{"message":"Internal service failure."}'))
-                        await answer.write_eof()
-                        return answer
-                    events += complete
-                    engine.bump("subscription_events", complete)
-                    await answer.write(chunk)
-                await answer.write_eof()
-                return answer
+                try:
+                    return await self._relay(request, resp, answer)
+                finally:
+                    engine.bump("subscriptions_closed")
+        except ConnectionError:  # the client went away (answer.write): not the upstream
+            raise
         except _UPSTREAM_ERRORS as exc:
             log.warning("upstream %s unreachable: %r", self._upstream, exc)
             raise _Unreachable from exc
+
+    async def _relay(
+        self, request: web.BaseRequest, resp: aiohttp.ClientResponse, answer: web.StreamResponse
+    ) -> web.StreamResponse:
+        """Relay one subscription's events to the client, applying the stream faults."""
+        from ..consumer._transport import EventStreamDecoder, encode_message
+
+        engine = self._engine
+        await answer.prepare(request)
+        decoder = EventStreamDecoder()
+        events = 0
+        async for chunk in resp.content.iter_any():
+            cut = engine.config.cut_subscription_after
+            try:
+                complete = len(decoder.feed(chunk))
+            except ValueError:
+                complete = 0
+            if cut is not None and events + complete > cut:
+                engine.bump("subscriptions_cut")  # this chunk is not relayed
+                log.debug("cut a subscription after %d events", cut)
+                _faults.reset_connection(request)
+                return answer
+            fail = engine.config.fail_subscription_after
+            if fail is not None and events + complete > fail:
+                engine.bump("subscriptions_failed")  # this chunk is not relayed
+                await answer.write(encode_message(
+                    {":message-type": "exception",
+                     ":exception-type": "InternalFailureException",
+                     ":content-type": "application/json"},
+                    b'{"message":"Internal service failure."}'))
+                await answer.write_eof()
+                return answer
+            events += complete
+            engine.bump("subscription_events", complete)
+            await answer.write(chunk)
+        await answer.write_eof()
+        return answer
 
     async def _list_shards(
         self, params: dict[str, str], client_headers: Mapping[str, str]

@@ -66,6 +66,7 @@ COUNTS: Mapping[str, str] = {
     "subscription_events": "events forwarded from SubscribeToShard streams",
     "subscriptions_cut": "SubscribeToShard streams cut mid-way (connection reset)",
     "subscriptions_failed": "SubscribeToShard streams ended by an InternalFailure event",
+    "subscriptions_closed": "relayed SubscribeToShard streams that ended, by either side",
 }
 """Every key of :attr:`FaultProxy.counts`, with what it counts."""
 
