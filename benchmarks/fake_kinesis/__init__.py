@@ -15,7 +15,8 @@ bodies) in front of an in-memory Kinesis. Its CPU is not the client's.
   ``{"__type": ..., "message": ...}`` and ``x-amzn-ErrorType``). Entries are routed by
   MD5(partition key) or ExplicitHashKey and get increasing 56-digit sequence numbers.
 - ListShards, DescribeStream(Summary), ListStreams, CreateStream, DeleteStream,
-  GetShardIterator (all five types) and GetRecords. Records are kept for GetRecords only
+  GetShardIterator (all five types) and GetRecords; SplitShard (at once: the shard
+  closes, GetRecords and SubscribeToShard end it with ChildShards, as AWS does). Records are kept for GetRecords only
   with ``--store`` (without it memory stays flat and GetRecords returns nothing).
 - Enhanced fan-out: Register/Describe/List/DeregisterStreamConsumer, and SubscribeToShard
   answered in AWS's binary event-stream framing (an initial-response event, then an event

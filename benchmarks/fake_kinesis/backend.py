@@ -92,6 +92,7 @@ class KinesisFake:
             "GetShardIterator": self.get_shard_iterator,
             "GetRecords": self.get_records,
         }
+        self._ops["SplitShard"] = self.split_shard
         self.fan_out = FanOut(self.streams, lambda req: self._stream(req, create=False))
         self._ops.update(self.fan_out.ops())
 
@@ -370,7 +371,7 @@ class KinesisFake:
     def describe_stream_summary(self, req: dict[str, Any]) -> dict[str, Any]:
         stream = self._stream(req)
         summary = self._summary(stream)
-        summary["OpenShardCount"] = len(stream.shards)
+        summary["OpenShardCount"] = len(stream.open)
         summary["ConsumerCount"] = 0
         return {"StreamDescriptionSummary": summary}
 
@@ -408,6 +409,25 @@ class KinesisFake:
         if len(shards) > max_results:
             out["NextToken"] = encode_token([stream.name, stream.created, offset + max_results])
         return out
+
+    def split_shard(self, req: dict[str, Any]) -> dict[str, Any]:
+        """SplitShard, done at once: the shard closes, two children take its range."""
+        stream = self._stream(req, create=False)
+        shard = reads.find_shard(stream, req.get("ShardToSplit"))
+        try:
+            new_start = int(req["NewStartingHashKey"])
+        except (KeyError, TypeError, ValueError):
+            new_start = -1
+        if not shard.start < new_start <= shard.end:
+            raise KinesisError("InvalidArgumentException", "NewStartingHashKey must be "
+                               "inside the shard's hash-key range.", "bad_request")
+        if shard.closed_at is not None:
+            raise KinesisError("ResourceInUseException", f"Shard {shard.shard_id} is closed.",
+                               "shard_closed")
+        stream.split(shard, new_start)
+        if self.fan_out.watchers:  # subscribers of the parent get their last event
+            self.fan_out.notify(stream, {shard.index})
+        return {}
 
     # -- reads ---------------------------------------------------------------------------
 

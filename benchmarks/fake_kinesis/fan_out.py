@@ -88,10 +88,22 @@ class Subscription:
             if position < len(kept):
                 behind = max(0, int((time.time() - kept[position][0]) * 1000))
         self.position = position
-        payload = orjson.dumps({"Records": records,
-                                "ContinuationSequenceNumber": self.shard.sequence(position),
-                                "MillisBehindLatest": behind})
+        closed = self.shard.closed_at
+        if closed is not None and position >= closed:  # the last event: where to go next
+            payload = orjson.dumps({"Records": records, "ContinuationSequenceNumber": None,
+                                    "MillisBehindLatest": 0,
+                                    "ChildShards": self.shard.child_shards()})
+        else:
+            payload = orjson.dumps({"Records": records,
+                                    "ContinuationSequenceNumber": self.shard.sequence(position),
+                                    "MillisBehindLatest": behind})
         return event_message(_EVENT_HEADERS, payload)
+
+    @property
+    def ended(self) -> bool:
+        """True once the last event of a closed shard was made."""
+        closed = self.shard.closed_at
+        return closed is not None and self.position >= closed
 
 
 class FanOut:

@@ -13,7 +13,7 @@ import orjson
 from .streams import ACCOUNT, Shard, Stream
 from .validation import KinesisError, constraint, validation_error
 
-__all__ = ["decode_token", "encode_token", "get_records", "get_shard_iterator"]
+__all__ = ["decode_token", "encode_token", "find_shard", "get_records", "get_shard_iterator"]
 
 MAX_GET_RECORDS = 10_000
 MAX_GET_BYTES = 10 * 1024 * 1024
@@ -43,7 +43,8 @@ def _iterator(stream: Stream, shard: Shard, position: int) -> str:
     return encode_token([stream.name, stream.created, shard.index, position, time.time()])
 
 
-def _shard(stream: Stream, shard_id: Any) -> Shard:
+def find_shard(stream: Stream, shard_id: Any) -> Shard:
+    """The shard named ``shard_id`` (ResourceNotFoundException when there is none)."""
     for shard in stream.shards:
         if shard.shard_id == shard_id:
             return shard
@@ -71,7 +72,7 @@ def _counter(shard: Shard, seq: Any) -> int:
 
 
 def get_shard_iterator(stream: Stream, req: dict[str, Any]) -> dict[str, Any]:
-    shard = _shard(stream, req.get("ShardId"))
+    shard = find_shard(stream, req.get("ShardId"))
     count = stream.counts[shard.index]
     kind = req.get("ShardIteratorType")
     if kind == "TRIM_HORIZON":
@@ -132,6 +133,7 @@ def get_records(streams: dict[str, Stream], req: dict[str, Any]) -> dict[str, An
         )
     out: list[dict[str, Any]] = []
     behind = 0
+    closed = shard.closed_at
     if stream.stored is None:  # nothing kept: always at the tip
         position = max(position, stream.counts[index])
     else:
@@ -152,6 +154,8 @@ def get_records(streams: dict[str, Stream], req: dict[str, Any]) -> dict[str, An
             })
         if position < len(stored):
             behind = max(0, int((now - stored[position][0]) * 1000))
+    if closed is not None and position >= closed:  # a closed shard read to its end
+        return {"Records": out, "MillisBehindLatest": 0, "ChildShards": shard.child_shards()}
     return {
         "Records": out,
         "NextShardIterator": _iterator(stream, shard, position),

@@ -262,9 +262,13 @@ class EventStream:
 
     def push(self) -> None:
         self.scheduled = False
+        if self.unwatch is None:
+            return  # ended
         self._chunk(self.sub.event())
         while self.sub.pending:
             self._chunk(self.sub.event())
+        if self.sub.ended:
+            self.end()
 
     def heartbeat(self) -> None:
         if self.loop.time() - self.last_sent >= HEARTBEAT * 0.9:
