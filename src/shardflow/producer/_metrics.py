@@ -36,6 +36,10 @@ def _entry_errors(producer: Any) -> dict[str, int]:
     return dict(sender.entry_errors) if sender is not None else {}
 
 
+def _aggregates(metrics: Any) -> Iterable[tuple[float, Attributes]]:
+    return ((metrics.aggregates, {}),)
+
+
 class ProducerMetrics:
     """The instruments of one producer."""
 
@@ -66,9 +70,9 @@ class ProducerMetrics:
         self._duration = meter.histogram(
             "shardflow.producer.request.duration", "s", "PutRecords request duration"
         )
-        self._aggregates = meter.counter(
-            "shardflow.producer.aggregates", "{aggregate}", "KPL aggregates delivered"
-        )
+        self.aggregates = 0  # tallied here, observed at collection (no SDK call)
+        o(self, "counter", "shardflow.producer.aggregates", "{aggregate}",
+          "KPL aggregates delivered", _aggregates, attrs)
         self._per_aggregate = meter.histogram(
             "shardflow.producer.aggregate.records", "{record}", "Records per aggregate delivered",
             COUNTS,
@@ -84,5 +88,5 @@ class ProducerMetrics:
         self._duration.record(duration, attrs)
 
     def aggregate(self, records: int) -> None:
-        self._aggregates.add(1, self.attributes)
+        self.aggregates += 1
         self._per_aggregate.record(records, self.attributes)
