@@ -544,6 +544,7 @@ class Consumer:
                 return
             await coord.announce.wait()
 
+    @_logs.with_fields(lambda c: {"stream": _aws.stream_name(c._stream), "app": c._app_name})
     async def pipe(self, sink: Sink) -> None:
         """Feed every batch to ``sink`` and checkpoint only what it reports durable.
 
@@ -607,6 +608,7 @@ class Consumer:
 
     # --- checkpoints --------------------------------------------------------------------
 
+    @_logs.with_fields(lambda c: {"stream": _aws.stream_name(c._stream), "app": c._app_name})
     async def checkpoint(self, record: Record) -> None:
         """Mark ``record`` and every earlier record of its shard as done.
 
