@@ -1,7 +1,7 @@
-"""The producer's fast paths, against the scripted endpoint: results read from the answer
-only when asked for, aggregates packed at put() time (more records than the shared
-positions, records that expire inside an aggregate), cancelled deliveries, flush epochs,
-and the byte-count check of a PutRecords answer."""
+"""The producer's fastest cases (one path for every record), against the scripted
+endpoint: results read from the answer only when asked for, aggregates packed at put()
+time (more records than the shared positions, records that expire inside an aggregate),
+cancelled deliveries, flush epochs, and the byte-count check of a PutRecords answer."""
 
 from __future__ import annotations
 

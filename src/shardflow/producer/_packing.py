@@ -1,15 +1,14 @@
-"""Packing records into PutRecords entries and KPL aggregates.
+"""Packing records into KPL aggregates and PutRecords entries (the JSON itself is
+written by :mod:`._transport`).
 
-Unordered aggregating producers pack records as they are put:
-
-Each lane (:class:`.packing.Lane`) has at most one :class:`OpenAggregate`, which encodes
-each record as it is added (one protobuf ``Record`` with its data, one key table entry
-for a key new to the aggregate), and is sealed when the next record would take it past
+Unordered aggregating producers pack records as they are put: each lane of the
+accumulator has at most one :class:`OpenAggregate`, which encodes each record as it is
+added (one protobuf ``Record`` with its data, one key table entry for a key new to the
+aggregate), and is sealed when the next record would take it past
 ``max_aggregate_bytes``, or when a batch takes it: the MD5 and the base64 of an aggregate
 are computed once, then. A record too large for an aggregate, or alone in one, goes on
 its own (:func:`plain_entry`). :data:`HEADERS` caches the bytes before a record's data
-per key index and data length, which the producer's hot path (:mod:`.hotpath`) uses to
-encode a record with one lookup and one concatenation.
+per key index and data length, so encoding a record is one lookup and one concatenation.
 
 Ordered producers keep their records per key; :class:`Packer` packs the ready keys' next
 records when a batch is cut (``pack_runs``), so that a key's records share one entry.

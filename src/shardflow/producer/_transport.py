@@ -10,9 +10,8 @@ aiobotocore client's (refreshed) credentials, POSTs it with aiohttp to the endpo
 client resolved, and reads the answer with orjson. Errors are mapped by
 :mod:`shardflow._aws`, exactly as for every other call.
 
-Only this module and ``_aws`` know about transports; it never imports aiobotocore.
-:class:`MemoryTransport` answers in memory (every entry written on one shard), for tests
-and benchmarks of the client side alone.
+Only this module and ``_aws`` know about transports; it never imports aiobotocore. The
+sender needs only :class:`Transport` (one method), the seam for another transport.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ from botocore.awsrequest import AWSRequest
 from .. import _aws, errors
 
 __all__ = [
-    "MemoryTransport",
     "PutRecordsTransport",
     "Transport",
     "all_written",
@@ -267,30 +265,7 @@ class PutRecordsTransport:
 
 
 class Transport(Protocol):
-    """What the sender needs of a transport (:class:`PutRecordsTransport` or
-    :class:`MemoryTransport`)."""
+    """What the sender needs of a transport (:class:`PutRecordsTransport`)."""
 
     async def put_records(self, entries: Sequence[bytes], timeout: float) -> bytes: ...
 
-
-class MemoryTransport:
-    """A transport that answers in memory: every entry is written, on ``shard_id``, with
-    increasing sequence numbers; ``bodies`` keeps each request body sent."""
-
-    def __init__(
-        self, stream_params: dict[str, str], shard_id: str = "shardId-000000000000"
-    ) -> None:
-        self._stream_params = dict(stream_params)
-        self._shard_id = shard_id
-        self._sequence = 0
-        self.bodies: list[bytes] = []
-
-    async def put_records(self, entries: Sequence[bytes], timeout: float) -> bytes:
-        self.bodies.append(request_body(self._stream_params, entries))
-        first = self._sequence
-        self._sequence += len(entries)
-        records = [
-            {"SequenceNumber": str(first + i), "ShardId": self._shard_id}
-            for i in range(len(entries))
-        ]
-        return _dumps({"FailedRecordCount": 0, "Records": records})
