@@ -16,8 +16,9 @@ bodies) in front of an in-memory Kinesis. Its CPU is not the client's.
   MD5(partition key) or ExplicitHashKey and get increasing 56-digit sequence numbers.
 - ListShards, DescribeStream(Summary), ListStreams, CreateStream, DeleteStream,
   GetShardIterator (all five types) and GetRecords; SplitShard (at once: the shard
-  closes, GetRecords and SubscribeToShard end it with ChildShards, as AWS does). Records are kept for GetRecords only
-  with ``--store`` (without it memory stays flat and GetRecords returns nothing).
+  closes, GetRecords and SubscribeToShard end it with ChildShards, as AWS does).
+  Records are kept for GetRecords only with ``--store`` (without it memory stays flat and
+  GetRecords returns nothing).
 - Enhanced fan-out: Register/Describe/List/DeregisterStreamConsumer, and SubscribeToShard
   answered in AWS's binary event-stream framing (an initial-response event, then an event
   at once, after every put to the shard, and every second when idle; 5 minutes each).
