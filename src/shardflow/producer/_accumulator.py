@@ -234,10 +234,6 @@ class Accumulator:
 
     # --- shard map ----------------------------------------------------------------------
 
-    @property
-    def shard_map(self) -> ShardMap | None:
-        return self._map
-
     def set_map(self, shard_map: ShardMap) -> None:
         """Predict shards with ``shard_map`` from now on; every waiting record moves to its
         new lane (keeping its order within its old lane, and per key)."""
