@@ -5,7 +5,7 @@ Lanes. Without a shard map (no aggregation, no rate limit) every record waits in
 lane. With a map, a record's lane is the shard its partition key (or explicit hash key)
 hashes to; :meth:`Accumulator.set_map` replaces the map after a reshard and moves every
 waiting record to its new lane. An unordered aggregating producer packs each record into
-its lane's open aggregate as it is put (:mod:`._packing`); records that must be packed
+its lane's open aggregate as it is put (:class:`._lane.LanePacker`); records that must be packed
 again (after a reshard, a failure, or when some in an aggregate expired) get their data
 back from the aggregate and are packed again, oldest first. A lane whose aggregate went
 astray (a stale map) is suspended until the next map. With ``ordered=True`` each
@@ -15,15 +15,15 @@ a later record of a key never overtakes an earlier one, across retries too.
 Retries and expiry. Records that failed a try come back through
 :meth:`Accumulator.retry_at`: they wait in a heap until their backoff ends, then go
 first in line in their lane. A record has expired when ``deadline <= now``
-(:func:`overdue`, the one rule); :meth:`Accumulator.next_batch` returns those it meets,
+(:func:`._lane.overdue`, the one rule); :meth:`Accumulator.next_batch` returns those it meets,
 and the sender's periodic sweep (:meth:`Accumulator.expire`) takes out the others.
 
 Batch cut. A batch is cut when the oldest record of a lane that may send has lingered
 ``linger`` seconds, when those lanes hold a full request (or ``pressure_records``: a
 quarter of the queue bound, so a producer whose queue fills never waits for linger), or
-at once while flushing (:meth:`Accumulator._due`, the one rule). It takes from every lane
-that may send, an equal share of the request each, then what is left, up to the request
-limits. With a rate limiter, a lane may send only what its shard's token buckets allow,
+at once while flushing (:meth:`Accumulator._scan`, with :meth:`Accumulator._full`). It
+takes from every lane that may send, an equal share of the request each, then what is
+left, up to the request limits (a lane's takers are in :mod:`._lane`). With a rate limiter, a lane may send only what its shard's token buckets allow,
 and a lane short of tokens waits until it may send :data:`GRANULE` seconds' worth (or
 all it holds): a throttled shard goes in chunks and never holds up the others.
 """
@@ -42,36 +42,28 @@ from .. import aggregation
 from ..errors import UnmappedHashKey
 from ..limits import KinesisLimits
 from ..shardmap import ShardMap
-from ._packing import OpenAggregate, Packer, Run, plain_entry
+from ._lane import (
+    Lane,
+    LanePacker,
+    overdue,
+    split_expired,
+    take_built,
+    take_sealed,
+    waiting_records,
+)
+from ._packing import Packer, Run
 from ._ratelimit import ShardRateLimiter
-from ._records import Aggregate, Entry, PendingRecord
+from ._records import Entry, PendingRecord
 
-__all__ = ["GRANULE", "Accumulator", "Batch", "Lane", "overdue"]
+__all__ = ["GRANULE", "Accumulator", "Batch"]
 
 GRANULE = 0.1
 """Seconds' worth of a shard's rate that a lane short of tokens waits for before it sends."""
 
 _INF = math.inf
 _LANE_CACHE_LIMIT = 1 << 16
-_COMPACT = 4096  # taken records a lane's list keeps before it is cut
 _size = attrgetter("size")
 _deadline = attrgetter("deadline")
-
-
-def overdue(record: PendingRecord, now: float) -> bool:
-    """The expiry rule: a record whose deadline is ``now`` or earlier is not sent."""
-    return record.deadline <= now
-
-
-def _split(
-    records: Iterable[PendingRecord], now: float
-) -> tuple[list[PendingRecord], list[PendingRecord]]:
-    """(the records still live, those :func:`overdue`), each in their order."""
-    live: list[PendingRecord] = []
-    gone: list[PendingRecord] = []
-    for record in records:
-        (gone if overdue(record, now) else live).append(record)
-    return live, gone
 
 
 class Batch(NamedTuple):
@@ -83,78 +75,6 @@ class Batch(NamedTuple):
     """The user records in them."""
     expired: list[PendingRecord]
     """Records found expired on the way, already out of the accumulator: fail them."""
-
-class Lane:
-    """What waits for one predicted shard (``shard_id`` None: no prediction)."""
-
-    __slots__ = (
-        "count",
-        "head",
-        "landing",
-        "nbytes",
-        "open",
-        "ready",
-        "records",
-        "retried",
-        "sealed",
-        "shard_id",
-        "suspended",
-    )
-
-    def __init__(self, shard_id: str | None, starting_hash_key: int | None = None) -> None:
-        self.shard_id = shard_id
-        self.landing = None if starting_hash_key is None else str(starting_hash_key)
-        """The explicit hash key that lands an aggregate on the shard."""
-        self.records: list[PendingRecord] = []
-        """Unordered, unaggregated: the records, in put order, from ``head`` on (those
-        before were taken; the list is cut now and then)."""
-        self.head = 0
-        self.retried: list[PendingRecord] = []
-        """Unordered, unaggregated: records due for another try, oldest first; they go
-        before :attr:`records`."""
-        self.sealed: list[Entry] = []
-        """Unordered, aggregating: entries ready to go, first in line first."""
-        self.open: OpenAggregate | None = None
-        """Unordered, aggregating: the aggregate being filled (after :attr:`sealed`)."""
-        self.count = 0
-        """Unordered, aggregating: records waiting here (sealed or open)."""
-        self.ready: dict[str, None] = {}
-        """Ordered producers: keys whose next records may go, in turn."""
-        self.nbytes = 0
-        """Unordered, aggregating: bytes (AWS's count) of the records waiting here;
-        ordered producers: of the ready keys' next records."""
-        self.suspended = False
-        """True once an aggregate packed for the shard landed elsewhere: the lane waits
-        for the next shard map rather than send more aggregates to the wrong shard."""
-
-    def __repr__(self) -> str:
-        waiting = self.count or len(self.ready) or self.waiting_plain()
-        return f"<Lane {self.shard_id}: {waiting} waiting>"
-
-    def waiting_plain(self) -> int:
-        """Unordered, unaggregated: the records waiting."""
-        return len(self.records) - self.head + len(self.retried)
-
-    def take_fresh(self) -> list[PendingRecord]:
-        """Unordered, unaggregated: remove and return the (not retried) records."""
-        out = self.records[self.head :] if self.head else self.records
-        self.records = []
-        self.head = 0
-        return out
-
-    def oldest(self) -> PendingRecord | None:
-        """Unordered: the first record in line (the oldest but for retries), or None."""
-        if self.retried:
-            return self.retried[0]
-        if len(self.records) > self.head:
-            return self.records[self.head]
-        if self.sealed:
-            first = self.sealed[0]
-            return first.records[0] if type(first) is Aggregate else first  # type: ignore[return-value]
-        if self.open is not None and self.open.records:
-            return self.open.records[0]
-        return None
-
 
 
 class Accumulator:
@@ -182,10 +102,9 @@ class Accumulator:
         self.aggregate = aggregate
         self.packing = aggregate and not ordered
         """Records are packed into aggregates as they are put (unordered aggregation)."""
-        self._tail_of = tail_of
         self._on_unmapped = on_unmapped
         self._max_aggregate_bytes = max_aggregate_bytes
-        self._agg_limit = 0
+        self._filler = LanePacker(tail_of)
         self.solo = False
         """Records may be larger than a request (``max_batch_bytes``): such a record goes
         in a request of its own."""
@@ -225,7 +144,7 @@ class Accumulator:
     def set_limits(self, limits: KinesisLimits) -> None:
         """Size aggregates to ``limits`` from now on (the request limits stay)."""
         # the largest protobuf message of an aggregate, before its outer key's bytes
-        self._agg_limit = (
+        self._filler.limit = (
             min(self._max_aggregate_bytes, limits.max_record_bytes, limits.max_batch_bytes)
             - aggregation.OVERHEAD
         )
@@ -239,6 +158,7 @@ class Accumulator:
         new lane (keeping its order within its old lane, and per key)."""
         old = self._lanes
         self._map = shard_map
+        self._filler.mapped = True
         self.default = Lane(None)
         self._lanes = {None: self.default}
         for shard in shard_map:
@@ -315,7 +235,7 @@ class Accumulator:
                 del record.data
                 agg = lane.open
                 if agg is None or not agg.add(record, data):
-                    self._pack(lane, record, data)
+                    self._filler.pack(lane, record, data)
                 lane.count += 1
                 lane.nbytes += size
             else:
@@ -335,50 +255,14 @@ class Accumulator:
         self.queued_bytes = before + size
         return n == 1 or n == self.full_records or before < self.max_bytes <= before + size
 
-    # --- packing at put() time (unordered, aggregating) ---------------------------------
-
-    def _pack(self, lane: Lane, record: PendingRecord, data: bytes) -> None:
-        """Pack ``record`` into a new open aggregate of ``lane`` (sealing the full one),
-        or make it an entry of its own (no shard known, or too large for an aggregate).
-        (``add`` tried the lane's open aggregate first.)"""
-        agg = lane.open
-        assert self._tail_of is not None
-        if lane.shard_id is not None:
-            key_bytes = record.size - len(data)
-            fresh = OpenAggregate(self._agg_limit - key_bytes, record.key, key_bytes)
-            if fresh.add(record, data):
-                if agg is not None:
-                    lane.sealed.append(self._seal(lane, agg))
-                lane.open = fresh
-                return
-        elif self._map is None:  # the producer is starting: packed once the map comes
-            record.data = data
-            lane.sealed.append(record)
-            return
-        lane.sealed.append(plain_entry(record, data, self._tail_of(record.key)))
-
-    def _seal(self, lane: Lane, agg: OpenAggregate) -> Entry:
-        assert self._tail_of is not None
-        assert lane.shard_id is not None
-        return agg.seal(self._tail_of(agg.key), lane.landing, lane.shard_id)
-
     def _take_all(self, lane: Lane) -> list[PendingRecord]:
         """Empty an unordered lane: its records, oldest first (an aggregating producer's
         with their data back, but for those that go on their own)."""
-        if not self.packing:
+        if self.packing:
+            out = self._filler.take_all(lane)
+        else:
             out = lane.retried + lane.take_fresh()
             lane.retried = []
-        else:
-            if lane.open is not None:
-                lane.sealed.append(self._seal(lane, lane.open))
-                lane.open = None
-            out = []
-            for entry in lane.sealed:
-                if type(entry) is Aggregate:
-                    out += entry.unpack()
-                else:
-                    out.append(entry)  # type: ignore[arg-type]
-            lane.sealed = []
         lane.count = lane.nbytes = 0
         return out
 
@@ -400,30 +284,9 @@ class Accumulator:
                 else:
                     lane.records = sorted(lane.take_fresh() + group, key=_deadline)
                 continue
-            # pack them on their own (records that went alone keep their entry)
             lane.count += len(group)
             lane.nbytes += nbytes
-            sealed, open_ = lane.sealed, lane.open
-            lane.sealed, lane.open = [], None
-            for record in group:
-                if hasattr(record, "data"):
-                    data = record.data
-                    del record.data
-                    agg = lane.open
-                    if agg is None or not agg.add(record, data):
-                        self._pack(lane, record, data)
-                else:
-                    lane.sealed.append(record)
-            if lane.open is not None:
-                lane.sealed.append(self._seal(lane, lane.open))
-            if first:
-                lane.sealed += sealed
-            else:
-                if open_ is not None:
-                    sealed.append(self._seal(lane, open_))
-                    open_ = None
-                lane.sealed = sealed + lane.sealed
-            lane.open = open_
+            self._filler.refill(lane, group, first=first)
 
     def _ready(self, key: str, head: PendingRecord) -> None:
         """Make ``key`` ready in its head's lane (ordered), not counted yet."""
@@ -500,7 +363,7 @@ class Accumulator:
     def _drop_expired(self, lane: Lane, now: float, gone: list[PendingRecord]) -> None:
         """Unordered, aggregating: move the expired records of ``lane`` to ``gone``
         (still counted in the totals), packing the others again."""
-        live, out = _split(self._take_all(lane), now)
+        live, out = split_expired(self._take_all(lane), now)
         self.queued -= len(live)
         self.queued_bytes -= sum(map(_size, live))
         self._place(live)
@@ -513,9 +376,9 @@ class Accumulator:
         if not self.ordered:
             for lane in list(self._lanes.values()):
                 if self.packing:
-                    if not lane.count or min(map(_deadline, _waiting(lane))) > now:
+                    if not lane.count or min(map(_deadline, waiting_records(lane))) > now:
                         continue
-                    live, gone = _split(self._take_all(lane), now)
+                    live, gone = split_expired(self._take_all(lane), now)
                     out += gone
                     self.queued -= len(live)
                     self.queued_bytes -= sum(map(_size, live))
@@ -523,10 +386,10 @@ class Accumulator:
                     continue
                 retried, newer = lane.retried, lane.records[lane.head :]
                 if retried and min(map(_deadline, retried)) <= now:
-                    lane.retried, gone = _split(retried, now)
+                    lane.retried, gone = split_expired(retried, now)
                     out += gone
                 if newer and min(map(_deadline, newer)) <= now:
-                    lane.records, gone = _split(newer, now)
+                    lane.records, gone = split_expired(newer, now)
                     lane.head = 0
                     out += gone
             self.queued -= len(out)
@@ -540,7 +403,7 @@ class Accumulator:
                     continue
                 if not held:
                     self._withdraw(key, queue[0])
-                live, gone = _split(waiting, now)
+                live, gone = split_expired(waiting, now)
                 fresh = deque(list(queue)[:held] + live)
                 out += gone
                 if not fresh:
@@ -559,7 +422,7 @@ class Accumulator:
         retrying = {id(r) for r in out}
         if not self.ordered:
             for lane in self._lanes.values():
-                out += _waiting(lane)
+                out += waiting_records(lane)
                 lane.records, lane.retried, lane.sealed, lane.open = [], [], [], None
                 lane.head = 0
                 lane.count = lane.nbytes = 0
@@ -708,7 +571,7 @@ class Accumulator:
                     self.queued -= n
                     self.queued_bytes -= nbytes
                 else:
-                    n, nbytes, used = _take_built(
+                    n, nbytes, used = take_built(
                         lane, entries, room_n_lane, room_b_lane, tokens_n, tokens_b, now, expired
                     )
                     taken += n
@@ -746,7 +609,7 @@ class Accumulator:
         if head is not None and overdue(head, now):
             self._drop_expired(lane, now, gone)
         before = len(entries)
-        n, nbytes, used = _take_sealed(lane, entries, room_n, room_b, tokens_n, tokens_b)
+        n, nbytes, used = take_sealed(lane, entries, room_n, room_b, tokens_n, tokens_b)
         added = len(entries) - before
         agg = lane.open
         if lane.sealed or agg is None or added >= room_n or used >= room_b:
@@ -755,9 +618,9 @@ class Accumulator:
             return n, nbytes, used
         if added and (added >= tokens_n or used >= tokens_b):
             return n, nbytes, used
-        lane.sealed.append(self._seal(lane, agg))
+        lane.sealed.append(self._filler.seal(lane, agg))
         lane.open = None
-        more = _take_sealed(
+        more = take_sealed(
             lane, entries, room_n - added, room_b - used, tokens_n - added, tokens_b - used
         )
         return n + more[0], nbytes + more[1], used + more[2]
@@ -820,135 +683,3 @@ class Accumulator:
                     break
                 run.append(record)
             yield key, run
-
-
-def _waiting(lane: Lane) -> list[PendingRecord]:
-    """Every record waiting in an unordered lane (aggregates' records as they are)."""
-    out = lane.retried + lane.records[lane.head :]
-    for entry in lane.sealed:
-        if type(entry) is Aggregate:
-            out += entry.records
-        else:
-            out.append(entry)  # type: ignore[arg-type]
-    if lane.open is not None:
-        out += lane.open.records
-    return out
-
-
-# --- taking entries into a request -------------------------------------------------------
-
-
-def _take_built(
-    lane: Lane,
-    out: list[Entry],
-    room_n: int,
-    room_b: int,
-    tokens_n: float,
-    tokens_b: float,
-    now: float,
-    expired: list[PendingRecord],
-) -> tuple[int, int, int]:
-    """Take records built at ``put()`` as entries of their own: retried ones first, then
-    the others in put order, in bulk while none expired and the sizes fit at a glance.
-
-    Returns (records taken, their bytes, the entries' bytes); expired records go to
-    ``expired``.
-    """
-    cap_n = room_n if tokens_n >= room_n else max(1, int(tokens_n))
-    cap_b = room_b if tokens_b >= room_b else tokens_b
-    n = used = 0
-    if lane.retried:
-        n, used, i = _take_one_by_one(
-            lane.retried, 0, out, cap_n, cap_b, room_b, now, expired, 0, 0
-        )
-        del lane.retried[:i]
-    records = lane.records
-    head = lane.head
-    k = min(cap_n - n, len(records) - head)
-    if k > 0:
-        # The records are in put order, so in deadline order: if the first did not
-        # expire, none did (the periodic sweep catches any exception to the rule).
-        chunk = records[head : head + k]
-        nbytes = sum(map(_size, chunk))
-        if used + nbytes <= cap_b and not overdue(chunk[0], now):
-            head += k
-            out += chunk
-            n += k
-            used += nbytes
-        else:
-            n, used, head = _take_one_by_one(
-                records, head, out, cap_n, cap_b, room_b, now, expired, n, used
-            )
-        if head >= _COMPACT and head * 2 >= len(records):
-            del records[:head]
-            head = 0
-        lane.head = head
-    return n, used, used
-
-
-def _take_one_by_one(
-    records: list[PendingRecord],
-    i: int,
-    out: list[Entry],
-    cap_n: int,
-    cap_b: float,
-    room_b: int,
-    now: float,
-    expired: list[PendingRecord],
-    n: int,
-    used: int,
-) -> tuple[int, int, int]:
-    """Take ``records`` from index ``i`` on, one at a time, within the caps; the expired
-    ones go to ``expired``. Returns (records taken, bytes, the index reached)."""
-    while i < len(records) and n < cap_n:
-        record = records[i]
-        size = record.size
-        if used + size > cap_b and (n or size > room_b):
-            break
-        i += 1
-        if overdue(record, now):
-            expired.append(record)
-            continue
-        used += size
-        n += 1
-        out.append(record)
-    return n, used, i
-
-
-def _take_sealed(
-    lane: Lane,
-    out: list[Entry],
-    room_n: int,
-    room_b: int,
-    tokens_n: float,
-    tokens_b: float,
-) -> tuple[int, int, int]:
-    """Take a lane's sealed entries as they are, first in line first.
-
-    Returns (records taken, their bytes, the entries' bytes). Expired records are taken
-    out beforehand by the accumulator.
-    """
-    sealed = lane.sealed
-    taken = taken_bytes = entries = used = i = 0
-    while i < len(sealed) and entries < room_n and used < room_b:
-        if entries and (entries >= tokens_n or used >= tokens_b):
-            break
-        entry = sealed[i]
-        size = entry.size
-        if size > room_b - used or (entries and size > tokens_b - used):
-            break
-        i += 1
-        out.append(entry)
-        entries += 1
-        used += size
-        if type(entry) is Aggregate:
-            taken += len(entry.records)
-            taken_bytes += entry.nbytes
-        else:
-            taken += 1
-            taken_bytes += size
-    del sealed[:i]
-    lane.count -= taken
-    lane.nbytes -= taken_bytes
-    return taken, taken_bytes, used
-
