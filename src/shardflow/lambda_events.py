@@ -19,7 +19,7 @@ does: such an aggregate landed through a stale shard map and shardflow's produce
 the KPL) sends all its records again, so without ``shards`` they are seen twice.
 
 A value module: it makes no AWS calls (it uses the codec, the models and the partition
-key hash of :mod:`shardflow.shardmap`).
+key hash and range rule of :mod:`shardflow.shardmap`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 
 from .aggregation import MAGIC, deaggregate
 from .models import Record, Shard
-from .shardmap import hash_key
+from .shardmap import all_within
 
 __all__ = ["lambda_records"]
 
@@ -78,7 +78,7 @@ def lambda_records(
             bounds = ranges.get(shard_id)
             if bounds is None:
                 unknown.add(shard_id)
-            elif not _all_within(subs, *bounds):
+            elif not all_within(subs, *bounds):
                 dropped_aggregates += 1
                 dropped_records += len(subs)
                 continue
@@ -191,24 +191,3 @@ def _refuse(number: int, item: object) -> ValueError:
             f"{where}: kinesis.approximateArrivalTimestamp is missing or not a number"
         )
     return ValueError(f"{where}: kinesis.approximateArrivalTimestamp is out of range")
-
-
-def _all_within(subs: Sequence[tuple[str, str | None, bytes]], low: int, high: int) -> bool:
-    """True when every sub-record's effective hash key (the explicit hash key, else the
-    MD5 of the partition key; ``AggregatorUtil.effectiveHashKey``) falls in [low, high].
-    An explicit hash key that is not a number counts as outside, as in the Consumer."""
-    seen: set[tuple[str, str | None]] = set()  # keys repeat within an aggregate
-    for key, explicit, _ in subs:
-        if (key, explicit) in seen:
-            continue
-        seen.add((key, explicit))
-        if explicit is None:
-            effective = hash_key(key)
-        else:
-            try:
-                effective = int(explicit)
-            except ValueError:
-                return False
-        if not low <= effective <= high:
-            return False
-    return True

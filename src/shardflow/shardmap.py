@@ -23,6 +23,7 @@ from .models import Shard
 __all__ = [
     "MAX_HASH_KEY",
     "ShardMap",
+    "all_within",
     "hash_key",
     "landing_hash_key",
     "list_shards",
@@ -70,6 +71,35 @@ def landing_hash_key(shard: Shard) -> str:
     starting hash key. Used for aggregates, which must reach the shard their sub-records
     were packed for whatever the outer partition key hashes to."""
     return str(shard.starting_hash_key)
+
+
+_KEY_HASHES: dict[str, int] = {}
+"""Partition key -> hash key, for keys seen lately (keys repeat across aggregates: MD5 is
+most of the cost of checking an aggregate's sub-records)."""
+
+
+def all_within(records: Iterable[tuple[str, str | None, bytes]], low: int, high: int) -> bool:
+    """Whether every (partition key, explicit hash key, data) of an aggregate has its
+    effective hash key (the explicit hash key, else :func:`hash_key`; the KCL's
+    ``AggregatorUtil.effectiveHashKey``) in [low, high]: the KCL drops an aggregate WHOLE
+    when one does not. An explicit hash key that is not a number counts as outside (the
+    KCL cannot place it either)."""
+    hashes = _KEY_HASHES
+    for key, explicit, _ in records:
+        if explicit is None:
+            value = hashes.get(key)
+            if value is None:
+                if len(hashes) >= _CACHE_LIMIT:
+                    hashes.clear()
+                value = hashes[key] = hash_key(key)
+        else:
+            try:
+                value = int(explicit)
+            except ValueError:
+                return False
+        if not low <= value <= high:
+            return False
+    return True
 
 
 class ShardMap:

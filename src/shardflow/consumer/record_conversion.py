@@ -16,7 +16,7 @@ from typing import Any
 from .._logs import get_logger
 from ..aggregation import MAGIC, deaggregate
 from ..models import Record, Shard
-from ..shardmap import hash_key
+from ..shardmap import all_within
 
 __all__ = ["child_shard", "to_records"]
 
@@ -72,7 +72,7 @@ def to_records(
                 continue
             append(Record(data, raw["PartitionKey"], seq, None, shard_id, arrival))
             continue
-        if not _all_within(subs, low, high):
+        if not all_within(subs, low, high):
             dropped += len(subs)
             log.warning(
                 "dropped an aggregate of %d records at sequence number %s of %s: a sub-record "
@@ -118,33 +118,6 @@ def _plain_records(shard_id: str, raw_records: Sequence[dict[str, Any]]) -> list
         Record, map(_b64decode, blobs), map(_get_key, raw_records),
         map(_get_seq, raw_records), repeat(None), repeat(shard_id), arrivals,
     ))
-
-
-_HASHES: dict[str, int] = {}
-"""Partition key -> hash key, for keys seen lately (keys repeat across aggregates: MD5 is
-most of the cost of checking a sub-record's shard)."""
-_MAX_HASHES = 65_536
-
-
-def _all_within(subs: Sequence[tuple[str, str | None, bytes]], low: int, high: int) -> bool:
-    """Whether every sub-record's effective hash key lies in [low, high] (an explicit hash
-    key that is not a number counts as outside: the KCL cannot place it either)."""
-    hashes = _HASHES
-    for key, explicit, _ in subs:
-        if explicit is None:
-            value = hashes.get(key)
-            if value is None:
-                if len(hashes) >= _MAX_HASHES:
-                    hashes.clear()
-                value = hashes[key] = hash_key(key)
-        else:
-            try:
-                value = int(explicit)
-            except ValueError:
-                return False
-        if not low <= value <= high:
-            return False
-    return True
 
 
 def child_shard(item: dict[str, Any]) -> Shard:
