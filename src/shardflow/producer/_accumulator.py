@@ -23,9 +23,10 @@ Batch cut. A batch is cut when the oldest record of a lane that may send has lin
 quarter of the queue bound, so a producer whose queue fills never waits for linger), or
 at once while flushing (:meth:`Accumulator._scan`, with :meth:`Accumulator._full`). It
 takes from every lane that may send, an equal share of the request each, then what is
-left, up to the request limits (a lane's takers are in :mod:`._lane`). With a rate limiter, a lane may send only what its shard's token buckets allow,
-and a lane short of tokens waits until it may send :data:`GRANULE` seconds' worth (or
-all it holds): a throttled shard goes in chunks and never holds up the others.
+left, up to the request limits (a lane's takers are in :mod:`._lane`). With a rate
+limiter, a lane may send only what its shard's token buckets allow, and a lane short of
+tokens waits until it may send :data:`GRANULE` seconds' worth (or all it holds): a
+throttled shard goes in chunks and never holds up the others.
 """
 
 from __future__ import annotations
