@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from . import errors
 from ._validate import shown
+from .models import Shard
 
 __all__ = [
     "DEFAULT_LOCAL_REGION",
@@ -31,6 +32,7 @@ __all__ = [
     "error_for_code",
     "frozen_credentials",
     "is_loopback",
+    "list_shards",
     "map_errors",
     "map_exception",
     "open_client",
@@ -285,6 +287,25 @@ async def call(client: Any, operation: str, service: str = "kinesis", **params: 
         if isinstance(mapped, errors.ResourceNotFound):
             mapped = _not_found(mapped, client, params)
         raise mapped from exc
+
+
+async def list_shards(client: Any, stream: str) -> list[Shard]:
+    """Every shard of ``stream`` (open and closed), following ListShards pagination.
+
+    Raises :class:`errors.StreamNotFound` for a missing stream and other
+    :class:`errors.AWSError` subclasses as :func:`call` translates them. Cancellation
+    propagates.
+    """
+    shards: list[Shard] = []
+    params: dict[str, Any] = dict(stream_params(stream))
+    while True:
+        page = await call(client, "list_shards", **params)
+        shards.extend(Shard.from_api(item) for item in page.get("Shards", ()))
+        token = page.get("NextToken")
+        if not token:
+            return shards
+        # With NextToken, AWS rejects StreamName/StreamARN in the same request.
+        params = {"NextToken": token}
 
 
 _RESOURCE_PARAMS = (

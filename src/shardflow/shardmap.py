@@ -14,9 +14,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from hashlib import md5
 from itertools import pairwise
-from typing import Any
 
-from . import _aws
 from .errors import InvalidHashKey, InvalidShardMap, UnmappedHashKey
 from .models import Shard
 
@@ -26,8 +24,6 @@ __all__ = [
     "all_within",
     "hash_key",
     "landing_hash_key",
-    "list_shards",
-    "load_shard_map",
     "parse_explicit_hash_key",
 ]
 
@@ -196,33 +192,3 @@ class ShardMap:
                 self._cache.clear()
             self._cache[partition_key] = shard
         return shard
-
-
-async def list_shards(client: Any, stream: str) -> list[Shard]:
-    """Every shard of ``stream`` (open and closed), following ListShards pagination.
-
-    Raises :class:`errors.StreamNotFound` for a missing stream and other
-    :class:`errors.AWSError` subclasses as translated by ``_aws``. Cancellation propagates.
-    """
-    shards: list[Shard] = []
-    params: dict[str, Any] = dict(_aws.stream_params(stream))
-    while True:
-        page = await _aws.call(client, "list_shards", **params)
-        shards.extend(Shard.from_api(item) for item in page.get("Shards", ()))
-        token = page.get("NextToken")
-        if not token:
-            return shards
-        # With NextToken, AWS rejects StreamName/StreamARN in the same request.
-        params = {"NextToken": token}
-
-
-async def load_shard_map(
-    client: Any, stream: str, *, require_full_coverage: bool = True
-) -> ShardMap:
-    """A :class:`ShardMap` of the stream's open shards, from ListShards.
-
-    Raises what :func:`list_shards` raises, and :class:`errors.InvalidShardMap` when the
-    open shards do not cover the key space (see :class:`ShardMap`). Cancellation
-    propagates; nothing is left behind.
-    """
-    return ShardMap(await list_shards(client, stream), require_full_coverage=require_full_coverage)

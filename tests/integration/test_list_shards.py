@@ -6,7 +6,7 @@ from contextlib import AsyncExitStack
 import pytest
 
 from shardflow import _aws, errors
-from shardflow.shardmap import list_shards
+from shardflow._aws import list_shards
 
 from support import create_stream, unique_name
 

@@ -10,7 +10,7 @@ import pytest
 
 from shardflow import _aws, errors
 from shardflow.aggregation import AggregateBuilder, deaggregate
-from shardflow.shardmap import MAX_HASH_KEY, ShardMap, hash_key, landing_hash_key, load_shard_map
+from shardflow.shardmap import MAX_HASH_KEY, ShardMap, hash_key, landing_hash_key
 
 from support import create_stream, kinesis, read_stream, unique_name, wait_active
 
@@ -18,7 +18,7 @@ from support import create_stream, kinesis, read_stream, unique_name, wait_activ
 async def load(url: str, stream: str) -> ShardMap:
     async with AsyncExitStack() as stack:
         client = await _aws.open_client(stack, "kinesis", endpoint_url=url)
-        return await load_shard_map(client, stream)
+        return ShardMap(await _aws.list_shards(client, stream))
 
 
 def assert_predictions(url: str, stream: str, shard_map: ShardMap, seed: int) -> int:
@@ -124,6 +124,6 @@ async def test_aggregates_packed_per_shard_land_on_their_shard(kinesis_url: str)
         assert all(shard.contains(hash_key(pk)) for pk, _, _ in records)
 
 
-async def test_load_shard_map_of_a_missing_stream(kinesis_url: str) -> None:
+async def test_shard_map_of_a_missing_stream(kinesis_url: str) -> None:
     with pytest.raises(errors.StreamNotFound):
         await load(kinesis_url, unique_name("missing"))

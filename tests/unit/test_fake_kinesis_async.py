@@ -15,7 +15,8 @@ from aws_kinesis_agg.aggregator import RecordAggregator
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from shardflow.shardmap import load_shard_map
+from shardflow._aws import list_shards
+from shardflow.shardmap import ShardMap
 
 import support_bench  # noqa: F401  (puts the repository root on sys.path)
 from benchmarks.fake_kinesis import FakeKinesis, fake_kinesis
@@ -153,7 +154,7 @@ async def test_ordinary_concurrent_use(fake: FakeKinesis, kinesis: Any) -> None:
 
 async def test_routing_matches_shardflow_shard_map(fake: FakeKinesis, kinesis: Any) -> None:
     await kinesis.create_stream(StreamName="shardmap", ShardCount=5)
-    shard_map = await load_shard_map(kinesis, "shardmap")
+    shard_map = ShardMap(await list_shards(kinesis, "shardmap"))
     keys = [f"user-{i}" for i in range(300)] + ["ключ", "k" * 256]
     answer = await kinesis.put_records(StreamName="shardmap", Records=[
         {"Data": b"x", "PartitionKey": key} for key in keys])

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _aws, errors
+from .._aws import list_shards
 from ..consumer.lease_table import (
     SCOPE,
     SHARD_END_MARK,
@@ -36,7 +37,6 @@ from ..consumer.lease_table import (
     LeaseTable,
 )
 from ..models import Shard
-from ..shardmap import list_shards
 
 __all__ = ["ShardStatus", "StatusOptions", "add_status", "collect_status", "render"]
 

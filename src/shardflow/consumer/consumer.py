@@ -21,11 +21,11 @@ import anyio
 import anyio.abc
 
 from .. import _aws, _logs, _metrics, _trace, errors
+from .._aws import list_shards
 from .._logs import get_logger
 from .._validate import as_float, shown
 from ..limits import KinesisLimits
 from ..models import Record
-from ..shardmap import list_shards
 from ..sinks.base import Sink, first_failure, pipe
 from ._fan_out import check_consumer_name, open_fan_out
 from ._metrics import ConsumerMetrics

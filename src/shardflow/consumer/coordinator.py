@@ -19,9 +19,9 @@ import anyio
 import anyio.abc
 
 from .. import _logs, errors
+from .._aws import list_shards
 from .._logs import get_logger
 from ..models import Record, Shard
-from ..shardmap import list_shards
 from .checkpoint import CheckpointSession, StartPositions
 from .shard_reader import ReadContext, ShardReader, Signal, backoff_delay
 

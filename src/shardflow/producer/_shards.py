@@ -19,8 +19,9 @@ import anyio
 from anyio.abc import TaskStatus
 
 from .. import errors
+from .._aws import list_shards
 from .._logs import get_logger
-from ..shardmap import ShardMap, list_shards
+from ..shardmap import ShardMap
 
 __all__ = ["ShardTracker"]
 
