@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._aws import stream_name as stream_name  # the attribute's value: a name, not an ARN
 
@@ -25,9 +25,14 @@ __all__ = [
     "SHARD",
     "STREAM",
     "Meter",
+    "Observable",
     "Reading",
+    "attr",
+    "by_key",
     "check_provider",
     "meter",
+    "size",
+    "stat",
     "stream_name",
 ]
 
@@ -39,6 +44,21 @@ APP = "shardflow.app"
 Attributes = Mapping[str, str]
 Reading = Callable[[Any], Iterable[tuple[float, Attributes]]]
 """Reads an owner: (value, extra attributes) pairs."""
+
+
+
+class Observable(NamedTuple):
+    """One observable instrument: what it reports and how it reads its owner. Each area
+    declares its instruments as a table of these and registers an owner with
+    :meth:`Meter.observe`."""
+
+    kind: str
+    """``counter``, ``updown`` or ``gauge``."""
+    name: str
+    unit: str
+    description: str
+    read: Reading
+
 
 _VERSION = "0.1.0"
 
@@ -128,26 +148,21 @@ class Meter:
         self._instruments: dict[str, Any] = {}
 
     def observe(
-        self,
-        owner: object,
-        kind: str,
-        name: str,
-        unit: str,
-        description: str,
-        read: Reading,
-        attributes: Mapping[str, str],
+        self, owner: object, instruments: Iterable[Observable], attributes: Mapping[str, str]
     ) -> None:
-        """Report ``read(owner)`` under ``name`` at each collection while ``owner`` lives
-        (held weakly: a closed, dropped object stops reporting)."""
-        observed = self._observed.get(name)
-        if observed is None:
-            from opentelemetry.metrics import Observation
+        """Report each instrument's ``read(owner)`` at each collection while ``owner``
+        lives (held weakly: a closed, dropped object stops reporting)."""
+        base = dict(attributes)
+        for kind, name, unit, description, read in instruments:
+            observed = self._observed.get(name)
+            if observed is None:
+                from opentelemetry.metrics import Observation
 
-            observed = self._observed[name] = _Observed(Observation)
-            getattr(self.otel, _KINDS[kind])(
-                name, callbacks=[observed], unit=unit, description=description
-            )
-        observed.add(owner, read, dict(attributes))
+                observed = self._observed[name] = _Observed(Observation)
+                getattr(self.otel, _KINDS[kind])(
+                    name, callbacks=[observed], unit=unit, description=description
+                )
+            observed.add(owner, read, base)
 
     def counter(self, name: str, unit: str, description: str) -> Any:
         found = self._instruments.get(name)
@@ -169,6 +184,24 @@ class Meter:
             )
         return found
 
+    def recorder(
+        self,
+        name: str,
+        unit: str,
+        description: str,
+        attributes: Mapping[str, str],
+        buckets: Sequence[float] = SECONDS,
+    ) -> Callable[[float], None]:
+        """A function recording one value in the histogram ``name`` with ``attributes``
+        (the per-event hooks: a request's, a checkpoint's, an object's duration)."""
+        record = self.histogram(name, unit, description, buckets).record
+        attrs = dict(attributes)
+
+        def observe(value: float) -> None:
+            record(value, attrs)
+
+        return observe
+
 
 def stat(field: str) -> Reading:
     """A reading of one field of ``owner.stats()``."""
@@ -184,5 +217,23 @@ def by_key(read_map: Callable[[Any], Mapping[str, float]], attribute: str) -> Re
 
     def read(owner: Any) -> Iterable[tuple[float, Attributes]]:
         return [(value, {attribute: key}) for key, value in read_map(owner).items()]
+
+    return read
+
+
+def attr(name: str) -> Reading:
+    """A reading of the owner's attribute ``name`` (a number)."""
+
+    def read(owner: Any) -> Iterable[tuple[float, Attributes]]:
+        return ((getattr(owner, name), {}),)
+
+    return read
+
+
+def size(name: str) -> Reading:
+    """A reading of how many items the owner's attribute ``name`` holds."""
+
+    def read(owner: Any) -> Iterable[tuple[float, Attributes]]:
+        return ((len(getattr(owner, name)), {}),)
 
     return read

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .._metrics import Attributes, Meter, stat
+from .._metrics import Attributes, Meter, Observable, stat
 
 __all__ = ["buffer_metrics", "collector_metrics"]
 
@@ -30,34 +30,40 @@ def _buffer_dropped(output: Any) -> Iterable[tuple[float, Attributes]]:
     return [(getattr(s, field), {"reason": reason}) for reason, field in _DROP_REASONS.items()]
 
 
+_COLLECTOR = (
+    Observable("counter", "shardflow.collector.events.posted", "{event}",
+               "Events accepted by post() (before filters)", stat("posted")),
+    Observable("counter", "shardflow.collector.events.dropped", "{event}",
+               "Events dropped before any output (reason=filter: a filter returned None; "
+               "reason=unrouted: no output matched the tag)", _collector_dropped),
+    Observable("counter", "shardflow.collector.events.failed", "{event}",
+               "Posts that raised because an output refused the event", stat("failed")),
+)
+
+_BUFFER = (
+    Observable("updown", "shardflow.collector.spool.events", "{event}",
+               "Events held in the buffer (spooled, or queued for a spool commit)",
+               stat("buffered")),
+    Observable("updown", "shardflow.collector.spool.size", "By",
+               "Bytes of the events held in the buffer", stat("buffered_bytes")),
+    Observable("counter", "shardflow.collector.events.sent", "{event}",
+               "Events the output accepted", stat("sent")),
+    Observable("counter", "shardflow.collector.send.failures", "{event}",
+               "Failed tries of events (retried by policy)", stat("failed_attempts")),
+    Observable("counter", "shardflow.collector.events.refused", "{event}",
+               "Events refused at post() (overflow='raise', or closed)", stat("refused")),
+    Observable("counter", "shardflow.collector.spool.dropped", "{event}",
+               "Events dropped by policy (reason: overflow, purged, retries, rejected, close)",
+               _buffer_dropped),
+)
+
+
 def collector_metrics(collector: Any, meter: Meter) -> None:
     """Observe ``collector``'s counters."""
-    o = meter.observe
-    o(collector, "counter", "shardflow.collector.events.posted", "{event}",
-      "Events accepted by post() (before filters)", stat("posted"), {})
-    o(collector, "counter", "shardflow.collector.events.dropped", "{event}",
-      "Events dropped before any output (reason=filter: a filter returned None; "
-      "reason=unrouted: no output matched the tag)", _collector_dropped, {})
-    o(collector, "counter", "shardflow.collector.events.failed", "{event}",
-      "Posts that raised because an output refused the event", stat("failed"), {})
+    meter.observe(collector, _COLLECTOR, {})
 
 
 def buffer_metrics(output: Any, meter: Meter) -> None:
     """Observe a BufferedOutput's counters (attribute ``shardflow.output``: the type of
     the output it feeds)."""
-    attrs = {"shardflow.output": type(output.output).__name__}
-    o = meter.observe
-    o(output, "updown", "shardflow.collector.spool.events", "{event}",
-      "Events held in the buffer (spooled, or queued for a spool commit)",
-      stat("buffered"), attrs)
-    o(output, "updown", "shardflow.collector.spool.size", "By",
-      "Bytes of the events held in the buffer", stat("buffered_bytes"), attrs)
-    o(output, "counter", "shardflow.collector.events.sent", "{event}",
-      "Events the output accepted", stat("sent"), attrs)
-    o(output, "counter", "shardflow.collector.send.failures", "{event}",
-      "Failed tries of events (retried by policy)", stat("failed_attempts"), attrs)
-    o(output, "counter", "shardflow.collector.events.refused", "{event}",
-      "Events refused at post() (overflow='raise', or closed)", stat("refused"), attrs)
-    o(output, "counter", "shardflow.collector.spool.dropped", "{event}",
-      "Events dropped by policy (reason: overflow, purged, retries, rejected, close)",
-      _buffer_dropped, attrs)
+    meter.observe(output, _BUFFER, {"shardflow.output": type(output.output).__name__})

@@ -9,7 +9,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .._metrics import COUNTS, ERROR, STREAM, Attributes, Meter, by_key, stat, stream_name
+from .._metrics import (
+    COUNTS,
+    ERROR,
+    STREAM,
+    Attributes,
+    Meter,
+    Observable,
+    attr,
+    by_key,
+    stat,
+    stream_name,
+)
 
 __all__ = ["ProducerMetrics"]
 
@@ -36,8 +47,34 @@ def _entry_errors(producer: Any) -> dict[str, int]:
     return dict(sender.entry_errors) if sender is not None else {}
 
 
-def _aggregates(metrics: Any) -> Iterable[tuple[float, Attributes]]:
-    return ((metrics.aggregates, {}),)
+_PRODUCER = (
+    Observable("counter", "shardflow.producer.records.put", "{record}",
+               "Records accepted by put()", _put),
+    Observable("counter", "shardflow.producer.records.delivered", "{record}",
+               "Records delivered (acknowledged by Kinesis)", stat("delivered")),
+    Observable("counter", "shardflow.producer.records.failed", "{record}",
+               "Records whose delivery failed, by error code", by_key(_failed_codes, ERROR)),
+    Observable("counter", "shardflow.producer.records.retried", "{record}",
+               "Tries after a record's first", stat("retried")),
+    Observable("counter", "shardflow.producer.entries.throttled", "{entry}",
+               "PutRecords entries refused with ProvisionedThroughputExceededException",
+               _throttled),
+    Observable("counter", "shardflow.producer.entries.errors", "{entry}",
+               "PutRecords entries that failed, by error code", by_key(_entry_errors, ERROR)),
+    Observable("counter", "shardflow.producer.requests", "{request}",
+               "PutRecords requests sent", stat("requests")),
+    Observable("updown", "shardflow.producer.records.queued", "{record}",
+               "Records accepted and not yet resolved", stat("queued")),
+    Observable("updown", "shardflow.producer.bytes.queued", "By",
+               "Bytes those records hold (bounded by max_queue_bytes)", stat("queued_bytes")),
+    Observable("updown", "shardflow.producer.requests.in_flight", "{request}",
+               "PutRecords requests not answered yet", stat("in_flight_requests")),
+)
+
+_TALLIES = (  # tallied by ProducerMetrics itself, observed at collection (no SDK call)
+    Observable("counter", "shardflow.producer.aggregates", "{aggregate}",
+               "KPL aggregates delivered", attr("aggregates")),
+)
 
 
 class ProducerMetrics:
@@ -45,37 +82,15 @@ class ProducerMetrics:
 
     def __init__(self, producer: Any, meter: Meter) -> None:
         self.attributes = attrs = {STREAM: stream_name(producer.stream)}
-        o = meter.observe
-        o(producer, "counter", "shardflow.producer.records.put", "{record}",
-          "Records accepted by put()", _put, attrs)
-        o(producer, "counter", "shardflow.producer.records.delivered", "{record}",
-          "Records delivered (acknowledged by Kinesis)", stat("delivered"), attrs)
-        o(producer, "counter", "shardflow.producer.records.failed", "{record}",
-          "Records whose delivery failed, by error code", by_key(_failed_codes, ERROR), attrs)
-        o(producer, "counter", "shardflow.producer.records.retried", "{record}",
-          "Tries after a record's first", stat("retried"), attrs)
-        o(producer, "counter", "shardflow.producer.entries.throttled", "{entry}",
-          "PutRecords entries refused with ProvisionedThroughputExceededException",
-          _throttled, attrs)
-        o(producer, "counter", "shardflow.producer.entries.errors", "{entry}",
-          "PutRecords entries that failed, by error code", by_key(_entry_errors, ERROR), attrs)
-        o(producer, "counter", "shardflow.producer.requests", "{request}",
-          "PutRecords requests sent", stat("requests"), attrs)
-        o(producer, "updown", "shardflow.producer.records.queued", "{record}",
-          "Records accepted and not yet resolved", stat("queued"), attrs)
-        o(producer, "updown", "shardflow.producer.bytes.queued", "By",
-          "Bytes those records hold (bounded by max_queue_bytes)", stat("queued_bytes"), attrs)
-        o(producer, "updown", "shardflow.producer.requests.in_flight", "{request}",
-          "PutRecords requests not answered yet", stat("in_flight_requests"), attrs)
+        meter.observe(producer, _PRODUCER, attrs)
         self._duration = meter.histogram(
             "shardflow.producer.request.duration", "s", "PutRecords request duration"
         )
-        self.aggregates = 0  # tallied here, observed at collection (no SDK call)
-        o(self, "counter", "shardflow.producer.aggregates", "{aggregate}",
-          "KPL aggregates delivered", _aggregates, attrs)
-        self._per_aggregate = meter.histogram(
+        self.aggregates = 0
+        meter.observe(self, _TALLIES, attrs)
+        self._per_aggregate = meter.recorder(
             "shardflow.producer.aggregate.records", "{record}", "Records per aggregate delivered",
-            COUNTS,
+            attrs, COUNTS,
         )
 
     def attach(self, sender: Any) -> None:
@@ -89,4 +104,4 @@ class ProducerMetrics:
 
     def aggregate(self, records: int) -> None:
         self.aggregates += 1
-        self._per_aggregate.record(records, self.attributes)
+        self._per_aggregate(records)
