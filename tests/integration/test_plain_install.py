@@ -7,8 +7,10 @@ what to install (issue 17, item 2). About 15 s, most of it pip.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,18 +20,24 @@ from support import ROOT
 HINT = "pip install 'shardflow[local]'"
 
 
+def _wheel(folder: Path) -> list[Path]:
+    """Build the wheel of this checkout into ``folder`` once per session."""
+    if not folder.is_dir():
+        subprocess.run(
+            [sys.executable, "-m", "pip", "--quiet", "--disable-pip-version-check", "wheel",
+             "--no-deps", "--wheel-dir", str(folder), str(ROOT)],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    return sorted(folder.glob("shardflow-*.whl"))
+
+
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bin/ folder of a venv holding shardflow and its runtime dependencies only."""
     root = tmp_path_factory.mktemp("plain-install")
-    pip = [sys.executable, "-m", "pip", "--quiet", "--disable-pip-version-check"]
-    subprocess.run(
-        [*pip, "wheel", "--no-deps", "--wheel-dir", str(root / "dist"), str(ROOT)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    (wheel,) = (root / "dist").glob("shardflow-*.whl")
+    (wheel,) = _wheel(root / "dist")
     subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True, timeout=120)
     bin_dir = root / "venv" / ("Scripts" if os.name == "nt" else "bin")
     subprocess.run(
@@ -101,3 +109,29 @@ def test_the_rest_of_the_cli_works_without_extras(plain: Path) -> None:
     assert "demo" in proc.stdout
     proxy = _run(plain, "shardflow", "proxy", "--help")  # aiohttp comes with aiobotocore
     assert proxy.returncode == 0, proxy.stderr
+
+
+def test_the_wheel_describes_itself_for_a_package_index(plain: Path) -> None:
+    """Metadata an index shows: license file and expression, classifiers, the extras, and
+    a README whose first screen says what it is and how to install it, with no link that
+    is relative to the repository (it would break on the index)."""
+    (wheel,) = _wheel(plain.parent.parent / "dist")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA")))
+    head, _, readme = metadata.decode().partition("\n\n")
+    fields = [line.split(": ", 1) for line in head.splitlines() if ": " in line]
+    assert ["License-Expression", "Apache-2.0"] in fields
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert "shardflow/py.typed" in names
+    assert sum(1 for key, _ in fields if key == "Classifier") >= 8
+    assert ["Requires-Dist", 'moto[server]>=5.0; extra == "local"'] in fields
+    assert [key for key, value in fields if key == "Requires-Dist" and "extra" not in value] == [
+        "Requires-Dist"
+    ] * 3  # aiobotocore, anyio, orjson
+    first_screen = "\n".join(readme.splitlines()[:25])
+    assert "asyncio toolkit" in first_screen
+    assert "pip install shardflow" in first_screen
+    assert "pip install 'shardflow[local]'" in first_screen
+    relative = re.findall(r"\]\((?!https?://)([^)]*)\)", readme)
+    assert relative == [], f"links that break outside the repository: {relative}"
