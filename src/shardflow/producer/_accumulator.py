@@ -10,7 +10,8 @@ again (after a reshard, a failure, or when some in an aggregate expired) get the
 back from the aggregate and are packed again, oldest first. A lane whose aggregate went
 astray (a stale map) is suspended until the next map. With ``ordered=True`` each
 partition key has a FIFO, and only keys with nothing on their way are offered ("ready"):
-a later record of a key never overtakes an earlier one, across retries too.
+a later record of a key never overtakes an earlier one, across retries too
+(:class:`._keys.KeyQueues`).
 
 Retries and expiry. Records that failed a try come back through
 :meth:`Accumulator.retry_at`: they wait in a heap until their backoff ends, then go
@@ -33,8 +34,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from itertools import count
 from operator import attrgetter
 from typing import NamedTuple
@@ -43,6 +43,7 @@ from .. import aggregation
 from ..errors import UnmappedHashKey
 from ..limits import KinesisLimits
 from ..shardmap import ShardMap
+from ._keys import KeyQueues
 from ._lane import (
     Lane,
     LanePacker,
@@ -52,7 +53,7 @@ from ._lane import (
     take_sealed,
     waiting_records,
 )
-from ._packing import Packer, Run
+from ._packing import Packer
 from ._ratelimit import ShardRateLimiter
 from ._records import Entry, PendingRecord
 
@@ -133,9 +134,8 @@ class Accumulator:
         self.queued = 0
         """Records offered by the lanes (ordered: ready keys)."""
         self.queued_bytes = 0
-        # ordered: a FIFO per key, and how many of its first records are on their way
-        self._queues: dict[str, deque[PendingRecord]] = {}
-        self._held: dict[str, int] = {}
+        self._keys = KeyQueues(self, self._lane_of, self._packer, aggregate=aggregate)
+        """Ordered producers: the FIFO of each key."""
         # groups of records backing off: (ready_at, tiebreak, records)
         self._retries: list[tuple[float, int, list[PendingRecord]]] = []
         self._tiebreak = count()
@@ -174,15 +174,13 @@ class Accumulator:
             self.queued = self.queued_bytes = 0
             self._place(waiting)
             return
-        for queue in self._queues.values():
-            for record in queue:
-                self._lane_for(record)
-        for lane in old.values():
-            for key in lane.ready:
-                head = self._queues[key][0]
-                target = self._lanes.get(head.shard, self.default)
-                target.ready[key] = None
-                target.nbytes += head.size
+        for record in self._keys.records():
+            self._lane_for(record)
+        self._keys.move_ready(old.values())
+
+    def _lane_of(self, shard_id: str | None) -> Lane:
+        """The lane of ``shard_id`` (the default lane: unknown or None)."""
+        return self._lanes.get(shard_id, self.default)
 
     def _lane_for(self, record: PendingRecord) -> Lane:
         """The lane of ``record``'s predicted shard; sets ``record.shard``."""
@@ -244,13 +242,9 @@ class Accumulator:
         else:
             if lane_of is None:
                 record.shard = None
-            queue = self._queues.get(record.key)
-            if queue is not None:
-                queue.append(record)
+            if not self._keys.add(record):
                 return False
-            self._queues[record.key] = deque((record,))
             size = record.size
-            self._ready(record.key, record)
         n = self.queued = self.queued + 1
         before = self.queued_bytes
         self.queued_bytes = before + size
@@ -289,29 +283,9 @@ class Accumulator:
             lane.nbytes += nbytes
             self._filler.refill(lane, group, first=first)
 
-    def _ready(self, key: str, head: PendingRecord) -> None:
-        """Make ``key`` ready in its head's lane (ordered), not counted yet."""
-        lane = self._lanes.get(head.shard, self.default)
-        lane.ready[key] = None
-        lane.nbytes += head.size
-
-    def _offer(self, key: str, head: PendingRecord) -> None:
-        """Make ``key`` ready again in its head's lane (ordered), counted as offered."""
-        self._ready(key, head)
-        self.queued += 1
-        self.queued_bytes += head.size
-
     def _full(self, records: int, nbytes: int) -> bool:
         """The batch-due rule by size: a request's worth (or ``pressure_records``)."""
         return records >= self.full_records or nbytes >= self.max_bytes
-
-    def _withdraw(self, key: str, head: PendingRecord) -> None:
-        """Take ``key`` (whose next record is ``head``) out of its lane's ready keys."""
-        lane = self._lanes.get(head.shard, self.default)
-        del lane.ready[key]
-        lane.nbytes -= head.size
-        self.queued -= 1
-        self.queued_bytes -= head.size
 
     def retry_at(self, records: list[PendingRecord], when: float) -> None:
         """Send ``records`` again, first in line, once the monotonic clock reaches ``when``."""
@@ -320,28 +294,8 @@ class Accumulator:
 
     def done(self, record: PendingRecord) -> None:
         """``record``, taken in a batch, is resolved: its key's next may go (ordered)."""
-        if not self.ordered:
-            return
-        key = record.key
-        queue = self._queues.get(key)
-        if queue is None:
-            return
-        if queue and queue[0] is record:
-            queue.popleft()
-        else:
-            try:
-                queue.remove(record)
-            except ValueError:
-                return
-        held = self._held.get(key, 0) - 1
-        if held > 0:
-            self._held[key] = held
-            return
-        self._held.pop(key, None)
-        if queue:
-            self._offer(key, queue[0])
-        else:
-            del self._queues[key]
+        if self.ordered:
+            self._keys.done(record)
 
     # --- retries, expiry, drain ----------------------------------------------------------
 
@@ -353,10 +307,7 @@ class Accumulator:
         while retries and retries[0][0] <= now:
             due.extend(heapq.heappop(retries)[2])
         if self.ordered:
-            for record in due:
-                key = record.key
-                if self._held.pop(key, None) is not None:
-                    self._offer(key, self._queues[key][0])
+            self._keys.release(due)
             return
         self._place(due, first=True)
 
@@ -396,23 +347,7 @@ class Accumulator:
             self.queued -= len(out)
             self.queued_bytes -= sum(map(_size, out))
         else:
-            for key in list(self._queues):
-                queue = self._queues[key]
-                held = self._held.get(key, 0)
-                waiting = list(queue)[held:]
-                if not any(overdue(r, now) for r in waiting):
-                    continue
-                if not held:
-                    self._withdraw(key, queue[0])
-                live, gone = split_expired(waiting, now)
-                fresh = deque(list(queue)[:held] + live)
-                out += gone
-                if not fresh:
-                    del self._queues[key]
-                    continue
-                self._queues[key] = fresh
-                if not held:
-                    self._offer(key, fresh[0])
+            out = self._keys.expire(now)
         self.waiting -= len(out)
         return out
 
@@ -428,15 +363,7 @@ class Accumulator:
                 lane.head = 0
                 lane.count = lane.nbytes = 0
         else:
-            for key, queue in self._queues.items():
-                held = self._held.get(key, 0)
-                out.extend(r for i, r in enumerate(queue) if i >= held)
-            # records on their way stay until their request ends; the rest is gone
-            self._queues = {
-                k: deque(r for r in list(q)[: self._held[k]] if id(r) not in retrying)
-                for k, q in self._queues.items()
-                if k in self._held
-            }
+            out += self._keys.drain(retrying)
             for lane in self._lanes.values():
                 lane.ready.clear()
                 lane.nbytes = 0
@@ -448,8 +375,8 @@ class Accumulator:
         """The size of the entry a lane would send first (0: none): a record larger than
         a request goes in a request of its own."""
         if self.ordered:
-            ready = lane.ready
-            return self._queues[next(iter(ready))][0].size if ready else 0
+            head, _ = self._keys.head(lane)
+            return head.size if head is not None else 0
         if self.packing:  # (an open aggregate never exceeds a request)
             return lane.sealed[0].size if lane.sealed else 0
         head = lane.oldest()
@@ -460,8 +387,7 @@ class Accumulator:
     def _head(self, lane: Lane) -> tuple[PendingRecord | None, int]:
         """The oldest record a lane offers (None: none), and how many it offers."""
         if self.ordered:
-            ready = lane.ready
-            return (self._queues[next(iter(ready))][0], len(ready)) if ready else (None, 0)
+            return self._keys.head(lane)
         return lane.oldest(), lane.count if self.packing else lane.waiting_plain()
 
     def _scan(self, now: float, flushing: bool) -> tuple[list[Lane] | None, float]:
@@ -559,7 +485,7 @@ class Accumulator:
                         room_n_lane, room_b_lane = 1, big
                 first = len(entries)
                 if self.ordered:
-                    taken += self._take_runs(
+                    taken += self._keys.take_runs(
                         lane, entries, room_n_lane, room_b_lane, tokens_n, tokens_b, now, expired
                     )
                     used = sum(e.size for e in entries[first:])
@@ -625,62 +551,3 @@ class Accumulator:
             lane, entries, room_n - added, room_b - used, tokens_n - added, tokens_b - used
         )
         return n + more[0], nbytes + more[1], used + more[2]
-
-
-    def _take_runs(
-        self,
-        lane: Lane,
-        entries: list[Entry],
-        room_n: int,
-        room_b: int,
-        tokens_n: float,
-        tokens_b: float,
-        now: float,
-        gone: list[PendingRecord],
-    ) -> int:
-        """Ordered: pack the ready keys' next records; mark what was taken as held."""
-        taken = self._packer.pack_runs(
-            lane.shard_id,
-            lane.landing,
-            self._runs(lane, now, gone),
-            entries,
-            room_n,
-            room_b,
-            tokens_n,
-            tokens_b,
-        )
-        n = 0
-        for key, count_ in taken:
-            self._withdraw(key, self._queues[key][0])
-            self._held[key] = count_
-            n += count_
-        return n
-
-    def _runs(self, lane: Lane, now: float, gone: list[PendingRecord]) -> Iterator[Run]:
-        """The ready keys of ``lane`` in turn, each with its next records for the lane
-        (only the next one without aggregation); expired ones go to ``gone`` first."""
-        shard_id = lane.shard_id
-        aggregate = self.aggregate and shard_id is not None
-        for key in list(lane.ready):
-            queue = self._queues[key]
-            head = queue[0]
-            if overdue(head, now):
-                self._withdraw(key, head)
-                while queue and overdue(queue[0], now):
-                    gone.append(queue.popleft())
-                if not queue:
-                    del self._queues[key]
-                    continue
-                self._offer(key, queue[0])
-                if queue[0].shard != shard_id:
-                    continue  # its next record is for another lane now
-                head = queue[0]
-            if not aggregate:
-                yield key, (head,)
-                continue
-            run = []
-            for record in queue:
-                if record.shard != shard_id or overdue(record, now):
-                    break
-                run.append(record)
-            yield key, run
