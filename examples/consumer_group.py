@@ -17,13 +17,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from typing import Any
 
 import anyio
 import anyio.abc
-from aiobotocore.session import get_session
 
-from shardflow import Consumer, DynamoDBLeases, Producer, errors, local_endpoint
+from _resources import client
+from shardflow import Consumer, DynamoDBLeases, Producer, create_stream, errors, local_endpoint
 
 STREAM = "group-events"
 TABLE = "group-example-leases"
@@ -76,19 +75,9 @@ class Worker:
         await self.done.wait()
 
 
-def aws_client(service: str, endpoint_url: str) -> Any:
-    return get_session().create_client(
-        service,
-        endpoint_url=endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id="local",
-        aws_secret_access_key="local",
-    )
-
-
 async def lease_owners(endpoint_url: str) -> dict[str, str]:
     """leaseKey (the shard id) -> leaseOwner, as stored in the lease table."""
-    async with aws_client("dynamodb", endpoint_url) as dynamodb:
+    async with client("dynamodb", endpoint_url) as dynamodb:
         try:
             page = await dynamodb.scan(TableName=TABLE, ConsistentRead=True)
         except dynamodb.exceptions.ResourceNotFoundException:
@@ -108,11 +97,7 @@ async def wait_for_owners(endpoint_url: str, expected: Counter[str]) -> float:
 
 
 async def main(endpoint_url: str) -> None:
-    async with aws_client("kinesis", endpoint_url) as kinesis:
-        await kinesis.create_stream(StreamName=STREAM, ShardCount=4)
-        await kinesis.get_waiter("stream_exists").wait(
-            StreamName=STREAM, WaiterConfig={"Delay": 0.1, "MaxAttempts": 100}
-        )
+    await create_stream(STREAM, shard_count=4, endpoint_url=endpoint_url)
 
     a, b = Worker("worker-a", endpoint_url), Worker("worker-b", endpoint_url)
     async with anyio.create_task_group() as tg:

@@ -1,5 +1,6 @@
 """examples/consumer_group.py runs end to end: two workers share the shards, every event
-is processed once, a graceful close hands the leases over."""
+is processed once, a graceful close hands the leases over, whatever region the environment
+names (issue 17 item 1: the example's own clients follow the same region rule)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from support import ROOT
 
 def test_consumer_group_example_runs() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["AWS_REGION"] = "eu-west-1"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "consumer_group.py")],
         capture_output=True,
