@@ -20,6 +20,11 @@ from support import ROOT
 HINT = "pip install 'shardflow[local]'"
 
 
+def _clean_env() -> dict[str, str]:
+    """The environment without what would let the venv see this checkout's sources."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
 def _wheel(folder: Path) -> list[Path]:
     """Build the wheel of this checkout into ``folder`` once per session."""
     if not folder.is_dir():
@@ -46,12 +51,13 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True,
         capture_output=True,
         timeout=300,
+        env=_clean_env(),
     )
     return bin_dir
 
 
 def _run(bin_dir: Path, *command: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = _clean_env()
     return subprocess.run(
         [str(bin_dir / command[0]), *command[1:]],
         capture_output=True,
