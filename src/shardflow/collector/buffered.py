@@ -20,6 +20,7 @@ from anyio.abc import TaskGroup
 
 from .. import _metrics, errors
 from .._backoff import full_jitter
+from .._lifecycle import open_task_group, stop_task_group
 from .._logs import get_logger
 from .._validate import as_float, shown
 from ._metrics import buffer_metrics
@@ -189,8 +190,7 @@ class BufferedOutput:
         if self._state != _NEW:
             raise errors.OutputClosed(f"{self!r} is closed and cannot be restarted")
         await self._store.open()
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
+        tg = await open_task_group()
         self._tg = tg
         tg.start_soon(self._output_host)
         tg.start_soon(self._flush_loop)
@@ -255,8 +255,7 @@ class BufferedOutput:
                 if tg is not None:
                     if self._ready.is_set():
                         await self._output_done.wait()
-                    tg.cancel_scope.cancel()
-                    await tg.__aexit__(None, None, None)
+                    await stop_task_group(tg)
             finally:
                 with anyio.CancelScope(shield=True):
                     await self._cleanup()

@@ -22,6 +22,7 @@ import anyio.abc
 
 from .. import _aws, _logs, _metrics, _trace, errors
 from .._aws import list_shards
+from .._lifecycle import exit_task_group, open_task_group
 from .._logs import get_logger
 from .._validate import as_float, shown
 from ..limits import KinesisLimits
@@ -342,8 +343,7 @@ class Consumer:
                 self._metrics.attach(coord)
             # The task group is kept out of the exit stack: it must be exited first, in
             # the owner task, with no other cancel scope around it.
-            task_group = anyio.create_task_group()
-            await task_group.__aenter__()
+            task_group = await open_task_group()
             coord.task_group = self._task_group = task_group
             self._coord = coord
             await coord.sync(shards, initial=True)
@@ -368,7 +368,7 @@ class Consumer:
         binding, self._binding = self._binding, None
         try:
             if task_group is not None:
-                return await task_group.__aexit__(*exc_info)
+                return await exit_task_group(task_group, *exc_info)
             return None
         finally:
             try:
@@ -386,17 +386,13 @@ class Consumer:
         tb: TracebackType | None,
     ) -> bool | None:
         """:meth:`aclose`, then release the checkpointer binding and the client."""
-        # Only a cancellation concerns the task group (its scope may be the one that
-        # fired); any other error of the block propagates as is, not in an ExceptionGroup.
-        cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
         suppress: bool | None = None
         try:
             await self.aclose()
         finally:
             stack, self._stack = self._stack, None
             if stack is not None:
-                exc_info = (exc_type, exc, tb) if cancelled else (None, None, None)
-                suppress = await self._teardown(stack, exc_info)
+                suppress = await self._teardown(stack, (exc_type, exc, tb))
         return suppress
 
     async def aclose(self) -> None:

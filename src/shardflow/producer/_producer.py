@@ -29,6 +29,7 @@ from typing import Any
 import anyio
 
 from .. import _aws, _logs, _metrics, _trace, aggregation, errors
+from .._lifecycle import exit_task_group, open_task_group, stop_task_group
 from .._logs import get_logger
 from .._validate import check_int, check_number, shown
 from ..limits import KinesisLimits
@@ -327,16 +328,14 @@ class Producer:
                     self._tracer, "PutRecords", {_metrics.STREAM: _aws.stream_name(self.stream)},
                     self._resolver.on_request,
                 )
-            self._tg = anyio.create_task_group()
-            await self._tg.__aenter__()
+            self._tg = await open_task_group()
             await self._tg.start(self._sender.run)
         except BaseException:
             self._state = "closed"
             self._ledger.close()
             try:
                 if self._tg is not None:
-                    self._tg.cancel_scope.cancel()
-                    await self._tg.__aexit__(None, None, None)
+                    await stop_task_group(self._tg)
             finally:
                 with anyio.CancelScope(shield=True):
                     await stack.aclose()
@@ -353,18 +352,14 @@ class Producer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
+        suppress: bool | None = None
         try:
             await self._shutdown(None)
         finally:
             tg, self._tg = self._tg, None
-            if tg is not None:
-                # Only a cancellation concerns the task group (it may be its own, after a
-                # sender crash); the body's other errors propagate as they are, unwrapped.
-                if exc is not None and not isinstance(exc, asyncio.CancelledError):
-                    await tg.__aexit__(None, None, None)
-                else:
-                    return await tg.__aexit__(exc_type, exc, tb)
-        return None
+            if tg is not None:  # (a cancellation may be its own, after a sender crash)
+                suppress = await exit_task_group(tg, exc_type, exc, tb)
+        return suppress
 
     async def aclose(self, *, grace: float | None = None) -> None:
         """Refuse new puts, deliver what was accepted, then stop the sender. Idempotent.

@@ -20,6 +20,7 @@ from anyio.abc import TaskGroup
 
 from .. import _aws, _logs, _metrics, errors
 from .._backoff import full_jitter
+from .._lifecycle import exit_task_group, open_task_group
 from .._logs import get_logger
 from .._validate import as_float, shown
 from ..models import Record
@@ -185,8 +186,7 @@ class S3Sink:
             raise
         self._stack = stack
         self._timer_scope = anyio.CancelScope()
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
+        self._tg = await open_task_group()
         self._tg.start_soon(self._run_timer, self._timer_scope)
         self._state = "open"
         return self
@@ -201,15 +201,10 @@ class S3Sink:
             await self.aclose()
         finally:
             # The task group exits here, where its cancel scope is the current one
-            # (aclose() may run inside other scopes, e.g. shielded by a caller). Only a
-            # cancellation concerns it; any other error of the block propagates as is,
-            # not wrapped in an ExceptionGroup.
+            # (aclose() may run inside other scopes, e.g. shielded by a caller).
             tg, self._tg = self._tg, None
             if tg is not None:
-                if isinstance(exc, anyio.get_cancelled_exc_class()):
-                    await tg.__aexit__(exc_type, exc, tb)
-                else:
-                    await tg.__aexit__(None, None, None)
+                await exit_task_group(tg, exc_type, exc, tb)
 
     async def aclose(self) -> Durable:
         """Refuse new records, write everything buffered, stop the timer, close the client.
