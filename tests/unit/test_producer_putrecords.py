@@ -8,7 +8,8 @@ import orjson
 import pytest
 
 from shardflow import errors
-from shardflow.producer._transport import encode_entry, parse_response, request_body, response_error
+from shardflow._signed import response_error
+from shardflow.producer._transport import encode_entry, parse_response, request_body
 
 
 def test_entries_and_body_are_the_json_botocore_would_send() -> None:
@@ -62,7 +63,7 @@ def test_entries_and_body_are_the_json_botocore_would_send() -> None:
 def test_error_answers_map_through_aws_error_table(
     status: int, raw: bytes, header: str | None, cls: type[errors.AWSError], code: str
 ) -> None:
-    err = response_error(status, raw, header)
+    err = response_error("PutRecords", status, raw, header)
     assert type(err) is cls
     assert err.code == code
     assert err.operation == "PutRecords"

@@ -31,6 +31,7 @@ import anyio
 from .. import _aws, _logs, _metrics, _trace, aggregation, errors
 from .._lifecycle import exit_task_group, open_task_group, stop_task_group
 from .._logs import get_logger
+from .._signed import client_credentials
 from .._validate import check_int, check_number, shown
 from ..limits import KinesisLimits
 from ..models import PutResult
@@ -285,15 +286,11 @@ class Producer:
             )
             endpoint_url, region_name = _aws.client_endpoint(client)
             self._where = (endpoint_url, region_name)
-
-            async def credentials() -> Any:
-                return await _aws.frozen_credentials(client)
-
             transport = PutRecordsTransport(
                 endpoint_url=endpoint_url,
                 region_name=region_name,
                 stream_params=self._stream_params,
-                credentials=credentials,
+                credentials=client_credentials(client),
                 max_connections=self.max_in_flight,
             )
             await transport.start()

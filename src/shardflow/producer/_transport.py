@@ -5,31 +5,25 @@ the one place the request's JSON is written (:func:`entry`, :func:`key_tail`,
 Sending 500-entry PutRecords calls through botocore's client pipeline (parameter
 validation, serialisation, shape-based parsing) costs more client CPU than everything else
 the producer does. This module builds the JSON body from entry fragments encoded once at
-``put()`` time, signs it with botocore's own :class:`botocore.auth.SigV4Auth` using the
-aiobotocore client's (refreshed) credentials, POSTs it with aiohttp to the endpoint the
-client resolved, and reads the answer with orjson. Errors are mapped by
-:mod:`shardflow._aws`, exactly as for every other call.
+``put()`` time and reads the answer with orjson; :mod:`shardflow._signed` (the edge's
+signed requests, shared with the consumer) signs and sends it, errors mapped by
+:mod:`shardflow._aws` exactly as for every other call.
 
-Only this module and ``_aws`` know about transports; it never imports aiobotocore. The
-sender needs only :class:`Transport` (one method), the seam for another transport.
+The sender needs only :class:`Transport` (one method), the seam for another transport.
 """
 
 from __future__ import annotations
 
-import asyncio
 import binascii
-import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from itertools import repeat
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 
-from .. import _aws, errors
+from .. import _aws
+from .._signed import SERVICE, SignedClient
 
 __all__ = [
     "PutRecordsTransport",
@@ -46,9 +40,6 @@ __all__ = [
 ]
 
 OPERATION = "PutRecords"
-TARGET = "Kinesis_20131202.PutRecords"
-CONTENT_TYPE = "application/x-amz-json-1.1"
-SERVICE = "kinesis"
 
 _b64 = binascii.b2a_base64
 _dumps = orjson.dumps
@@ -89,34 +80,6 @@ def request_body(stream_params: dict[str, str], entries: Sequence[bytes]) -> byt
     """The PutRecords request body for ``entries`` (from :func:`entry`)."""
     head = _dumps(stream_params)[:-1]  # '{"StreamName":"x"' without the closing brace
     return head + b',"Records":[' + b",".join(entries) + b"]}"
-
-
-def _error_code(raw: bytes, header: str | None) -> tuple[str | None, str]:
-    """AWS's error code and message from a JSON error body or the x-amzn-ErrorType header."""
-    code: str | None = None
-    message = ""
-    try:
-        doc = orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        doc = None
-    if isinstance(doc, dict):
-        kind = doc.get("__type")
-        if isinstance(kind, str) and kind:
-            code = kind.rsplit("#", 1)[-1]
-        msg = doc.get("message") or doc.get("Message")
-        if isinstance(msg, str):
-            message = msg
-    if not code and header:
-        code = header.split(":", 1)[0].rsplit("#", 1)[-1] or None
-    return code, message
-
-
-def response_error(status: int, raw: bytes, header: str | None) -> errors.AWSError:
-    """The shardflow error for a non-200 PutRecords answer."""
-    code, message = _error_code(raw, header)
-    if not message and not code:
-        message = raw[:200].decode("utf-8", "replace")
-    return _aws.error_for_code(code or f"HTTP{status}", message, OPERATION, SERVICE, status)
 
 
 def parse_response(raw: bytes, expected: int) -> list[dict[str, Any]]:
@@ -167,14 +130,6 @@ def all_written(records: list[dict[str, Any]]) -> bool:
         return False
 
 
-def _env_proxy(url: str) -> str | None:
-    """The proxy for ``url`` from HTTP(S)_PROXY / NO_PROXY, as botocore reads them."""
-    parts = urlsplit(url)
-    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
-        return None
-    return urllib.request.getproxies().get(parts.scheme)
-
-
 class PutRecordsTransport:
     """Signs and sends PutRecords requests over one aiohttp connection pool.
 
@@ -192,42 +147,24 @@ class PutRecordsTransport:
         max_connections: int,
         connect_timeout: float = 5.0,
     ) -> None:
-        self._url = endpoint_url if endpoint_url.endswith("/") else endpoint_url + "/"
-        self._region = region_name
+        self._http = SignedClient(
+            endpoint_url=endpoint_url,
+            region_name=region_name,
+            credentials=credentials,
+            max_connections=max_connections,
+            connect_timeout=connect_timeout,
+        )
         self._stream_params = dict(stream_params)
-        self._credentials = credentials
-        self._max_connections = max_connections
-        self._connect_timeout = connect_timeout
-        self._session: aiohttp.ClientSession | None = None
-        self._proxy: str | None = None
 
     def __repr__(self) -> str:
-        return f"PutRecordsTransport({self._url!r}, region={self._region!r})"
+        return f"PutRecordsTransport({self._http.url!r}, region={self._http.region!r})"
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self._max_connections, enable_cleanup_closed=True)
-        # Proxy settings are read from the environment once, here, as botocore does;
-        # aiohttp's trust_env would look them (and ~/.netrc) up in a thread per request.
-        self._proxy = _env_proxy(self._url)
-        self._session = aiohttp.ClientSession(connector=connector)
+        await self._http.start()
 
     async def aclose(self) -> None:
         """Close the connection pool (idempotent)."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-    async def sign(self, body: bytes) -> dict[str, str]:
-        """Headers for a PutRecords POST of ``body``, signed with SigV4 for now."""
-        headers = {"Content-Type": CONTENT_TYPE, "X-Amz-Target": TARGET}
-        creds = await self._credentials()
-        if creds is None:
-            raise errors.AccessDenied(
-                "NoCredentials", "no AWS credentials to sign PutRecords with", OPERATION
-            )
-        request = AWSRequest(method="POST", url=self._url, data=body, headers=headers)
-        SigV4Auth(creds, SERVICE, self._region).add_auth(request)
-        return dict(request.headers.items())
+        await self._http.aclose()
 
     async def put_records(self, entries: Sequence[bytes], timeout: float) -> bytes:
         """Send one PutRecords request; return its raw 200 answer (read it with
@@ -239,29 +176,12 @@ class PutRecordsTransport:
         connection failures and resets. Cancellation propagates (the request may or may
         not have reached the service).
         """
-        session = self._session
-        if session is None:
-            raise errors.EndpointUnreachable("Closed", "transport is closed", OPERATION)
-        body = request_body(self._stream_params, entries)
-        headers = await self.sign(body)
-        try:
-            async with session.post(
-                self._url,
-                data=body,
-                headers=headers,
-                proxy=self._proxy,
-                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=self._connect_timeout),
-            ) as response:
-                raw = await response.read()
-                status = response.status
-                error_header = response.headers.get("x-amzn-ErrorType")
-        except asyncio.TimeoutError as exc:  # not TimeoutError's subclass before 3.11
-            raise _aws.translate_error(TimeoutError(str(exc)), OPERATION) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise _aws.translate_error(exc, OPERATION) from exc
-        if status != 200:
-            raise response_error(status, raw, error_header)
-        return raw
+        http = self._http
+        return await http.post(
+            OPERATION,
+            request_body(self._stream_params, entries),
+            aiohttp.ClientTimeout(total=timeout, sock_connect=http.connect_timeout),
+        )
 
 
 class Transport(Protocol):
