@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from types import TracebackType
 from typing import Any
 
 import anyio
 import orjson
-from anyio.abc import TaskGroup
+from anyio.abc import AsyncResource, TaskGroup
 
 from .. import _metrics, errors
 from .._backoff import full_jitter
@@ -43,7 +42,7 @@ log = get_logger("shardflow.collector")
 _NEW, _OPEN, _CLOSING, _CLOSED = range(4)
 
 
-class BufferedOutput:
+class BufferedOutput(AsyncResource):
     """Buffers events in memory or in a SQLite spool and sends them in batches.
 
     Use it as an output of a :class:`Collector` (which starts and closes it), or on its
@@ -208,14 +207,6 @@ class BufferedOutput:
     async def __aenter__(self) -> BufferedOutput:
         await self.start()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Refuse new events, flush for up to ``close_timeout``, close the output, stop.

@@ -11,10 +11,10 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import orjson
+from anyio.abc import AsyncResource
 
 from .. import _metrics, _trace, errors
 from .._logs import get_logger
@@ -57,7 +57,7 @@ def _serialise(event: Mapping[str, Any]) -> bytes:
         raise errors.SerializationError(f"event is not JSON-serialisable: {exc}") from exc
 
 
-class Collector:
+class Collector(AsyncResource):
     """Routes tagged events through filters to outputs.
 
     ::
@@ -264,14 +264,6 @@ class Collector:
             raise
         self._state = _OPEN
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Refuse new posts, then close (and so flush) every output, last added first.

@@ -26,10 +26,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
 import anyio
+from anyio.abc import AsyncResource
 
 from .. import errors
 from .._logs import get_logger
@@ -130,7 +130,7 @@ class _Cell(Generic[A]):
         self.count = 0
 
 
-class TumblingWindows(Generic[E, K, A]):
+class TumblingWindows(AsyncResource, Generic[E, K, A]):
     """Tumbling event-time windows of ``size`` seconds, per ``key(event)``.
 
     Options (keyword-only, validated here):
@@ -307,17 +307,6 @@ class TumblingWindows(Generic[E, K, A]):
             self._close_until(None)
         await self._emit_ready()
         await self._send.aclose()
-
-    async def __aenter__(self) -> TumblingWindows[E, K, A]:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __aiter__(self) -> AsyncIterator[Window[K, A]]:
         if self._on_window is not None:
