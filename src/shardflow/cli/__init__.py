@@ -260,6 +260,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         endpoint_url=args.endpoint_url,
         region_name=args.region,
+        fan_out=args.fan_out,
     )
 
     def report(line: str) -> None:
@@ -303,6 +304,12 @@ def _add_tail(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--idle-timeout", type=_seconds, metavar="S",
                    help="stop after S seconds without a new record")
+    from ._consumers import TAIL_CONSUMER, consumer_name
+
+    p.add_argument("--fan-out", nargs="?", const=TAIL_CONSUMER, type=consumer_name,
+                   metavar="NAME", help="read through enhanced fan-out (SubscribeToShard) as "
+                   f"stream consumer NAME (default {TAIL_CONSUMER}; registered on first use "
+                   "and kept: `shardflow consumers STREAM --deregister NAME` removes it)")
     p.set_defaults(handler=_cmd_tail)
 
 
@@ -326,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ._status import add_status
 
     add_status(sub, common, _stream, _seconds)
+    from ._consumers import add_consumers
+
+    add_consumers(sub, common, _stream)
     add_local(sub, common)
     add_proxy(sub, common)
     add_bench(sub)

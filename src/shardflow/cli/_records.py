@@ -297,6 +297,8 @@ class TailOptions:
     idle_timeout: float | None
     endpoint_url: str | None
     region_name: str | None
+    fan_out: str | None = None
+    """Read through enhanced fan-out as this stream consumer (None: polling)."""
 
 
 def format_record(record: Record, style: str | None) -> bytes:
@@ -345,6 +347,7 @@ async def tail_stream(
         endpoint_url=options.endpoint_url,
         region_name=options.region_name,
         poll_interval=0.5,
+        fan_out=options.fan_out or False,
     ) as consumer:
         if options.start_at == "LATEST":
             report(
