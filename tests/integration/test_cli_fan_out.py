@@ -42,3 +42,13 @@ def test_tail_fan_out_then_list_and_deregister(kinesis_mock_url: str) -> None:  
     bad = shardflow("--endpoint-url", url, "tail", name, "--fan-out", "not a name")
     assert bad.returncode != 0
     assert "stream consumer name" in bad.stderr
+
+
+def test_the_proxy_command_breaks_subscriptions_too() -> None:
+    help_text = shardflow("proxy", "--help").stdout
+    for flag in ("--subscription-in-use", "--subscription-limit", "--cut-subscriptions-after",
+                 "--fail-subscriptions-after"):
+        assert flag in help_text
+    bad = shardflow("proxy", "--upstream", "http://127.0.0.1:1", "--subscription-limit", "2")
+    assert bad.returncode == 2
+    assert "--subscription-limit must be between 0 and 1" in bad.stderr

@@ -34,6 +34,10 @@ _FLAGS = {
     "latency": "--latency",
     "expire_iterator_fraction": "--expire-iterators",
     "read_throttle_fraction": "--read-throttle",
+    "subscription_in_use_fraction": "--subscription-in-use",
+    "subscription_limit_fraction": "--subscription-limit",
+    "cut_subscription_after": "--cut-subscriptions-after",
+    "fail_subscription_after": "--fail-subscriptions-after",
     "operations": "--operations",
 }
 _OPTION = re.compile(r"\b(" + "|".join(_FLAGS) + r")\b(?= must\b)")
@@ -178,6 +182,10 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
             expire_iterator_fraction=args.expire_iterators,
             read_throttle_fraction=args.read_throttle,
             operations=ops,
+            subscription_in_use_fraction=args.subscription_in_use,
+            subscription_limit_fraction=args.subscription_limit,
+            cut_subscription_after=args.cut_subscriptions_after,
+            fail_subscription_after=args.fail_subscriptions_after,
         )
     except (TypeError, ValueError) as exc:
         return usage("proxy", str(exc))
@@ -232,4 +240,13 @@ def add_proxy(sub: Any, common: argparse.ArgumentParser) -> None:
     reads.add_argument(
         "--read-limits", action="store_true", help="enforce 5 calls/s and 2 MiB/s per shard"
     )
+    subs = p.add_argument_group("enhanced fan-out (per SubscribeToShard call or stream)")
+    subs.add_argument("--subscription-in-use", type=float, default=0.0, metavar="F",
+                      help="ResourceInUseException (not forwarded)")
+    subs.add_argument("--subscription-limit", type=float, default=0.0, metavar="F",
+                      help="LimitExceededException (not forwarded)")
+    subs.add_argument("--cut-subscriptions-after", type=int, default=None, metavar="N",
+                      help="reset each subscription's connection after N events")
+    subs.add_argument("--fail-subscriptions-after", type=int, default=None, metavar="N",
+                      help="end each subscription after N events with InternalFailure")
     p.set_defaults(handler=_cmd_proxy)
