@@ -1,11 +1,10 @@
 """The consumer's side of the wire: GetRecords and SubscribeToShard as signed HTTP requests.
 
 As the producer does for PutRecords, reads skip botocore's client pipeline: the body is
-built with orjson, signed with botocore's :class:`SigV4Auth` using the aiobotocore
-client's (refreshed) credentials, POSTed with aiohttp to the endpoint the client
-resolved, and answered JSON is read with orjson. Records stay in the service's JSON shape
-(``Data`` base64, ``ApproximateArrivalTimestamp`` epoch seconds) until
-``record_conversion`` turns them into user records.
+built with orjson, signed and POSTed by :mod:`shardflow._signed` (the edge's signed
+requests, shared with the producer), and answered JSON is read with orjson. Records stay
+in the service's JSON shape (``Data`` base64, ``ApproximateArrivalTimestamp`` epoch
+seconds) until ``record_conversion`` turns them into user records.
 
 SubscribeToShard answers with AWS's binary event stream (``application/vnd.amazon.
 eventstream``): length-prefixed messages with CRC32 checks, typed headers and a JSON
@@ -15,7 +14,7 @@ parser ("First event was not of type initial-response") cannot read it: here tha
 is optional.
 
 Every failure is translated by :mod:`shardflow._aws`'s one error map: an error answer
-through :func:`_aws.error_for_code`, a transport failure through
+through :func:`_signed.response_error`, a transport failure through
 :func:`_aws.translate_error`. Cancellation propagates.
 """
 
@@ -23,25 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
 from zlib import crc32
 
 import aiohttp
 import orjson
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 
 from .. import _aws, errors
+from .._signed import SERVICE, SignedClient, client_credentials, response_error
 
 __all__ = ["EventStreamDecoder", "ReadTransport", "open_read_transport"]
-
-SERVICE = "kinesis"
-CONTENT_TYPE = "application/x-amz-json-1.1"
-TARGET = "Kinesis_20131202."
 
 _dumps = orjson.dumps
 _loads = orjson.loads
@@ -67,44 +59,26 @@ class ReadTransport:
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
     ) -> None:
-        self._url = endpoint_url if endpoint_url.endswith("/") else endpoint_url + "/"
-        self._region = region_name
-        self._credentials = credentials
-        self._max_connections = max_connections
-        self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
-        self._session: aiohttp.ClientSession | None = None
-        self._proxy: str | None = None
+        self._http = SignedClient(
+            endpoint_url=endpoint_url,
+            region_name=region_name,
+            credentials=credentials,
+            max_connections=max_connections,
+            connect_timeout=connect_timeout,
+        )
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
 
     def __repr__(self) -> str:
-        return f"ReadTransport({self._url!r}, region={self._region!r})"
+        return f"ReadTransport({self._http.url!r}, region={self._http.region!r})"
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self._max_connections, enable_cleanup_closed=True)
-        self._proxy = _env_proxy(self._url)
-        self._session = aiohttp.ClientSession(connector=connector)
+        await self._http.start()
 
     async def aclose(self) -> None:
         """Close the connection pool (idempotent)."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-    async def _signed(self, operation: str, body: bytes) -> dict[str, str]:
-        headers = {"Content-Type": CONTENT_TYPE, "X-Amz-Target": TARGET + operation}
-        creds = await self._credentials()
-        if creds is None:
-            raise errors.AccessDenied(
-                "NoCredentials", f"no AWS credentials to sign {operation} with", operation
-            )
-        request = AWSRequest(method="POST", url=self._url, data=body, headers=headers)
-        SigV4Auth(creds, SERVICE, self._region).add_auth(request)
-        return dict(request.headers.items())
-
-    def _open(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise errors.EndpointUnreachable("Closed", "the consumer's transport is closed")
-        return self._session
+        await self._http.aclose()
 
     async def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         """One JSON request (GetRecords, ...): its answer as parsed by orjson.
@@ -113,25 +87,7 @@ class ReadTransport:
         :class:`errors.RequestTimeout` when no answer came within the read timeout,
         :class:`errors.EndpointUnreachable` for connection failures.
         """
-        session = self._open()
-        body = _dumps(params)
-        headers = await self._signed(operation, body)
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self._connect_timeout, sock_read=self._read_timeout
-        )
-        try:
-            async with session.post(
-                self._url, data=body, headers=headers, proxy=self._proxy, timeout=timeout
-            ) as response:
-                raw = await response.read()
-                status = response.status
-                error_header = response.headers.get("x-amzn-ErrorType")
-        except asyncio.TimeoutError as exc:  # not TimeoutError's subclass before 3.11
-            raise _aws.translate_error(TimeoutError(str(exc)), operation) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise _aws.translate_error(exc, operation) from exc
-        if status != 200:
-            raise response_error(operation, status, raw, error_header)
+        raw = await self._http.post(operation, _dumps(params), self._timeout)
         try:
             answer = _loads(raw)
             if not isinstance(answer, dict):
@@ -157,20 +113,7 @@ class ReadTransport:
         Leaving the block closes the connection.
         """
         operation = "SubscribeToShard"
-        session = self._open()
-        body = _dumps(params)
-        headers = await self._signed(operation, body)
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self._connect_timeout, sock_read=self._read_timeout
-        )
-        try:
-            response = await session.post(
-                self._url, data=body, headers=headers, proxy=self._proxy, timeout=timeout
-            )
-        except asyncio.TimeoutError as exc:
-            raise _aws.translate_error(TimeoutError(str(exc)), operation) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise _aws.translate_error(exc, operation) from exc
+        response = await self._http.open(operation, _dumps(params), self._timeout)
         try:
             if response.status != 200:
                 try:
@@ -327,48 +270,14 @@ def encode_message(headers: dict[str, str], payload: bytes) -> bytes:
     return message + struct.pack(">I", crc32(message))
 
 
-def response_error(operation: str, status: int, raw: bytes, header: str | None) -> errors.AWSError:
-    """The shardflow error for a non-200 answer (AWS's JSON error body or header)."""
-    code: str | None = None
-    message = ""
-    try:
-        doc = _loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        doc = None
-    if isinstance(doc, dict):
-        kind = doc.get("__type")
-        if isinstance(kind, str) and kind:
-            code = kind.rsplit("#", 1)[-1]
-        msg = doc.get("message") or doc.get("Message")
-        if isinstance(msg, str):
-            message = msg
-    if not code and header:
-        code = header.split(":", 1)[0].rsplit("#", 1)[-1] or None
-    if not message and not code:
-        message = raw[:200].decode("utf-8", "replace")
-    return _aws.error_for_code(code or f"HTTP{status}", message, operation, SERVICE, status)
-
-
-def _env_proxy(url: str) -> str | None:
-    """The proxy for ``url`` from HTTP(S)_PROXY / NO_PROXY, as botocore reads them."""
-    parts = urlsplit(url)
-    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
-        return None
-    return urllib.request.getproxies().get(parts.scheme)
-
-
 async def open_read_transport(client: Any, *, max_connections: int = 64) -> ReadTransport:
     """A started transport signing with ``client``'s credentials for its endpoint and
     region (the caller closes it)."""
     endpoint_url, region_name = _aws.client_endpoint(client)
-
-    async def credentials() -> Any:
-        return await _aws.frozen_credentials(client)
-
     transport = ReadTransport(
         endpoint_url=endpoint_url,
         region_name=region_name,
-        credentials=credentials,
+        credentials=client_credentials(client),
         max_connections=max_connections,
     )
     await transport.start()
