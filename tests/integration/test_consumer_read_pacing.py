@@ -5,8 +5,6 @@ shard in debt, as AWS does)."""
 
 from __future__ import annotations
 
-import time
-
 from shardflow import Consumer, KinesisLimits
 from shardflow.consumer.pacing import ReadPacer
 from shardflow.testing import FaultProxy
@@ -21,17 +19,16 @@ async def test_a_large_backlog_is_read_within_the_byte_limit(kinesalite_url: str
     items = [("k", bytes([i]) * (MiB // 2)) for i in range(8)]  # 4 MiB in one shard
     put_records(kinesalite_url, name, items[:4])
     put_records(kinesalite_url, name, items[4:])
-    limits = KinesisLimits(shard_read_bytes_per_s=MiB)  # 4 MiB take >= 3 s at 1 MiB/s
+    limits = KinesisLimits(shard_read_bytes_per_s=MiB)  # 1 MiB answers at 1 MiB/s
     async with FaultProxy(kinesalite_url, enforce_read_limits=True, limits=limits) as proxy:
-        started = time.monotonic()
         async with Consumer(name, endpoint_url=proxy.url, poll_interval=0.2, limits=limits,
                             get_records_limit=2) as consumer:
             got = await collect(consumer, len(items), within=30)
-        elapsed = time.monotonic() - started
         counts = proxy.counts
     assert [r.data for r in got] == [d for _, d in items]
-    assert counts["read_limited"] == 0  # never over the shard's budget
-    assert elapsed >= 3.0 * 0.9
+    # Never over the shard's budget: a calls-only pacer (5 calls/s of 1 MiB answers) is
+    # throttled by the proxy here. The rule is checked by the proxy, not by a clock.
+    assert counts["read_limited"] == 0
 
 def test_the_pacer_makes_a_large_answer_a_debt() -> None:
     pacer = ReadPacer(calls_per_s=5, bytes_per_s=2 * MiB)
