@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .aggregation import MAGIC, deaggregate
+from .consumer.record_conversion import aggregate_rows, as_records
 from .models import Record, Shard
 from .shardmap import all_within
 
@@ -82,10 +83,7 @@ def lambda_records(
                 dropped_aggregates += 1
                 dropped_records += len(subs)
                 continue
-        out.extend(
-            Record(sub_data, sub_key, seq, index, shard_id, arrival, explicit)
-            for index, (sub_key, explicit, sub_data) in enumerate(subs)
-        )
+        out += as_records(aggregate_rows(subs, seq, shard_id, arrival))
     if dropped_aggregates:
         log.info(
             "dropped %d aggregates (%d user records) holding records that hash outside "

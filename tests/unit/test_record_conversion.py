@@ -79,3 +79,30 @@ def test_an_aggregate_failing_the_md5_check_is_handed_over_raw() -> None:
     assert dropped == 0
     kcl = kcl_deaggregate(LOW.shard_id, [raw(7, bytes(blob))], 0, HALF - 1)
     assert [(r.data, r.aggregated) for r in kcl] == [(bytes(blob), False)]
+
+
+def test_a_record_is_an_immutable_value() -> None:
+    """Record is a named tuple: compared and hashed by value, immutable, copied with
+    _replace; rows (what readers buffer) become equal Records."""
+    from dataclasses import FrozenInstanceError
+
+    from shardflow import Record
+    from shardflow.consumer.record_conversion import as_records, to_rows
+
+    at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    record = Record(b"x", "k", "17", None, "shardId-0", at)
+    assert record.explicit_hash_key is None
+    assert record.position == (17, -1)
+    assert record == Record(b"x", "k", "17", None, "shardId-0", at)
+    assert len({record, Record(b"x", "k", "17", None, "shardId-0", at)}) == 1
+    with pytest.raises((AttributeError, FrozenInstanceError)):
+        record.data = b"y"  # type: ignore[misc]
+    assert record._replace(data=b"y").data == b"y"
+    assert record.data == b"x"
+    shard = Shard("shardId-0", 0, 2**128 - 1)
+    raw = [{"Data": "eA==", "PartitionKey": "k", "SequenceNumber": "17",
+            "ApproximateArrivalTimestamp": at.timestamp()}]
+    rows, _ = to_rows(shard, raw, None)
+    assert type(rows[0]) is tuple
+    assert as_records(rows) == [record]
+    assert type(as_records(rows)[0]) is Record

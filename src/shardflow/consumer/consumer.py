@@ -33,6 +33,7 @@ from ._metrics import ConsumerMetrics
 from ._transport import open_read_transport
 from .checkpoint import Checkpointer, CheckpointSession, ConsumerScope, MemoryCheckpointer
 from .coordinator import Coordinator
+from .record_conversion import Row, as_records, new_record
 from .shard_reader import (
     Counters,
     PollingSource,
@@ -256,7 +257,7 @@ class Consumer:
             else None
         )
         self._tracer = _trace.tracer(tracer_provider)
-        self._chunk: list[Record] = []
+        self._chunk: list[Row] = []  # the rows being handed out, a Record each
         self._chunk_reader: ShardReader | None = None
         self._index = 0
 
@@ -456,9 +457,9 @@ class Consumer:
         if self._index < len(self._chunk) and reader is not None and not reader.lost:
             coord = self._coord
             if coord is not None and not coord.closing:
-                record = self._chunk[self._index]
+                row = self._chunk[self._index]
                 self._index += 1
-                return record
+                return new_record(Record, row)  # type: ignore[no-any-return]
         coord = self._use("records")
         batch = await coord.next_batch()
         if batch is None:
@@ -466,7 +467,7 @@ class Consumer:
             raise StopAsyncIteration
         reader, records = batch
         self._chunk, self._chunk_reader, self._index = records, reader, 1
-        return records[0]
+        return new_record(Record, records[0])  # type: ignore[no-any-return]
 
     def batches(
         self, *, max_records: int | None = None, timeout: float | None = None
@@ -504,7 +505,7 @@ class Consumer:
                 if reader is None or reader.lost or coord.closing:
                     self._chunk, self._index = [], 0  # the shard moved on: drop the rest
                     continue
-                yield rest
+                yield as_records(rest)
                 continue
             if idle is None:
                 batch = await coord.next_batch()
@@ -520,7 +521,7 @@ class Consumer:
             if max_records is not None and len(records) > max_records:
                 self._chunk, self._chunk_reader, self._index = records, reader, 0
                 continue
-            yield records
+            yield as_records(records)
 
     async def shards(self) -> AsyncIterator[ShardReader]:
         """One :class:`ShardReader` per shard this worker reads, as each starts.

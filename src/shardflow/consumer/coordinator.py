@@ -21,8 +21,9 @@ import anyio.abc
 from .. import _logs, errors
 from .._aws import list_shards
 from .._logs import get_logger
-from ..models import Record, Shard
+from ..models import Shard
 from .checkpoint import CheckpointSession, StartPositions
+from .record_conversion import Row
 from .shard_reader import ReadContext, ShardReader, Signal, backoff_delay
 
 __all__ = ["Coordinator"]
@@ -186,7 +187,7 @@ class Coordinator:
 
     # --- delivery -----------------------------------------------------------------------
 
-    async def next_batch(self) -> tuple[ShardReader, list[Record]] | None:
+    async def next_batch(self) -> tuple[ShardReader, list[Row]] | None:
         """The next batch, shards taking turns; None once closing."""
         while True:
             if self._failure is not None:

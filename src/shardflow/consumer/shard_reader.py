@@ -6,11 +6,12 @@ resolves the start position (checkpoint, else ``start_at``), then fetches throug
 consumer's :class:`Source`: polling (:class:`PollingSource`, GetRecords, here) or
 enhanced fan-out (``_fan_out.FanOutSource``, SubscribeToShard). Either hands each answer's
 records to :meth:`ShardReader.accept`, which converts them in exactly one place
-(:func:`to_records` in ``record_conversion``, where KPL aggregates are unpacked) and
-buffers them; fetching stops while the buffer is full, so a slow application costs no
-memory. Polling reads again at once after a non-empty answer, within the shard's read
-budget (``KinesisLimits.shard_read_calls_per_s`` and ``shard_read_bytes_per_s``), and
-waits ``poll_interval`` when caught up.
+(:func:`to_rows` in ``record_conversion``, where KPL aggregates are unpacked) and
+buffers them as rows (each made a Record as it is handed out); fetching stops while the
+buffer is full, so a slow application costs no memory. Polling reads again at once
+after a non-empty answer, within the shard's read budget
+(``KinesisLimits.shard_read_calls_per_s`` and ``shard_read_bytes_per_s``), and waits
+``poll_interval`` when caught up.
 """
 
 from __future__ import annotations
@@ -32,7 +33,15 @@ from .checkpoint import END_POSITION, SHARD_END, Checkpoint, CheckpointSession
 from .pacing import ReadPacer
 from .pacing import Signal as Signal  # re-exported: the coordinator and leases use these
 from .pacing import backoff_delay as backoff_delay
-from .record_conversion import child_shard, to_records
+from .record_conversion import (
+    Row,
+    as_records,
+    child_shard,
+    new_record,
+    row_position,
+    to_records,
+    to_rows,
+)
 
 __all__ = [
     "Counters",
@@ -158,11 +167,11 @@ class ShardReader:
         self.consumed = False  # had a checkpoint or was read: children continue from it
         self.millis_behind: int | None = None  # the last MillisBehindLatest (metrics, lag)
         self._scope = anyio.CancelScope()
-        self._batches: deque[list[Record]] = deque()
+        self._batches: deque[list[Row]] = deque()
         self._buffered = 0
         self._data = Signal()
         self._room = Signal()
-        self._chunk: list[Record] = []
+        self._chunk: list[Row] = []
         self._index = 0
         self.queued = False  # in the consumer's ready queue (the consumer manages this)
         self._ended = False  # the end of the shard was reached: nothing more to fetch
@@ -214,9 +223,9 @@ class ShardReader:
                 if self._lost or self._stopped:
                     self._chunk = []
                     raise StopAsyncIteration
-                record = self._chunk[self._index]
+                row = self._chunk[self._index]
                 self._index += 1
-                return record
+                return new_record(Record, row)  # type: ignore[no-any-return]
             batch = await self._next_batch()
             if batch is None:
                 raise StopAsyncIteration
@@ -230,14 +239,14 @@ class ShardReader:
                 self._chunk, self._index = [], 0
                 if self._lost or self._stopped:
                     return
-                yield rest
+                yield as_records(rest)
                 continue
             batch = await self._next_batch()
             if batch is None:
                 return
-            yield batch
+            yield as_records(batch)
 
-    async def _next_batch(self) -> list[Record] | None:
+    async def _next_batch(self) -> list[Row] | None:
         while True:
             failure = self._ctx.events.failure()
             if failure is not None:
@@ -259,7 +268,7 @@ class ShardReader:
     def has_batches(self) -> bool:
         return bool(self._batches)
 
-    def take(self) -> list[Record] | None:
+    def take(self) -> list[Row] | None:
         """Hand out the oldest buffered batch (None if empty or lost).
 
         In records mode, taking the last batch of an ended shard marks it done (the
@@ -275,7 +284,7 @@ class ShardReader:
             self._finish()
         return batch
 
-    def _push(self, batch: list[Record]) -> None:
+    def _push(self, batch: list[Row]) -> None:
         self._batches.append(batch)
         self._buffered += len(batch)
         self._ctx.counters.records_fetched += len(batch)
@@ -447,12 +456,12 @@ class ShardReader:
             if not raw_records:
                 return 0
         self._last_seq = raw_records[-1]["SequenceNumber"]
-        batch, dropped = to_records(self.shard, raw_records, self._skip_to)
-        if dropped:  # (to_records logs each dropped aggregate)
+        batch, dropped = to_rows(self.shard, raw_records, self._skip_to)
+        if dropped:  # (to_rows logs each dropped aggregate)
             self._ctx.counters.out_of_range_dropped += dropped
         self._skip_to = None
         if batch:
-            self._last_position = batch[-1].position
+            self._last_position = row_position(batch[-1])
             self._push(batch)
         return len(batch) + dropped
 
