@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["as_float", "check_int", "check_number", "shown"]
+__all__ = ["as_float", "check_bool", "check_int", "check_number", "shown"]
 
 _SHORT_BITS = 128
 """Ints longer than this (about 39 digits) are not printed in full in messages."""
@@ -58,14 +58,33 @@ def check_int(name: str, value: object, low: int, high: int | None = None) -> in
     return value
 
 
-def check_number(name: str, value: object, *, positive: bool = True, unit: str = "") -> float:
-    """``value`` as a finite float, > 0 (``positive``) or >= 0; else TypeError or
-    ValueError naming the option and ``unit`` ("``{name} must be > 0 seconds, got 0.0``")."""
+def check_number(
+    name: str,
+    value: object,
+    *,
+    positive: bool = True,
+    minimum: float | None = None,
+    finite: bool = True,
+    unit: str = "",
+) -> float:
+    """``value`` as a float: > 0 (``positive``) or >= 0, or >= ``minimum`` when given;
+    finite unless ``finite=False`` (then +inf passes, e.g. "wait forever"). Else TypeError
+    or ValueError naming the option and ``unit`` ("``{name} must be > 0 seconds, got 0.0``")."""
     of_unit = f" of {unit}" if unit else ""
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number{of_unit}, got {shown(value)}")
-    bound = "> 0" if positive else ">= 0"
-    number = as_float(name, value, f"a finite number{of_unit} {bound}")
-    if math.isnan(number) or math.isinf(number) or number < 0 or (positive and number == 0):
+    low = 0.0 if minimum is None else minimum
+    inclusive = minimum is not None or not positive
+    bound = f"{'>=' if inclusive else '>'} {low:g}"
+    number = as_float(name, value, f"a {'finite ' if finite else ''}number{of_unit} {bound}")
+    in_range = number >= low if inclusive else number > low  # False for NaN
+    if not in_range or (finite and math.isinf(number)):
         raise ValueError(f"{name} must be {bound}{' ' + unit if unit else ''}, got {number}")
     return number
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is True or False (not 0, 1 or None); else TypeError naming the option."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {shown(value)}")
+    return value

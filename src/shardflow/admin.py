@@ -22,7 +22,7 @@ import anyio
 
 from . import _aws, _resources, errors
 from ._aws import CredentialSource
-from ._validate import as_float, shown
+from ._validate import check_number, shown
 
 __all__ = ["create_stream", "delete_stream"]
 
@@ -36,11 +36,7 @@ def _check(
     if not isinstance(stream, str) or not stream:
         raise TypeError(f"stream must be a non-empty stream name or ARN, got {shown(stream)}")
     _aws.stream_params(stream)
-    if isinstance(max_wait, bool) or not isinstance(max_wait, int | float):
-        raise TypeError(f"max_wait must be a number of seconds, got {shown(max_wait)}")
-    seconds = as_float("max_wait", max_wait, "a number of seconds")
-    if not seconds > 0:
-        raise ValueError(f"max_wait must be more than 0 seconds, got {shown(max_wait)}")
+    seconds = check_number("max_wait", max_wait, finite=False, unit="seconds")
     _aws.check_endpoint(endpoint_url, region_name)
     return seconds
 

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import _aws, errors
-from ._validate import as_float, shown
+from ._validate import check_number, shown
 
 __all__ = ["CognitoCredentials", "Logins"]
 
@@ -83,15 +83,12 @@ class CognitoCredentials:
         _aws.check_endpoint(endpoint_url, region_name)
         if logins is not None and not (isinstance(logins, Mapping) or callable(logins)):
             raise TypeError("logins must be a mapping of provider to token, a callable, or None")
-        if isinstance(refresh_margin, bool) or not isinstance(refresh_margin, int | float) or (
-            as_float("refresh_margin", refresh_margin, "> 0 seconds") <= 0
-        ):
-            raise ValueError(f"refresh_margin must be > 0 seconds, got {shown(refresh_margin)}")
+        margin = check_number("refresh_margin", refresh_margin, finite=False, unit="seconds")
         self.identity_pool_id = identity_pool_id
         self.region_name = region_name
         self._logins = logins
         self._endpoint_url = endpoint_url
-        self._refresh_margin = float(refresh_margin)
+        self._refresh_margin = margin
         self._clock = clock
         self._identity_id: str | None = None
         self._botocore: Any = None

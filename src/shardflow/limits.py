@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._validate import shown
+from ._validate import check_int
 
 __all__ = ["KinesisLimits"]
 
@@ -55,8 +55,4 @@ class KinesisLimits:
             "max_get_records": (self.max_get_records, 1, 10_000),
         }
         for name, (value, low, high) in checks.items():
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"KinesisLimits.{name} must be an int, got {shown(value)}")
-            if value < low or (high is not None and value > high):
-                bound = f"between {low} and {high}" if high is not None else f">= {low}"
-                raise ValueError(f"KinesisLimits.{name} must be {bound}, got {shown(value)}")
+            check_int(f"KinesisLimits.{name}", value, low, high)

@@ -61,7 +61,7 @@ async def test_create_and_delete_a_stream(moto_url: str) -> None:
     [
         ({"shard_count": 0}, ValueError, "shard_count must be from 1 to"),
         ({"shard_count": 2.0}, TypeError, "shard_count must be an int"),
-        ({"max_wait": 0}, ValueError, "max_wait must be more than 0 seconds"),
+        ({"max_wait": 0}, ValueError, "max_wait must be > 0 seconds, got 0.0"),
         ({"endpoint_url": "localhost:4567"}, ValueError, "endpoint_url must be an http"),
         ({"region_name": "EU WEST"}, ValueError, "region_name must be a region"),
     ],

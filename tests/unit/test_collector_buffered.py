@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 from collections.abc import Sequence
@@ -458,23 +459,27 @@ async def test_an_output_returning_the_wrong_number_of_results_is_a_batch_failur
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        ({"flush_interval": 0}, "flush_interval must be a positive number"),
-        ({"max_batch": 0}, "max_batch must be a positive integer"),
-        ({"max_batch": 1.5}, "max_batch must be a positive integer"),
-        ({"max_retries": -1}, "max_retries must be an integer >= 0"),
-        ({"backoff_base": -1}, "backoff_base"),
-        ({"backoff_base": 2, "backoff_cap": 1}, "must not be smaller"),
-        ({"purge_age": 0}, "purge_age"),
-        ({"max_spool_records": 0}, "max_spool_records"),
-        ({"max_spool_bytes": True}, "max_spool_bytes"),
-        ({"overflow": "spill"}, "overflow must be one of"),
-        ({"close_timeout": -1}, "close_timeout"),
+        ({"flush_interval": 0}, ValueError, "flush_interval must be > 0 seconds, got 0.0"),
+        ({"flush_interval": math.nan}, ValueError, "flush_interval must be > 0 seconds"),
+        ({"max_batch": 0}, ValueError, "max_batch must be >= 1, got 0"),
+        ({"max_batch": 1.5}, TypeError, "max_batch must be an int, got 1.5"),
+        ({"max_retries": -1}, ValueError, "max_retries must be >= 0, got -1"),
+        ({"backoff_base": -1}, ValueError, "backoff_base"),
+        ({"backoff_base": 2, "backoff_cap": 1}, ValueError, "must not be smaller"),
+        ({"purge_age": 0}, ValueError, "purge_age"),
+        ({"max_spool_records": 0}, ValueError, "max_spool_records"),
+        ({"max_spool_bytes": True}, TypeError, "max_spool_bytes must be an int, got True"),
+        ({"overflow": "spill"}, ValueError, "overflow must be one of"),
+        ({"close_timeout": -1}, ValueError, "close_timeout"),
+        ({"close_timeout": math.nan}, ValueError, "close_timeout must be >= 0 seconds"),
     ],
 )
-def test_options_are_validated(kwargs: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+def test_options_are_validated(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
         BufferedOutput(RecordingOutput(), **kwargs)
 
 

@@ -8,6 +8,7 @@ are in :mod:`.policies`.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,7 +22,7 @@ from .. import _metrics, errors
 from .._backoff import full_jitter
 from .._lifecycle import open_task_group, stop_task_group
 from .._logs import get_logger
-from .._validate import as_float, shown
+from .._validate import check_bool, check_int, check_number, shown
 from ._metrics import buffer_metrics
 from .outputs import Event, Output, close_output, start_output
 from .policies import (
@@ -31,7 +32,6 @@ from .policies import (
     Drops,
     Overflow,
     Triage,
-    check_positive,
 )
 from .spool import Entry, GroupCommit, MemoryStore, SQLiteSpool
 
@@ -94,53 +94,49 @@ class BufferedOutput(AsyncResource):
             raise TypeError(
                 f"output must have an async send(events) method, got {type(output).__name__}"
             )
-        check_positive("flush_interval", flush_interval)
-        check_positive("max_batch", max_batch, integer=True)
-        if max_retries is not None and (
-            isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0
-        ):
-            raise ValueError(
-                f"max_retries must be an integer >= 0 or None, got {shown(max_retries)}"
-            )
-        check_positive("backoff_base", backoff_base)
-        check_positive("backoff_cap", backoff_cap)
+        seconds = functools.partial(check_number, finite=False, unit="seconds")
+        flush_interval = seconds("flush_interval", flush_interval)
+        check_int("max_batch", max_batch, 1)
+        if max_retries is not None:
+            check_int("max_retries", max_retries, 0)
+        backoff_base = seconds("backoff_base", backoff_base)
+        backoff_cap = seconds("backoff_cap", backoff_cap)
         if backoff_cap < backoff_base:
             raise ValueError(
                 f"backoff_cap ({backoff_cap}) must not be smaller than backoff_base "
                 f"({backoff_base})"
             )
-        check_positive("purge_age", purge_age, optional=True)
-        check_positive("max_spool_records", max_spool_records, integer=True, optional=True)
-        check_positive("max_spool_bytes", max_spool_bytes, integer=True, optional=True)
+        if purge_age is not None:
+            purge_age = seconds("purge_age", purge_age)
+        if max_spool_records is not None:
+            check_int("max_spool_records", max_spool_records, 1)
+        if max_spool_bytes is not None:
+            check_int("max_spool_bytes", max_spool_bytes, 1)
         if overflow not in OVERFLOW:
             raise ValueError(
                 f"overflow must be one of {', '.join(OVERFLOW)}; got {shown(overflow)}"
             )
-        if isinstance(close_timeout, bool) or not isinstance(close_timeout, int | float) or (
-            as_float("close_timeout", close_timeout, ">= 0 seconds") < 0
-        ):
-            raise ValueError(f"close_timeout must be >= 0 seconds, got {shown(close_timeout)}")
+        close_timeout = seconds("close_timeout", close_timeout, positive=False)
         if on_drop is not None and not callable(on_drop):
             raise TypeError("on_drop must be callable(events, reason) or None")
-        if not isinstance(fsync, bool):
-            raise TypeError(f"fsync must be True or False, got {shown(fsync)}")
+        check_bool("fsync", fsync)
         if not callable(clock):
             raise TypeError(f"clock must be callable() -> epoch seconds, got {shown(clock)}")
         self.output = output
         self.spool_path = None if spool is None else os.fspath(spool)
-        self.flush_interval = float(flush_interval)
+        self.flush_interval = flush_interval
         self.max_batch = max_batch
         self.max_retries = max_retries
-        self.backoff_base = float(backoff_base)
-        self.backoff_cap = float(backoff_cap)
-        self.purge_age = None if purge_age is None else float(purge_age)
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.purge_age = purge_age
         self.max_spool_records = max_spool_records
         self.max_spool_bytes = max_spool_bytes
         self.overflow: Overflow = overflow
         meter = _metrics.meter(meter_provider)
         if meter is not None:
             buffer_metrics(self, meter)
-        self.close_timeout = float(close_timeout)
+        self.close_timeout = close_timeout
         self._drops = Drops(self, on_drop)
         self._clock = clock
         limits: dict[str, int | None] = {}

@@ -18,7 +18,7 @@ from anyio.abc import AsyncResource
 
 from .. import _metrics, _trace, errors
 from .._logs import get_logger
-from .._validate import shown
+from .._validate import check_bool, shown
 from ._metrics import collector_metrics
 from .buffered import BufferedOutput
 from .outputs import Event, Output, close_output, start_output
@@ -87,8 +87,7 @@ class Collector(AsyncResource):
         meter_provider: Any = None,
         trace_context: bool = False,
     ) -> None:
-        if not isinstance(trace_context, bool):
-            raise TypeError(f"trace_context must be True or False, got {shown(trace_context)}")
+        check_bool("trace_context", trace_context)
         if trace_context:
             _trace.check_available()
         self._trace_context = trace_context

@@ -33,7 +33,7 @@ import orjson
 
 from .. import errors
 from .._logs import get_logger
-from .._validate import shown
+from .._validate import check_bool, shown
 from ..models import PutResult
 
 __all__ = [
@@ -118,8 +118,7 @@ class FileOutput:
             raise TypeError(f"path must be a str or os.PathLike, got {shown(path)}")
         if not os.fspath(path):
             raise ValueError("path must not be empty")
-        if not isinstance(fsync, bool):
-            raise TypeError(f"fsync must be True or False, got {shown(fsync)}")
+        check_bool("fsync", fsync)
         self.path = Path(path)
         self.fsync = fsync
         self._file: IO[bytes] | None = None

@@ -32,7 +32,6 @@ from typing import Literal
 import orjson
 
 from .._logs import get_logger
-from .._validate import as_float, shown
 from .outputs import Event
 from .spool import Entry
 
@@ -43,7 +42,6 @@ __all__ = [
     "Drops",
     "Overflow",
     "Triage",
-    "check_positive",
 ]
 
 log = get_logger("shardflow.collector")
@@ -52,27 +50,6 @@ Overflow = Literal["block", "drop_oldest", "raise"]
 OVERFLOW: tuple[Overflow, ...] = ("block", "drop_oldest", "raise")
 DropHook = Callable[[Sequence[Event], str], object]
 """``on_drop(events, reason)``; reason is overflow, purged, retries, rejected or close."""
-
-
-def check_positive(
-    name: str, value: object, *, integer: bool = False, optional: bool = False
-) -> None:
-    """Raise ValueError unless ``value`` is a positive number (an int if ``integer``; or
-    None if ``optional``)."""
-    if value is None and optional:
-        return
-    ok = (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and (isinstance(value, int) or not integer)
-        and value > 0
-    )
-    what = "a positive integer" if integer else "a positive number of seconds"
-    if not ok:
-        or_none = " or None" if optional else ""
-        raise ValueError(f"{name} must be {what}{or_none}, got {shown(value)}")
-    if not integer and isinstance(value, int):
-        as_float(name, value, what)
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,7 +71,7 @@ import anyio
 import anyio.to_thread
 
 from .._logs import get_logger
-from .._validate import as_float, shown
+from .._validate import check_number, shown
 from ..models import Shard
 
 __all__ = [
@@ -330,15 +330,9 @@ class SQLiteCheckpointer(_Store):
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
         if not isinstance(path, str | os.PathLike) or not os.fspath(path):
             raise ValueError(f"SQLiteCheckpointer path must be a non-empty path, got {shown(path)}")
-        must = "finite and >= 0 seconds"
-        if (
-            not isinstance(busy_timeout, int | float)
-            or isinstance(busy_timeout, bool)
-            or not 0 <= as_float("busy_timeout", busy_timeout, must) < float("inf")
-        ):
-            raise ValueError(f"busy_timeout must be {must}, got {shown(busy_timeout)}")
+        timeout = check_number("busy_timeout", busy_timeout, positive=False, unit="seconds")
         self._path = Path(os.fspath(path))
-        self._busy_timeout = float(busy_timeout)
+        self._busy_timeout = timeout
         self._conn: sqlite3.Connection | None = None
         self._users = 0
         # Created on first use, inside the event loop (anyio >= 4.4 needs one).

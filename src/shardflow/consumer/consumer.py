@@ -24,7 +24,7 @@ from .. import _aws, _logs, _metrics, _trace, errors
 from .._aws import list_shards
 from .._lifecycle import exit_task_group, open_task_group
 from .._logs import get_logger
-from .._validate import as_float, shown
+from .._validate import check_bool, check_int, check_number, shown
 from ..limits import KinesisLimits
 from ..models import Record
 from ..sinks.base import Sink, first_failure, pipe
@@ -120,18 +120,6 @@ def start_position(start_at: object) -> str | datetime:
     )
 
 
-def _positive(name: str, value: object, *, minimum: float = 0.0, integer: bool = False) -> Any:
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise TypeError(f"{name} must be {'an int' if integer else 'a number'}, got {shown(value)}")
-    bound = f">= {minimum}" if minimum else "> 0"
-    if not integer:
-        value = as_float(name, value, f"a finite number {bound}")
-    if (not integer and not math.isfinite(value)) or value <= 0 or value < minimum:
-        raise ValueError(f"{name} must be {bound}, got {shown(value)}")
-    return value
-
-
 def _fan_out_name(fan_out: object, app_name: str | None) -> str | None:
     """The stream consumer's name for ``fan_out`` (None: polling)."""
     if fan_out is False:
@@ -216,26 +204,24 @@ class Consumer:
                 raise ValueError("app_name is required with a checkpointer: it keys positions")
         self._app_name = app_name or "shardflow"
         self._fan_out = _fan_out_name(fan_out, app_name)
-        if not isinstance(deregister_consumer, bool):
-            raise TypeError(f"deregister_consumer must be a bool, got {shown(deregister_consumer)}")
-        self._deregister_consumer = deregister_consumer
+        self._deregister_consumer = check_bool("deregister_consumer", deregister_consumer)
         self._checkpointer: Checkpointer = checkpointer or MemoryCheckpointer()
         self._start_at = start_position(start_at)
-        self._poll_interval = float(
-            _positive("poll_interval", poll_interval, minimum=MIN_POLL_INTERVAL)
+        self._poll_interval = check_number(
+            "poll_interval", poll_interval, minimum=MIN_POLL_INTERVAL, unit="seconds"
         )
         self._limits = limits if limits is not None else KinesisLimits()
         if not isinstance(self._limits, KinesisLimits):
             raise TypeError(f"limits must be a KinesisLimits, got {shown(limits)}")
-        self._max_buffer = _positive("max_buffer_records", max_buffer_records, integer=True)
-        self._get_limit = _positive("get_records_limit", get_records_limit, integer=True)
+        self._max_buffer = check_int("max_buffer_records", max_buffer_records, 1)
+        self._get_limit = check_int("get_records_limit", get_records_limit, 1)
         if self._get_limit > self._limits.max_get_records:
             raise ValueError(
                 f"get_records_limit must be <= {self._limits.max_get_records}, "
                 f"got {shown(get_records_limit)}"
             )
-        self._resync_interval = float(_positive("resync_interval", resync_interval))
-        self._close_timeout = float(_positive("close_timeout", close_timeout))
+        self._resync_interval = check_number("resync_interval", resync_interval, unit="seconds")
+        self._close_timeout = check_number("close_timeout", close_timeout, unit="seconds")
         if credentials is not None and not isinstance(credentials, _aws.CredentialSource):
             raise TypeError("credentials must provide botocore_credentials()")
         self._endpoint_url = endpoint_url
@@ -485,9 +471,9 @@ class Consumer:
         Cancellation loses nothing. A bad option is a ValueError/TypeError at this call.
         """
         if max_records is not None:
-            max_records = _positive("max_records", max_records, integer=True)
+            max_records = check_int("max_records", max_records, 1)
         if timeout is not None:
-            timeout = float(_positive("timeout", timeout))
+            timeout = check_number("timeout", timeout, unit="seconds")
         return self._batches(max_records, timeout)
 
     async def _batches(

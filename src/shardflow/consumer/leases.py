@@ -57,7 +57,6 @@ is recorded at SHARD_END without being read, and its children are read from thei
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import socket
@@ -69,7 +68,7 @@ from typing import Any
 import anyio
 
 from .. import _aws, _metrics
-from .._validate import as_float, shown
+from .._validate import check_bool, check_number, shown
 from ._metrics import lease_metrics
 from .checkpoint import AssignmentListener, CheckpointSession, ConsumerScope
 from .lease_session import RENEW_CONCURRENCY, WRITE_CONCURRENCY, LeaseSession
@@ -122,25 +121,16 @@ class DynamoDBLeases:
             worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         if not isinstance(worker_id, str) or not worker_id.strip() or len(worker_id) > 1024:
             raise ValueError(f"worker_id must be a non-empty string, got {shown(worker_id)}")
-        if isinstance(failover_time, bool) or not isinstance(failover_time, int | float):
-            raise TypeError(
-                f"failover_time must be a number of seconds, got {failover_time!r}"
-            )
-        failover_time = as_float(
-            "failover_time", failover_time, f"a finite number of seconds >= {MIN_FAILOVER_TIME}"
+        failover_time = check_number(
+            "failover_time", failover_time, minimum=MIN_FAILOVER_TIME, unit="seconds"
         )
-        if not math.isfinite(failover_time) or failover_time < MIN_FAILOVER_TIME:
-            raise ValueError(
-                f"failover_time must be >= {MIN_FAILOVER_TIME} seconds, got {failover_time!r}"
-            )
-        if not isinstance(shared_table, bool):
-            raise TypeError(f"shared_table must be a bool, got {shown(shared_table)}")
+        check_bool("shared_table", shared_table)
         if credentials is not None and not isinstance(credentials, _aws.CredentialSource):
             raise TypeError("credentials must provide botocore_credentials()")
         _aws.check_endpoint(endpoint_url, region_name)
         self._table = table
         self._worker_id = worker_id
-        self._failover = float(failover_time)
+        self._failover = failover_time
         self._shared = shared_table
         self._endpoint_url = endpoint_url
         self._region_name = region_name

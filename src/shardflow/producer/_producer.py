@@ -32,7 +32,7 @@ from .. import _aws, _logs, _metrics, _trace, aggregation, errors
 from .._lifecycle import exit_task_group, open_task_group, stop_task_group
 from .._logs import get_logger
 from .._signed import client_credentials
-from .._validate import check_int, check_number, shown
+from .._validate import check_bool, check_int, check_number, shown
 from ..limits import KinesisLimits
 from ..models import PutResult
 from ._accumulator import Accumulator
@@ -181,8 +181,7 @@ class Producer:
         self.limits = limits
         self.max_queue_records = check_int("max_queue_records", max_queue_records, 1)
         self.max_queue_bytes = check_int("max_queue_bytes", max_queue_bytes, 1)
-        if not isinstance(aggregate, bool):
-            raise TypeError(f"aggregate must be True or False, got {shown(aggregate)}")
+        check_bool("aggregate", aggregate)
         largest = record_cost(limits.max_record_bytes, aggregate)
         if max_queue_bytes < largest:
             raise ValueError(
@@ -192,8 +191,7 @@ class Producer:
         self.linger = check_number("linger", linger, positive=False, unit="seconds")
         self.max_in_flight = check_int("max_in_flight", max_in_flight, 1, 1000)
         self.record_ttl = check_number("record_ttl", record_ttl, unit="seconds")
-        if not isinstance(ordered, bool):
-            raise TypeError(f"ordered must be True or False, got {shown(ordered)}")
+        check_bool("ordered", ordered)
         self.aggregate = aggregate
         # (an aggregate is also kept within limits.max_record_bytes, partition key included)
         self.max_aggregate_bytes = check_int(

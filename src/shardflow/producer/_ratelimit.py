@@ -27,10 +27,6 @@ Clock = Callable[[], float]
 _SLACK = 1e-6
 
 
-def _positive(name: str, value: float) -> float:
-    return check_number(name, value)
-
-
 def _amount(value: float) -> float:
     return check_number("amount", value, positive=False)
 
@@ -44,8 +40,8 @@ class TokenBucket:
     __slots__ = ("_clock", "_last", "_tokens", "capacity", "rate")
 
     def __init__(self, rate: float, capacity: float, *, clock: Clock = time.monotonic) -> None:
-        self.rate = _positive("rate", rate)
-        self.capacity = _positive("capacity", capacity)
+        self.rate = check_number("rate", rate)
+        self.capacity = check_number("capacity", capacity)
         self._clock = clock
         self._tokens = self.capacity
         self._last = clock()
@@ -109,9 +105,9 @@ class ShardRateLimiter:
         burst: float = 1.0,
         clock: Clock = time.monotonic,
     ) -> None:
-        self.records_per_s = _positive("records_per_s", records_per_s)
-        self.bytes_per_s = _positive("bytes_per_s", bytes_per_s)
-        self.burst = _positive("burst", burst)
+        self.records_per_s = check_number("records_per_s", records_per_s)
+        self.bytes_per_s = check_number("bytes_per_s", bytes_per_s)
+        self.burst = check_number("burst", burst)
         self._clock = clock
         self._buckets: dict[str, tuple[TokenBucket, TokenBucket]] = {}
 

@@ -22,7 +22,7 @@ from .. import _aws, _logs, _metrics, errors
 from .._backoff import full_jitter
 from .._lifecycle import exit_task_group, open_task_group
 from .._logs import get_logger
-from .._validate import as_float, shown
+from .._validate import check_number, shown
 from ..models import Record
 from ._metrics import S3SinkMetrics
 from .base import Durable
@@ -100,16 +100,12 @@ class S3Sink:
             raise TypeError(f"max_bytes must be an int, got {type(max_bytes).__name__}")
         if not 1 <= max_bytes <= _MAX_OBJECT_BYTES:
             raise ValueError(f"max_bytes must be in [1, 5 GiB], got {shown(max_bytes)}")
-        if not _positive("max_interval", max_interval):
-            raise ValueError(
-                f"max_interval must be a positive number of seconds, got {shown(max_interval)}"
-            )
+        interval = check_number("max_interval", max_interval, unit="seconds")
+        if not math.isfinite(interval * 1e6):  # ShardBuffers counts it in microseconds
+            raise ValueError(f"max_interval is too large in microseconds, got {interval}")
         if compression not in ("gzip", None):
             raise ValueError(f"compression must be 'gzip' or None, got {shown(compression)}")
-        if not _positive("close_timeout", close_timeout):
-            raise ValueError(
-                f"close_timeout must be a positive number of seconds, got {shown(close_timeout)}"
-            )
+        timeout = check_number("close_timeout", close_timeout, unit="seconds")
         _aws.check_endpoint(endpoint_url, region_name)
         if stream is not None:
             _aws.stream_params(stream)  # validates a name or ARN
@@ -117,10 +113,10 @@ class S3Sink:
         self.bucket = bucket
         self.prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
         self.max_bytes = max_bytes
-        self.max_interval = float(max_interval)
+        self.max_interval = interval
         self.compression = compression
         self.stream = stream
-        self.close_timeout = float(close_timeout)
+        self.close_timeout = timeout
         self._endpoint_url = endpoint_url
         self._region_name = region_name
         self._client_arg = client
@@ -538,10 +534,3 @@ class S3Sink:
     def _take(self) -> Durable:
         taken, self._unreported = self._unreported, {}
         return taken
-
-
-def _positive(name: str, value: object) -> bool:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
-    seconds = as_float(name, value, "a positive number of seconds")
-    return math.isfinite(seconds * 1e6) and seconds > 0  # also in microseconds (max_interval)

@@ -33,7 +33,7 @@ from anyio.abc import AsyncResource
 
 from .. import errors
 from .._logs import get_logger
-from .._validate import as_float, shown
+from .._validate import as_float, check_int, shown
 from ..models import Record
 
 __all__ = ["Aggregation", "TumblingWindows", "Window"]
@@ -208,8 +208,7 @@ class TumblingWindows(AsyncResource, Generic[E, K, A]):
                 raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
         if aggregation is not None and not isinstance(aggregation, Aggregation):
             raise TypeError(f"aggregation must be an Aggregation, got {type(aggregation).__name__}")
-        if isinstance(max_buffered, bool) or not isinstance(max_buffered, int) or max_buffered < 1:
-            raise ValueError(f"max_buffered must be a positive int, got {shown(max_buffered)}")
+        check_int("max_buffered", max_buffered, 1)
         self.size = float(size)
         self.allowed_lateness = float(allowed_lateness)
         self._lateness_us = round(allowed_lateness * 1_000_000)
