@@ -41,7 +41,8 @@ import boto3
 import orjson
 from botocore.config import Config
 
-from shardflow import Consumer, _aws
+from shardflow import Consumer
+from shardflow._core import aws as _aws
 from shardflow.aggregation import aggregate
 from shardflow.shardmap import hash_key
 

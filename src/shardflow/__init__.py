@@ -9,7 +9,7 @@ import importlib as _importlib
 from types import ModuleType as _ModuleType
 
 from . import errors as errors
-from ._aws import CredentialSource as CredentialSource
+from ._core.aws import CredentialSource as CredentialSource
 from .admin import create_stream as create_stream
 from .admin import delete_stream as delete_stream
 from .auth import CognitoCredentials as CognitoCredentials

@@ -20,9 +20,11 @@ from typing import Any
 
 import anyio
 
-from . import _aws, _resources, errors
-from ._aws import CredentialSource
-from ._validate import check_number, shown
+from . import errors
+from ._core import aws as _aws
+from ._core import resources as _resources
+from ._core.aws import CredentialSource
+from ._core.validate import check_number, shown
 
 __all__ = ["create_stream", "delete_stream"]
 

@@ -33,11 +33,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 
-from . import _protobuf
-from ._aggregate_parser import parse_aggregated_record
-from ._protobuf import varint as _varint
-from ._protobuf import varint_len as _varint_len
-from ._validate import shown
+from ._core import protobuf as _protobuf
+from ._core.aggregate_parser import parse_aggregated_record
+from ._core.protobuf import varint as _varint
+from ._core.protobuf import varint_len as _varint_len
+from ._core.validate import shown
 
 __all__ = [
     "MAGIC",

@@ -22,8 +22,9 @@ from contextlib import AsyncExitStack
 from datetime import datetime, timezone
 from typing import Any
 
-from . import _aws, errors
-from ._validate import check_number, shown
+from . import errors
+from ._core import aws as _aws
+from ._core.validate import check_number, shown
 
 __all__ = ["CognitoCredentials", "Logins"]
 

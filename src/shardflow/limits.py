@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._validate import check_int
+from ._core.validate import check_int
 
 __all__ = ["KinesisLimits"]
 

@@ -14,7 +14,8 @@ from typing import Any
 import anyio
 import pytest
 
-from shardflow import KinesisLimits, _aws, errors
+from shardflow import KinesisLimits, errors
+from shardflow._core import aws as _aws
 from shardflow.testing import FaultProxy
 
 from support import create_stream, list_shards, read_stream

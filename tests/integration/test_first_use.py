@@ -25,7 +25,7 @@ from shardflow import (
     delete_stream,
     errors,
 )
-from shardflow._aws import call, map_exception, open_client
+from shardflow._core.aws import call, map_exception, open_client
 
 from support import unique_name
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from shardflow import _aws, errors
+from shardflow import errors
+from shardflow._core import aws as _aws
 from shardflow.consumer.lease_store import LeaseStore, MemoryLeaseTable
 from shardflow.consumer.lease_table import KeyScheme, Lease, LeaseTable
 

@@ -5,8 +5,9 @@ from contextlib import AsyncExitStack
 
 import pytest
 
-from shardflow import _aws, errors
-from shardflow._aws import list_shards
+from shardflow import errors
+from shardflow._core import aws as _aws
+from shardflow._core.aws import list_shards
 
 from support import create_stream, unique_name
 

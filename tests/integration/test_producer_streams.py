@@ -13,7 +13,8 @@ from typing import Any
 import anyio
 import pytest
 
-from shardflow import KinesisLimits, Producer, PutResult, _aws, errors
+from shardflow import KinesisLimits, Producer, PutResult, errors
+from shardflow._core import aws as _aws
 
 from support import create_stream, kinesis, list_shards, read_stream
 

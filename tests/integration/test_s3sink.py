@@ -300,7 +300,7 @@ async def test_bad_record_rejects_the_whole_batch(moto_url: str) -> None:
 async def test_injected_client_stays_open(moto_url: str) -> None:
     from contextlib import AsyncExitStack
 
-    from shardflow import _aws
+    from shardflow._core import aws as _aws
 
     bucket = new_bucket(moto_url)
     async with AsyncExitStack() as stack:

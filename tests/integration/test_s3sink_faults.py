@@ -9,7 +9,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from shardflow import Record, _aws, errors
+from shardflow import Record, errors
+from shardflow._core import aws as _aws
 from shardflow.sinks import S3Sink, pipe
 from shardflow.testing import FaultProxy
 

@@ -8,7 +8,8 @@ from contextlib import AsyncExitStack
 
 import pytest
 
-from shardflow import _aws, errors
+from shardflow import errors
+from shardflow._core import aws as _aws
 from shardflow.aggregation import AggregateBuilder, deaggregate
 from shardflow.shardmap import MAX_HASH_KEY, ShardMap, hash_key, landing_hash_key
 

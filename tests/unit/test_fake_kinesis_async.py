@@ -15,7 +15,7 @@ from aws_kinesis_agg.aggregator import RecordAggregator
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from shardflow._aws import list_shards
+from shardflow._core.aws import list_shards
 from shardflow.shardmap import ShardMap
 
 import support_bench  # noqa: F401  (puts the repository root on sys.path)

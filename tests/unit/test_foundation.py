@@ -8,12 +8,13 @@ import subprocess
 import sys
 import types
 import typing
+from pathlib import Path
 
 import pytest
 
 import shardflow
 from shardflow import KinesisLimits, errors
-from shardflow._aws import error_for_code, stream_name, stream_params
+from shardflow._core.aws import error_for_code, stream_name, stream_params
 
 
 def test_all_matches_exports() -> None:
@@ -162,3 +163,18 @@ def test_limits_validate() -> None:
         KinesisLimits(max_batch_records=501)
     with pytest.raises(ValueError, match="max_record_bytes"):
         KinesisLimits(max_record_bytes=0)
+
+
+def test_the_module_map_names_every_module() -> None:
+    """docs/architecture.md's module map is the folder tree: a module added without its
+    line there fails here."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
+    block = doc.split("## Module map", 1)[1].split("```")[1]
+    root = Path(shardflow.__file__).parent
+    missing = [
+        str(path.relative_to(root))
+        for path in sorted(root.rglob("*.py"))
+        if path.name != "__init__.py"
+        and not re.search(rf"(?<![\w.]){re.escape(path.name)}(?!\w)", block)
+    ]
+    assert missing == []

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from shardflow import errors
-from shardflow._signed import response_error
+from shardflow._core.signed import response_error
 from shardflow.producer._transport import encode_entry, parse_response, request_body
 
 

@@ -104,7 +104,7 @@ def _seconds(text: str) -> float:
 
 
 def _stream(text: str) -> str:
-    from .._aws import stream_params
+    from .._core.aws import stream_params
 
     try:
         stream_params(text)
@@ -408,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, default in (("endpoint_url", None), ("region", None), ("debug", False)):
         if not hasattr(args, name):
             setattr(args, name, default)
-    from .._aws import check_endpoint
+    from .._core.aws import check_endpoint
 
     try:
         check_endpoint(args.endpoint_url, args.region)

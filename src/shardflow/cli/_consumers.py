@@ -11,7 +11,7 @@ from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Any
 
-from .. import _aws
+from .._core import aws as _aws
 from ..consumer._fan_out import StreamConsumer, check_consumer_name, deregister, stream_arn
 
 __all__ = ["add_consumers", "consumer_name", "list_consumers"]

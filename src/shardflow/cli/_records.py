@@ -25,7 +25,9 @@ import anyio
 import anyio.to_thread
 import orjson
 
-from .. import _aws, _resources, errors
+from .. import errors
+from .._core import aws as _aws
+from .._core import resources as _resources
 from ..consumer import Consumer
 from ..models import PutResult, Record
 from ..producer import Producer

@@ -27,8 +27,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .. import _aws, errors
-from .._aws import list_shards
+from .. import errors
+from .._core import aws as _aws
+from .._core.aws import list_shards
 from ..consumer.lease_table import (
     SCOPE,
     SHARD_END_MARK,

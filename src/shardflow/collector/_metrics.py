@@ -1,4 +1,4 @@
-"""The collector's instruments (see :mod:`shardflow._metrics`): all observed from the
+"""The collector's instruments (see :mod:`shardflow._core.metrics`): all observed from the
 counters :meth:`Collector.stats` and :meth:`BufferedOutput.stats` read, so posting an
 event costs nothing more."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .._metrics import Attributes, Meter, Observable, stat
+from .._core.metrics import Attributes, Meter, Observable, stat
 
 __all__ = ["buffer_metrics", "collector_metrics"]
 

@@ -18,11 +18,12 @@ import anyio
 import orjson
 from anyio.abc import AsyncResource, TaskGroup
 
-from .. import _metrics, errors
-from .._backoff import full_jitter
-from .._lifecycle import open_task_group, stop_task_group
-from .._logs import get_logger
-from .._validate import check_bool, check_int, check_number, shown
+from .. import errors
+from .._core import metrics as _metrics
+from .._core.backoff import full_jitter
+from .._core.lifecycle import open_task_group, stop_task_group
+from .._core.logs import get_logger
+from .._core.validate import check_bool, check_int, check_number, shown
 from ._metrics import buffer_metrics
 from .outputs import Event, Output, close_output, start_output
 from .policies import (

@@ -16,9 +16,11 @@ from typing import Any
 import orjson
 from anyio.abc import AsyncResource
 
-from .. import _metrics, _trace, errors
-from .._logs import get_logger
-from .._validate import check_bool, shown
+from .. import errors
+from .._core import metrics as _metrics
+from .._core import trace as _trace
+from .._core.logs import get_logger
+from .._core.validate import check_bool, shown
 from ._metrics import collector_metrics
 from .buffered import BufferedOutput
 from .outputs import Event, Output, close_output, start_output

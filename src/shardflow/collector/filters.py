@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .._validate import shown
+from .._core.validate import shown
 from .outputs import Event
 
 __all__ = ["add_fields", "redact", "sample"]

@@ -32,8 +32,8 @@ import anyio.to_thread
 import orjson
 
 from .. import errors
-from .._logs import get_logger
-from .._validate import check_bool, shown
+from .._core.logs import get_logger
+from .._core.validate import check_bool, shown
 from ..models import PutResult
 
 __all__ = [

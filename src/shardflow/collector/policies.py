@@ -31,7 +31,7 @@ from typing import Literal
 
 import orjson
 
-from .._logs import get_logger
+from .._core.logs import get_logger
 from .outputs import Event
 from .spool import Entry
 

@@ -30,8 +30,9 @@ from typing import Any
 
 import anyio
 
-from .. import _aws, errors
-from .._logs import get_logger
+from .. import errors
+from .._core import aws as _aws
+from .._core.logs import get_logger
 from ..models import Shard
 from ._transport import ReadTransport
 from .pacing import backoff_delay

@@ -1,4 +1,4 @@
-"""The consumer's instruments (see :mod:`shardflow._metrics`).
+"""The consumer's instruments (see :mod:`shardflow._core.metrics`).
 
 All but one are observed: the readers' shared counters (``stats()``), each reader's
 last ``MillisBehindLatest`` and the coordinator's tallies of shards taken and lost are
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .._metrics import APP, SHARD, STREAM, Attributes, Meter, Observable, attr, size, stat
+from .._core.metrics import APP, SHARD, STREAM, Attributes, Meter, Observable, attr, size, stat
 
 __all__ = ["ConsumerMetrics", "lease_metrics"]
 

@@ -1,7 +1,7 @@
 """The consumer's side of the wire: GetRecords and SubscribeToShard as signed HTTP requests.
 
 As the producer does for PutRecords, reads skip botocore's client pipeline: the body is
-built with orjson, signed and POSTed by :mod:`shardflow._signed` (the edge's signed
+built with orjson, signed and POSTed by :mod:`shardflow._core.signed` (the edge's signed
 requests, shared with the producer), and answered JSON is read with orjson. Records stay
 in the service's JSON shape (``Data`` base64, ``ApproximateArrivalTimestamp`` epoch
 seconds) until ``record_conversion`` turns them into user records.
@@ -13,7 +13,7 @@ with an ``initial-response`` event; kinesis-mock sends none, which is why botoco
 parser ("First event was not of type initial-response") cannot read it: here that event
 is optional.
 
-Every failure is translated by :mod:`shardflow._aws`'s one error map: an error answer
+Every failure is translated by :mod:`shardflow._core.aws`'s one error map: an error answer
 through :func:`_signed.response_error`, a transport failure through
 :func:`_aws.translate_error`. Cancellation propagates.
 """
@@ -30,8 +30,9 @@ from zlib import crc32
 import aiohttp
 import orjson
 
-from .. import _aws, errors
-from .._signed import SERVICE, SignedClient, client_credentials, response_error
+from .. import errors
+from .._core import aws as _aws
+from .._core.signed import SERVICE, SignedClient, client_credentials, response_error
 
 __all__ = ["EventStreamDecoder", "ReadTransport", "open_read_transport"]
 

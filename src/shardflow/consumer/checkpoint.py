@@ -70,8 +70,8 @@ from typing import ClassVar, Protocol, runtime_checkable
 import anyio
 import anyio.to_thread
 
-from .._logs import get_logger
-from .._validate import check_number, shown
+from .._core.logs import get_logger
+from .._core.validate import check_number, shown
 from ..models import Shard
 
 __all__ = [

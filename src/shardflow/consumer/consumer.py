@@ -20,11 +20,15 @@ from typing import Any, Literal
 import anyio
 import anyio.abc
 
-from .. import _aws, _logs, _metrics, _trace, errors
-from .._aws import list_shards
-from .._lifecycle import exit_task_group, open_task_group
-from .._logs import get_logger
-from .._validate import check_bool, check_int, check_number, shown
+from .. import errors
+from .._core import aws as _aws
+from .._core import logs as _logs
+from .._core import metrics as _metrics
+from .._core import trace as _trace
+from .._core.aws import list_shards
+from .._core.lifecycle import exit_task_group, open_task_group
+from .._core.logs import get_logger
+from .._core.validate import check_bool, check_int, check_number, shown
 from ..limits import KinesisLimits
 from ..models import Record
 from ..sinks.base import Sink, first_failure, pipe

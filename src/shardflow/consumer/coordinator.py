@@ -18,9 +18,10 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from .. import _logs, errors
-from .._aws import list_shards
-from .._logs import get_logger
+from .. import errors
+from .._core import logs as _logs
+from .._core.aws import list_shards
+from .._core.logs import get_logger
 from ..models import Shard
 from .checkpoint import CheckpointSession, StartPositions
 from .record_conversion import Row

@@ -28,7 +28,7 @@ import anyio
 import anyio.abc
 
 from .. import errors
-from .._logs import get_logger
+from .._core.logs import get_logger
 from ..models import Shard
 from .checkpoint import SHARD_END, AssignmentListener, Checkpoint, ConsumerScope
 from .lease_policy import (

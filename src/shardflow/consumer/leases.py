@@ -67,8 +67,9 @@ from typing import Any
 
 import anyio
 
-from .. import _aws, _metrics
-from .._validate import check_bool, check_number, shown
+from .._core import aws as _aws
+from .._core import metrics as _metrics
+from .._core.validate import check_bool, check_number, shown
 from ._metrics import lease_metrics
 from .checkpoint import AssignmentListener, CheckpointSession, ConsumerScope
 from .lease_session import RENEW_CONCURRENCY, WRITE_CONCURRENCY, LeaseSession

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import anyio
 
-from .._backoff import full_jitter
+from .._core.backoff import full_jitter
 
 __all__ = ["ReadPacer", "Signal", "backoff_delay"]
 

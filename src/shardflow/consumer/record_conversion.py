@@ -20,7 +20,7 @@ from itertools import repeat
 from operator import itemgetter, methodcaller
 from typing import Any
 
-from .._logs import get_logger
+from .._core.logs import get_logger
 from ..aggregation import MAGIC, UserRecord, deaggregate
 from ..models import Record, Shard
 from ..shardmap import all_within

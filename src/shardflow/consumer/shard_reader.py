@@ -25,8 +25,9 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 
-from .. import _aws, errors
-from .._logs import get_logger
+from .. import errors
+from .._core import aws as _aws
+from .._core.logs import get_logger
 from ..models import Record, Shard
 from ._transport import ReadTransport
 from .checkpoint import END_POSITION, SHARD_END, Checkpoint, CheckpointSession

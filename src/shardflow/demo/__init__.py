@@ -34,8 +34,10 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from .. import _aws, _resources, errors
-from .._validate import shown
+from .. import errors
+from .._core import aws as _aws
+from .._core import resources as _resources
+from .._core.validate import shown
 from ..collector import BufferedOutput, Collector, KinesisOutput, add_fields
 from ..producer import Producer
 from ..sinks import TumblingWindows

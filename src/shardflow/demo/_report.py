@@ -19,7 +19,7 @@ import anyio
 import anyio.to_thread
 import orjson
 
-from .. import _resources
+from .._core import resources as _resources
 from ..sinks import Window
 
 __all__ = [

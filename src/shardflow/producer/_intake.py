@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from .. import errors
-from .._validate import shown
+from .._core.validate import shown
 from ..aggregation import _key_entry as table_entry
 from ..limits import KinesisLimits
 from ..shardmap import MAX_HASH_KEY, parse_explicit_hash_key

@@ -1,4 +1,4 @@
-"""The producer's instruments (see :mod:`shardflow._metrics`).
+"""The producer's instruments (see :mod:`shardflow._core.metrics`).
 
 Counters the producer keeps anyway are observed through ``stats()`` and the sender's
 tallies; the sender calls two hooks, once per request and once per aggregate delivered.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .._metrics import (
+from .._core.metrics import (
     COUNTS,
     ERROR,
     STREAM,

@@ -28,11 +28,15 @@ from typing import Any
 
 import anyio
 
-from .. import _aws, _logs, _metrics, _trace, aggregation, errors
-from .._lifecycle import exit_task_group, open_task_group, stop_task_group
-from .._logs import get_logger
-from .._signed import client_credentials
-from .._validate import check_bool, check_int, check_number, shown
+from .. import aggregation, errors
+from .._core import aws as _aws
+from .._core import logs as _logs
+from .._core import metrics as _metrics
+from .._core import trace as _trace
+from .._core.lifecycle import exit_task_group, open_task_group, stop_task_group
+from .._core.logs import get_logger
+from .._core.signed import client_credentials
+from .._core.validate import check_bool, check_int, check_number, shown
 from ..limits import KinesisLimits
 from ..models import PutResult
 from ._accumulator import Accumulator
@@ -98,7 +102,7 @@ class Producer:
     Options (keyword-only):
 
     - ``endpoint_url``, ``region_name``, ``credentials``: where and as whom to connect
-      (``credentials`` is a :class:`shardflow._aws.CredentialSource`); or ``client``, an
+      (``credentials`` is a :class:`shardflow.CredentialSource`); or ``client``, an
       aiobotocore Kinesis client you own (its endpoint, region and credentials are used).
     - ``max_queue_records``, ``max_queue_bytes``: bounds on records accepted and not yet
       resolved (queued, in flight or waiting to retry). A record's bytes are what the

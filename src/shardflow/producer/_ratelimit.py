@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from .._validate import check_number
+from .._core.validate import check_number
 
 __all__ = ["ShardRateLimiter", "TokenBucket"]
 

@@ -29,8 +29,9 @@ from itertools import repeat
 from operator import attrgetter
 from typing import Any
 
-from .. import _aws, errors
-from .._logs import get_logger
+from .. import errors
+from .._core import aws as _aws
+from .._core.logs import get_logger
 from ..models import Attempt
 from ..shardmap import hash_key
 from ._accumulator import Accumulator

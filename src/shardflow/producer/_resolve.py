@@ -6,7 +6,7 @@ which also keeps the counters ``stats()`` reports. A failed record's delivery fa
 logged one line per batch (stream, error code, count, first partition key), never one
 per record, and asyncio is told each failure was seen, so that an unawaited delivery
 does not log again on its own. A record to send again waits a full-jitter backoff
-(:func:`shardflow._backoff.full_jitter`) in the accumulator, never past its deadline.
+(:func:`shardflow._core.backoff.full_jitter`) in the accumulator, never past its deadline.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .. import errors
-from .._backoff import full_jitter
-from .._logs import get_logger
+from .._core.backoff import full_jitter
+from .._core.logs import get_logger
 from ..models import Attempt
 from ._accumulator import Accumulator
 from ._ledger import Ledger
@@ -65,7 +65,7 @@ class Resolver:
         """Records failed, by error code."""
         self.entry_errors: dict[str, int] = {}
         """Entries refused in answers, by error code."""
-        # metrics hooks (shardflow._metrics): once per request, once per aggregate delivered
+        # metrics hooks (shardflow._core.metrics): once per request, once per aggregate delivered
         self.on_request: Callable[[float, str | None], None] | None = None
         self.on_aggregate: Callable[[int], None] | None = None
 

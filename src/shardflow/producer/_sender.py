@@ -22,7 +22,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from .. import errors
-from .._logs import get_logger
+from .._core.logs import get_logger
 from ..shardmap import ShardMap
 from ._accumulator import Accumulator
 from ._ledger import Ledger

@@ -19,8 +19,8 @@ import anyio
 from anyio.abc import TaskStatus
 
 from .. import errors
-from .._aws import list_shards
-from .._logs import get_logger
+from .._core.aws import list_shards
+from .._core.logs import get_logger
 from ..shardmap import ShardMap
 
 __all__ = ["ShardTracker"]

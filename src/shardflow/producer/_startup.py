@@ -26,9 +26,10 @@ from typing import Any
 
 import anyio
 
-from .. import _aws, errors
-from .._backoff import full_jitter
-from .._logs import get_logger
+from .. import errors
+from .._core import aws as _aws
+from .._core.backoff import full_jitter
+from .._core.logs import get_logger
 from ..limits import KiB, KinesisLimits
 from ..shardmap import ShardMap
 from ._intake import record_cost

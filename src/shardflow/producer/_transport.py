@@ -5,9 +5,9 @@ the one place the request's JSON is written (:func:`entry`, :func:`key_tail`,
 Sending 500-entry PutRecords calls through botocore's client pipeline (parameter
 validation, serialisation, shape-based parsing) costs more client CPU than everything else
 the producer does. This module builds the JSON body from entry fragments encoded once at
-``put()`` time and reads the answer with orjson; :mod:`shardflow._signed` (the edge's
+``put()`` time and reads the answer with orjson; :mod:`shardflow._core.signed` (the edge's
 signed requests, shared with the consumer) signs and sends it, errors mapped by
-:mod:`shardflow._aws` exactly as for every other call.
+:mod:`shardflow._core.aws` exactly as for every other call.
 
 The sender needs only :class:`Transport` (one method), the seam for another transport.
 """
@@ -22,8 +22,8 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from .. import _aws
-from .._signed import SERVICE, SignedClient
+from .._core import aws as _aws
+from .._core.signed import SERVICE, SignedClient
 
 __all__ = [
     "PutRecordsTransport",

@@ -1,11 +1,11 @@
-"""The sinks' instruments (see :mod:`shardflow._metrics`): objects and bytes written are
+"""The sinks' instruments (see :mod:`shardflow._core.metrics`): objects and bytes written are
 observed from :meth:`S3Sink.stats`; the write duration is recorded once per object."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .._metrics import STREAM, Meter, Observable, stat
+from .._core.metrics import STREAM, Meter, Observable, stat
 
 __all__ = ["S3SinkMetrics"]
 

@@ -32,7 +32,7 @@ from typing import Protocol, TypeAlias, runtime_checkable
 
 import anyio
 
-from .._logs import get_logger
+from .._core.logs import get_logger
 from ..models import Record
 
 __all__ = ["Durable", "Sink", "pipe"]

@@ -18,11 +18,14 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from .. import _aws, _logs, _metrics, errors
-from .._backoff import full_jitter
-from .._lifecycle import exit_task_group, open_task_group
-from .._logs import get_logger
-from .._validate import check_number, shown
+from .. import errors
+from .._core import aws as _aws
+from .._core import logs as _logs
+from .._core import metrics as _metrics
+from .._core.backoff import full_jitter
+from .._core.lifecycle import exit_task_group, open_task_group
+from .._core.logs import get_logger
+from .._core.validate import check_number, shown
 from ..models import Record
 from ._metrics import S3SinkMetrics
 from .base import Durable

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from .._logs import get_logger
+from .._core.logs import get_logger
 from ..models import Record
 from .s3_layout import HOUR_US, Encoded, Layout, Position, hour_of, position_text
 

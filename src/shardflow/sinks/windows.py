@@ -32,8 +32,8 @@ import anyio
 from anyio.abc import AsyncResource
 
 from .. import errors
-from .._logs import get_logger
-from .._validate import as_float, check_int, shown
+from .._core.logs import get_logger
+from .._core.validate import as_float, check_int, shown
 from ..models import Record
 
 __all__ = ["Aggregation", "TumblingWindows", "Window"]

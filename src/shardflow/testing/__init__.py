@@ -97,7 +97,7 @@ import anyio
 import orjson
 from aiohttp import web
 
-from .._validate import shown
+from .._core.validate import shown
 from ..errors import InvalidShardMap
 from ..limits import KinesisLimits
 from ..models import Shard

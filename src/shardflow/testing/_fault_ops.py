@@ -21,8 +21,9 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
-from .. import _aws, errors
-from .._validate import as_float, shown
+from .. import errors
+from .._core import aws as _aws
+from .._core.validate import as_float, shown
 from ..limits import KinesisLimits
 from ..shardmap import ShardMap
 from . import _faults

@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from ._aws import stream_name as stream_name  # the attribute's value: a name, not an ARN
+from .aws import stream_name as stream_name
 
 __all__ = [
     "APP",

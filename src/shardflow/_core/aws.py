@@ -19,9 +19,9 @@ from datetime import datetime, timezone
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-from . import errors
-from ._validate import shown
-from .models import Shard
+from .. import errors
+from ..models import Shard
+from .validate import shown
 
 __all__ = [
     "DEFAULT_LOCAL_REGION",

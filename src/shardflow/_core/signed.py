@@ -5,7 +5,7 @@ The calls whose cost matters skip botocore's client pipeline (parameter validati
 serialisation, shape-based parsing): the caller builds the JSON body, :class:`SignedClient`
 signs it with botocore's own :class:`botocore.auth.SigV4Auth` using the aiobotocore
 client's (refreshed) credentials and POSTs it with aiohttp to the endpoint the client
-resolved. Every failure goes through :mod:`shardflow._aws`'s one error map: an error
+resolved. Every failure goes through :mod:`shardflow._core.aws`'s one error map: an error
 answer through :func:`response_error`, a transport failure through
 :func:`_aws.translate_error`. Cancellation propagates.
 """
@@ -23,7 +23,8 @@ import orjson
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
-from . import _aws, errors
+from .. import errors
+from . import aws as _aws
 
 __all__ = [
     "CONTENT_TYPE",

@@ -9,7 +9,7 @@ other record goes through :func:`_parse_record`.
 
 from __future__ import annotations
 
-from ._protobuf import read_varint, read_varint_rest, skip_field
+from .protobuf import read_varint, read_varint_rest, skip_field
 
 __all__ = ["parse_aggregated_record"]
 

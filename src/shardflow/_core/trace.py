@@ -16,8 +16,9 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from . import _logs, errors
-from ._metrics import ERROR, SHARD
+from .. import errors
+from . import logs as _logs
+from .metrics import ERROR, SHARD
 
 __all__ = ["on_request_span", "traced_call", "traceparent", "tracer"]
 
@@ -78,7 +79,7 @@ def traced_call(
     attributes: Mapping[str, str],
 ) -> Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]:
     """``call(operation, params)`` in a CLIENT span per request; the shard comes from the
-    log context of the reader's task (:mod:`shardflow._logs`)."""
+    log context of the reader's task (:mod:`shardflow._core.logs`)."""
     from opentelemetry.trace import SpanKind
 
     async def traced(operation: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Creating and removing the AWS resources the demo and the CLI use (streams, buckets, tables).
 
 Private helpers for ``shardflow demo`` and ``shardflow put --create``; every call goes
-through :mod:`shardflow._aws`. Each function takes an aiobotocore client opened with
-:func:`shardflow._aws.open_client` for the matching service, and raises
+through :mod:`shardflow._core.aws`. Each function takes an aiobotocore client opened with
+:func:`shardflow._core.aws.open_client` for the matching service, and raises
 :mod:`shardflow.errors` exceptions.
 """
 
@@ -16,7 +16,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from . import _aws, errors
+from .. import errors
+from . import aws as _aws
 
 __all__ = [
     "create_bucket",
