@@ -50,8 +50,7 @@ class Record(NamedTuple):
 
     Immutable, compared and hashed by value. A named tuple, as kafka-python's
     ``ConsumerRecord``: the consumer builds one per user record, and a tuple is built in
-    C (a frozen dataclass cost four times as much, a fifth of the consumer's CPU).
-    ``record._replace(data=...)`` makes a changed copy.
+    C. ``record._replace(data=...)`` makes a changed copy.
     """
 
     data: bytes

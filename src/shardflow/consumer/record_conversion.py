@@ -7,8 +7,7 @@ Readers buffer user records as :data:`Row` values (a :class:`Record`'s fields in
 tuple) and make the Record when they hand it out (:func:`as_records`, or
 ``new_record(Record, row)``). A plain tuple of atoms is untracked by the garbage collector
 at its first young collection; a Record (a tuple subclass) stays tracked, so a buffer of
-Records was promoted and scanned again by every full collection: a third of the
-consumer's CPU per record.
+Records would be promoted and scanned again by every full collection.
 """
 
 from __future__ import annotations
