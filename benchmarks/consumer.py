@@ -9,7 +9,9 @@ ceiling, a naive aiobotocore loop, boto3, async-kinesis's Consumer, shardflow's 
 with ``async for`` and with ``batches()``), a fresh stream is filled (not timed), then
 the reader, in its own process, reads it from TRIM_HORIZON until the application holds
 every user record; the figures are records per second and that process's CPU
-microseconds per record. Twice: plain records, then KPL aggregates of 100 (unpacked by
+microseconds per record, for that first read (a fresh process) and for a second read of
+the whole stream in the same process (its memory already touched: what a long-running
+reader pays). Twice: plain records, then KPL aggregates of 100 (unpacked by
 each reader: aws-kinesis-agg for the loops, the library's own otherwise). ``--baseline
 SRC`` adds shardflow's reader run from another source tree (before/after in one run).
 
@@ -149,14 +151,14 @@ def filled_stream(url: str, records: int, shards: int, aggregated: bool) -> str:
 
 
 def run_reader(name: str, url: str, stream: str, records: int, aggregated: bool,
-               pythonpath: str | None = None) -> dict[str, Any]:
+               pythonpath: str | None = None, rounds: int = 2) -> dict[str, Any]:
     """One reader contender in its own process (its figures, or why it did not run)."""
     env = dict(os.environ)
     root = str(ROOT)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (pythonpath, os.environ.get("PYTHONPATH"), root) if p)
     command = [sys.executable, "-m", "benchmarks.contenders.readers", name, "--url", url,
-               "--stream", stream, "--records", str(records)]
+               "--stream", stream, "--records", str(records), "--rounds", str(rounds)]
     if aggregated:
         command.append("--aggregated")
     proc = subprocess.run(command, cwd=root, env=env, capture_output=True, timeout=900,
@@ -295,15 +297,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if rows:
         print("\nRead and deliver: each reader in its own process, TRIM_HORIZON, "
-              "~200-byte JSON records\n")
+              "~200-byte JSON records. CPU µs/record: the first read, in a fresh process; "
+              "2nd read: the whole stream again in the same process (a long-running "
+              "reader's cost)\n")
         print(markdown_table(
-            ["endpoint", "input", "reader", "records/s", "CPU µs/record"],
+            ["endpoint", "input", "reader", "records/s", "CPU µs/record", "2nd read"],
             [[r["endpoint"], r["input"], r["contender"],
               fmt_int(r["records_per_s"]) if r.get("status") == "ok" else r.get("status", "?"),
               fmt_float(r["cpu_us_per_record"], 2) if r.get("status") == "ok"
-              else str(r.get("reason", ""))[:60]]
+              else str(r.get("reason", ""))[:60],
+              fmt_float(r.get("steady_cpu_us_per_record"), 2)]
              for r in rows],
-            align="lllrr",
+            align="lllrrr",
         ))
     if lat:
         print("\nPut-to-delivery latency, 8 mostly idle shards, LATEST (client CPU: the "
