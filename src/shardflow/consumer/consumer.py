@@ -449,7 +449,7 @@ class Consumer:
             if coord is not None and not coord.closing:
                 row = self._chunk[self._index]
                 self._index += 1
-                return new_record(Record, row)  # type: ignore[no-any-return]
+                return new_record(Record, row)
         coord = self._use("records")
         batch = await coord.next_batch()
         if batch is None:
@@ -457,7 +457,7 @@ class Consumer:
             raise StopAsyncIteration
         reader, records = batch
         self._chunk, self._chunk_reader, self._index = records, reader, 1
-        return new_record(Record, records[0])  # type: ignore[no-any-return]
+        return new_record(Record, records[0])
 
     def batches(
         self, *, max_records: int | None = None, timeout: float | None = None

@@ -13,7 +13,7 @@ Records would be promoted and scanned again by every full collection.
 from __future__ import annotations
 
 import binascii
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from itertools import repeat
 from operator import itemgetter, methodcaller
@@ -41,11 +41,12 @@ _UTC = timezone.utc
 _EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
 _b64decode = binascii.a2b_base64
 _from_epoch = datetime.fromtimestamp
-new_record: Any = tuple.__new__
-"""``new_record(Record, row)``: the Record of a :data:`Row`, built in C."""
 
 Row = tuple[bytes, str, str, "int | None", str, datetime, "str | None"]
 """A user record's fields, in :class:`Record`'s order, as a plain tuple."""
+
+new_record: Callable[[type[Record], Row], Record] = tuple.__new__
+"""``new_record(Record, row)``: the Record of a :data:`Row`, built in C."""
 
 
 def as_records(rows: Sequence[Row]) -> list[Record]:

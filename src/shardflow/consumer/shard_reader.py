@@ -226,7 +226,7 @@ class ShardReader:
                     raise StopAsyncIteration
                 row = self._chunk[self._index]
                 self._index += 1
-                return new_record(Record, row)  # type: ignore[no-any-return]
+                return new_record(Record, row)
             batch = await self._next_batch()
             if batch is None:
                 raise StopAsyncIteration
