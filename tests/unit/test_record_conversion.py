@@ -5,6 +5,7 @@ check is handed over raw. Checked against tests/support_kcl.py, the reference re
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 from datetime import datetime, timezone
@@ -106,3 +107,28 @@ def test_a_record_is_an_immutable_value() -> None:
     assert type(rows[0]) is tuple
     assert as_records(rows) == [record]
     assert type(as_records(rows)[0]) is Record
+
+
+def test_buffered_rows_are_left_alone_by_the_garbage_collector() -> None:
+    """What readers buffer (rows, plain and from aggregates) holds only atoms in a plain
+    tuple, so CPython stops tracking each row at its first collection: a buffer of tens
+    of thousands of records costs no full-collection scans (a Record, a tuple subclass,
+    would stay tracked)."""
+    import gc
+
+    from shardflow.consumer.record_conversion import to_rows
+
+    shard = Shard("shardId-0", 0, 2**128 - 1)
+    at = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+    blob = agg([(f"user-{i}", b'{"n":%d}' % i, None) for i in range(5)])
+    raw = [
+        {"Data": "eA==", "PartitionKey": "k", "SequenceNumber": "1",
+         "ApproximateArrivalTimestamp": at},
+        {"Data": base64.b64encode(blob).decode(), "PartitionKey": "k", "SequenceNumber": "2",
+         "ApproximateArrivalTimestamp": at},
+    ]
+    rows, dropped = to_rows(shard, raw, None)
+    assert dropped == 0
+    assert len(rows) == 6
+    gc.collect()
+    assert [gc.is_tracked(row) for row in rows] == [False] * 6
