@@ -31,6 +31,7 @@ __all__ = [
     "SERVICE",
     "SignedClient",
     "client_credentials",
+    "open_signed",
     "response_error",
 ]
 
@@ -50,6 +51,20 @@ def client_credentials(client: Any) -> Credentials:
         return await _aws.frozen_credentials(client)
 
     return credentials
+
+
+async def open_signed(client: Any, *, max_connections: int) -> SignedClient:
+    """A started :class:`SignedClient` for ``client``'s endpoint and region, signing with
+    its credentials (the caller closes it)."""
+    endpoint_url, region_name = _aws.client_endpoint(client)
+    http = SignedClient(
+        endpoint_url=endpoint_url,
+        region_name=region_name,
+        credentials=client_credentials(client),
+        max_connections=max_connections,
+    )
+    await http.start()
+    return http
 
 
 def _error_code(raw: bytes, header: str | None) -> tuple[str | None, str]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 from zlib import crc32
@@ -32,9 +32,9 @@ import orjson
 
 from .. import errors
 from .._core import aws as _aws
-from .._core.signed import SERVICE, SignedClient, client_credentials, response_error
+from .._core.signed import SERVICE, SignedClient, response_error
 
-__all__ = ["EventStreamDecoder", "ReadTransport", "open_read_transport"]
+__all__ = ["EventStreamDecoder", "ReadTransport"]
 
 _dumps = orjson.dumps
 _loads = orjson.loads
@@ -44,42 +44,17 @@ Events = AsyncGenerator[dict[str, Any], None]
 
 
 class ReadTransport:
-    """Signs and sends the consumer's read requests over one aiohttp connection pool.
+    """Sends the consumer's read requests (GetRecords, SubscribeToShard) through a
+    started :class:`SignedClient` (its owner closes it)."""
 
-    ``credentials`` is an async callable returning botocore ``ReadOnlyCredentials`` (or
-    None), called before each request so that refreshable credentials stay fresh.
-    """
-
-    def __init__(
-        self,
-        *,
-        endpoint_url: str,
-        region_name: str,
-        credentials: Callable[[], Awaitable[Any]],
-        max_connections: int = 64,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 30.0,
-    ) -> None:
-        self._http = SignedClient(
-            endpoint_url=endpoint_url,
-            region_name=region_name,
-            credentials=credentials,
-            max_connections=max_connections,
-            connect_timeout=connect_timeout,
-        )
+    def __init__(self, http: SignedClient, *, read_timeout: float = 30.0) -> None:
+        self._http = http
         self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+            total=None, sock_connect=http.connect_timeout, sock_read=read_timeout
         )
 
     def __repr__(self) -> str:
         return f"ReadTransport({self._http.url!r}, region={self._http.region!r})"
-
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def aclose(self) -> None:
-        """Close the connection pool (idempotent)."""
-        await self._http.aclose()
 
     async def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         """One JSON request (GetRecords, ...): its answer as parsed by orjson.
@@ -269,17 +244,3 @@ def encode_message(headers: dict[str, str], payload: bytes) -> bytes:
     prelude += struct.pack(">I", crc32(prelude))
     message = prelude + head + payload
     return message + struct.pack(">I", crc32(message))
-
-
-async def open_read_transport(client: Any, *, max_connections: int = 64) -> ReadTransport:
-    """A started transport signing with ``client``'s credentials for its endpoint and
-    region (the caller closes it)."""
-    endpoint_url, region_name = _aws.client_endpoint(client)
-    transport = ReadTransport(
-        endpoint_url=endpoint_url,
-        region_name=region_name,
-        credentials=client_credentials(client),
-        max_connections=max_connections,
-    )
-    await transport.start()
-    return transport

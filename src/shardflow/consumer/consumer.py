@@ -28,13 +28,14 @@ from .._core import trace as _trace
 from .._core.aws import list_shards
 from .._core.lifecycle import exit_task_group, open_task_group
 from .._core.logs import get_logger
+from .._core.signed import open_signed
 from .._core.validate import check_bool, check_int, check_number, shown
 from ..limits import KinesisLimits
 from ..models import Record
 from ..sinks.base import Sink, first_failure, pipe
 from ._fan_out import check_consumer_name, open_fan_out
 from ._metrics import ConsumerMetrics
-from ._transport import open_read_transport
+from ._transport import ReadTransport
 from .checkpoint import Checkpointer, CheckpointSession, ConsumerScope, MemoryCheckpointer
 from .coordinator import Coordinator
 from .record_conversion import Row, as_records, new_record
@@ -308,12 +309,13 @@ class Consumer:
                 read_bytes_per_s=self._limits.shard_read_bytes_per_s,
             )
             counters = Counters()
-            transport = await open_read_transport(client)
+            http = await open_signed(client, max_connections=64)
+            stack.push_async_callback(http.aclose)
+            transport = ReadTransport(http)
             if self._tracer is not None:  # a span per request, GetRecords included
                 attrs = {_metrics.STREAM: _aws.stream_name(self._stream)}
                 call = _trace.traced_call(self._tracer, transport.call, attrs)
                 setattr(transport, "call", call)  # noqa: B010
-            stack.push_async_callback(transport.aclose)
             source: Source
             if self._fan_out is None:
                 source = PollingSource(client, transport, self._stream_params, config, counters)

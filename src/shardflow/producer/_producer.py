@@ -35,7 +35,7 @@ from .._core import metrics as _metrics
 from .._core import trace as _trace
 from .._core.lifecycle import exit_task_group, open_task_group, stop_task_group
 from .._core.logs import get_logger
-from .._core.signed import client_credentials
+from .._core.signed import open_signed
 from .._core.validate import check_bool, check_int, check_number, shown
 from ..limits import KinesisLimits
 from ..models import PutResult
@@ -288,15 +288,9 @@ class Producer:
             )
             endpoint_url, region_name = _aws.client_endpoint(client)
             self._where = (endpoint_url, region_name)
-            transport = PutRecordsTransport(
-                endpoint_url=endpoint_url,
-                region_name=region_name,
-                stream_params=self._stream_params,
-                credentials=client_credentials(client),
-                max_connections=self.max_in_flight,
-            )
-            await transport.start()
-            stack.push_async_callback(transport.aclose)
+            http = await open_signed(client, max_connections=self.max_in_flight)
+            stack.push_async_callback(http.aclose)
+            transport = PutRecordsTransport(http, self._stream_params)
             if self.aggregate or self.rate_limit is not None:
                 self._tracker = ShardTracker(client, self.stream)
             start = StreamStart(

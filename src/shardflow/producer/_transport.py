@@ -15,7 +15,7 @@ The sender needs only :class:`Transport` (one method), the seam for another tran
 from __future__ import annotations
 
 import binascii
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from itertools import repeat
 from typing import Any, Protocol
 
@@ -131,40 +131,15 @@ def all_written(records: list[dict[str, Any]]) -> bool:
 
 
 class PutRecordsTransport:
-    """Signs and sends PutRecords requests over one aiohttp connection pool.
+    """Sends PutRecords requests through a started :class:`SignedClient` (its owner
+    closes it)."""
 
-    ``credentials`` is an async callable returning botocore ``ReadOnlyCredentials`` (or
-    None), called before each request so that refreshable credentials stay fresh.
-    """
-
-    def __init__(
-        self,
-        *,
-        endpoint_url: str,
-        region_name: str,
-        stream_params: dict[str, str],
-        credentials: Callable[[], Awaitable[Any]],
-        max_connections: int,
-        connect_timeout: float = 5.0,
-    ) -> None:
-        self._http = SignedClient(
-            endpoint_url=endpoint_url,
-            region_name=region_name,
-            credentials=credentials,
-            max_connections=max_connections,
-            connect_timeout=connect_timeout,
-        )
+    def __init__(self, http: SignedClient, stream_params: dict[str, str]) -> None:
+        self._http = http
         self._stream_params = dict(stream_params)
 
     def __repr__(self) -> str:
         return f"PutRecordsTransport({self._http.url!r}, region={self._http.region!r})"
-
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def aclose(self) -> None:
-        """Close the connection pool (idempotent)."""
-        await self._http.aclose()
 
     async def put_records(self, entries: Sequence[bytes], timeout: float) -> bytes:
         """Send one PutRecords request; return its raw 200 answer (read it with
