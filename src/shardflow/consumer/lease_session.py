@@ -33,6 +33,7 @@ from ..models import Shard
 from .checkpoint import SHARD_END, AssignmentListener, Checkpoint, ConsumerScope
 from .lease_policy import (
     ExpiryClock,
+    TakePlan,
     has_started_child,
     may_process,
     plan_new_leases,
@@ -574,13 +575,7 @@ class LeaseSession:
             lease = self._leases.get(held.shard_id)
             if lease is not None and lease.finished:
                 await self._release(held)
-        plan = plan_takes(
-            list(self._leases.values()),
-            self._me,
-            self._held.keys(),
-            lambda x: self._clock.expired(x, now, as_seen=True),
-            self._rng,
-        )
+        plan = self._plan(now)
         self._workers = plan.workers
         took = await self._take_all((*plan.take, *(() if plan.steal is None else (plan.steal,))))
         if plan.shed:
@@ -654,18 +649,24 @@ class LeaseSession:
         took = 0
         for only, greedy in ((dead, True), (capped, False)):
             if only:
-                plan = plan_takes(
-                    list(self._leases.values()),
-                    self._me,
-                    self._held.keys(),
-                    lambda x: self._clock.expired(x, now, as_seen=True),
-                    self._rng,
-                    only=only,
-                    greedy=greedy,
-                )
+                plan = self._plan(now, only=only, greedy=greedy)
                 took += await self._take_all(plan.take)
         if took:
             self._listener.reassign()
+
+    def _plan(
+        self, now: float, *, only: Collection[str] | None = None, greedy: bool = False
+    ) -> TakePlan:
+        """What to take, steal or shed, from the leases as last seen (see plan_takes)."""
+        return plan_takes(
+            list(self._leases.values()),
+            self._me,
+            self._held.keys(),
+            lambda x: self._clock.expired(x, now, as_seen=True),
+            self._rng,
+            only=only,
+            greedy=greedy,
+        )
 
     def _jitter(self, interval: float, spread: float) -> float:
         return interval * self._rng.uniform(1 - spread, 1 + spread)
