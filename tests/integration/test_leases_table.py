@@ -13,19 +13,12 @@ from shardflow import Consumer, DynamoDBLeases, errors
 
 from support import create_stream, list_shards, read_stream, unique_name
 from support_consumer import POLL, collect, numbered, put_records
+from support_kcl_leases import lease_item
 from support_leases import Delivery, GroupWorker, dynamodb, lease_items, wait_for, wait_loads
 
-# What the KCL writes for a lease with a checkpoint (no parents: a shard of a new stream).
-KCL_LAYOUT = {
-    "leaseKey": "S",
-    "leaseOwner": "S",
-    "leaseCounter": "N",
-    "checkpoint": "S",
-    "checkpointSubSequenceNumber": "N",
-    "ownerSwitchesSinceCheckpoint": "N",
-    "startingHashKey": "S",
-    "endingHashKey": "S",
-}
+# What a KCL 2.x worker writes for an owned lease with a checkpoint, no parents (a shard of
+# a new stream): DynamoDBLeaseSerializer.toDynamoRecord, as support_kcl_leases states it.
+KCL_LAYOUT_LEASE = lease_item("shardId-000000000000", "1", owner="w1", version=2)
 
 
 def layout(item: dict[str, Any]) -> dict[str, str]:
@@ -57,7 +50,7 @@ async def test_items_have_the_kcl_names_and_types(kinesalite_url: str, moto_url:
     shards = {s["ShardId"]: s for s in list_shards(kinesalite_url, stream)}
     assert set(stored) == set(shards)  # dedicated table: the lease key is the shard id
     for shard_id, item in stored.items():
-        assert layout(item) == {**KCL_LAYOUT, "shardflowScope": "S"}
+        assert layout(item) == {**layout(KCL_LAYOUT_LEASE), "shardflowScope": "S"}
         last = [r["SequenceNumber"] for r in written if r["ShardId"] == shard_id][-1]
         assert item["checkpoint"] == {"S": last}
         assert item["checkpointSubSequenceNumber"] == {"N": "0"}
