@@ -16,13 +16,16 @@ throttles, and the figures are about client cost.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any
 
 from ...common import Timer
 
-__all__ = ["CONTENDERS", "ReadContext", "load"]
+__all__ = ["CONTENDERS", "ReadContext", "load", "read_shards"]
 
 CONTENDERS: tuple[str, ...] = (
     "raw_aiohttp",
@@ -48,3 +51,17 @@ class ReadContext:
 
 def load(name: str) -> ModuleType:
     return importlib.import_module(f"benchmarks.contenders.readers.{name.replace('-', '_')}")
+
+
+async def read_shards(readers: list[Coroutine[Any, Any, None]], done: asyncio.Event) -> None:
+    """Run one reader per shard until ``done`` is set (or a reader fails: its error is
+    raised); every reader is then cancelled. For the hand-written loops."""
+    tasks = [asyncio.create_task(reader) for reader in readers]
+    waiter = asyncio.create_task(done.wait())
+    finished, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for task in [waiter, *tasks]:
+        task.cancel()
+    await asyncio.gather(waiter, *tasks, return_exceptions=True)
+    for task in finished:
+        if task is not waiter and task.exception() is not None:
+            raise RuntimeError("a shard task failed") from task.exception()

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiobotocore.session import get_session
 
-from . import ReadContext
+from . import ReadContext, read_shards
 
 NAME = "aiobotocore_naive"
 DESCRIPTION = "aiobotocore get_records loop per shard (+ aws-kinesis-agg for aggregates)"
@@ -45,13 +45,4 @@ async def run(ctx: ReadContext) -> None:
                     await asyncio.sleep(0.2)
 
         async with ctx.timer:
-            tasks = [asyncio.create_task(shard(it)) for it in iterators]
-            waiter = asyncio.create_task(done.wait())
-            finished, _ = await asyncio.wait([waiter, *tasks],
-                                             return_when=asyncio.FIRST_COMPLETED)
-            for task in [waiter, *tasks]:
-                task.cancel()
-            await asyncio.gather(waiter, *tasks, return_exceptions=True)
-            for task in finished:
-                if task is not waiter and task.exception() is not None:
-                    raise RuntimeError("a shard task failed") from task.exception()
+            await read_shards([shard(it) for it in iterators], done)

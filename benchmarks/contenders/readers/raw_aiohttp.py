@@ -12,7 +12,7 @@ import orjson
 
 from shardflow.aggregation import deaggregate
 
-from . import ReadContext
+from . import ReadContext, read_shards
 
 NAME = "raw_aiohttp"
 DESCRIPTION = "raw aiohttp GetRecords, orjson, base64 (ceiling, unsigned)"
@@ -62,13 +62,4 @@ async def run(ctx: ReadContext) -> None:
                     await asyncio.sleep(0.2)
 
         async with ctx.timer:
-            tasks = [asyncio.create_task(shard(it)) for it in iterators]
-            waiter = asyncio.create_task(done.wait())
-            finished, _ = await asyncio.wait([waiter, *tasks],
-                                             return_when=asyncio.FIRST_COMPLETED)
-            for task in [waiter, *tasks]:
-                task.cancel()
-            await asyncio.gather(waiter, *tasks, return_exceptions=True)
-            for task in finished:
-                if task is not waiter and task.exception() is not None:
-                    raise RuntimeError("a shard task failed") from task.exception()
+            await read_shards([shard(it) for it in iterators], done)
