@@ -68,8 +68,13 @@ class Record(NamedTuple):
     @property
     def position(self) -> tuple[int, int]:
         """Sortable position within the shard: (sequence number, sub-sequence or -1)."""
-        sub = -1 if self.sub_sequence_number is None else self.sub_sequence_number
-        return (int(self.sequence_number), sub)
+        return _position(self.sequence_number, self.sub_sequence_number)
+
+
+def _position(sequence_number: str, sub_sequence_number: int | None) -> tuple[int, int]:
+    """The one rule for a record's sortable position within its shard (records, their
+    buffered rows and checkpoints): (sequence number, sub-sequence number or -1)."""
+    return (int(sequence_number), -1 if sub_sequence_number is None else sub_sequence_number)
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,7 +72,7 @@ import anyio.to_thread
 
 from .._core.logs import get_logger
 from .._core.validate import check_number, shown
-from ..models import Shard
+from ..models import Shard, _position
 
 __all__ = [
     "SHARD_END",
@@ -131,8 +131,7 @@ class Checkpoint:
         """Sortable position, comparable with :attr:`Record.position`."""
         if self.sequence_number == _SHARD_END:
             return END_POSITION
-        sub = -1 if self.sub_sequence_number is None else self.sub_sequence_number
-        return (int(self.sequence_number), sub)
+        return _position(self.sequence_number, self.sub_sequence_number)
 
 
 SHARD_END = Checkpoint(_SHARD_END)

@@ -21,7 +21,7 @@ from typing import Any
 
 from .._core.logs import get_logger
 from ..aggregation import MAGIC, UserRecord, deaggregate
-from ..models import Record, Shard
+from ..models import Record, Shard, _position
 from ..shardmap import all_within
 
 __all__ = [
@@ -56,8 +56,7 @@ def as_records(rows: Sequence[Row]) -> list[Record]:
 
 def row_position(row: Row) -> tuple[int, int]:
     """:attr:`Record.position` of a row's record."""
-    sub = row[3]
-    return (int(row[2]), -1 if sub is None else sub)
+    return _position(row[2], row[3])
 
 
 def to_records(
