@@ -39,6 +39,16 @@ def raw(seq: int, data: bytes, key: str = "outer") -> dict[str, Any]:
     }
 
 
+def sent(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """boto3's records (what the KCL reference reads) as the service sends them (what
+    shardflow reads): Data base64, arrival in epoch seconds."""
+    return [
+        {**r, "Data": base64.b64encode(r["Data"]).decode(),
+         "ApproximateArrivalTimestamp": r["ApproximateArrivalTimestamp"].timestamp()}
+        for r in records
+    ]
+
+
 def md5(key: str) -> int:
     return int(hashlib.md5(key.encode()).hexdigest(), 16)
 
@@ -56,7 +66,7 @@ def test_an_aggregate_with_one_key_outside_is_dropped_whole_logged_once(
     by_ehk = agg([("any", b"e1", str(HALF - 1)), ("any", b"e2", str(HALF))])
     records = [raw(1, good), raw(2, mixed), raw(3, b"plain"), raw(4, by_ehk)]
     with caplog.at_level(logging.WARNING, logger="shardflow.consumer"):
-        out, dropped = to_records(LOW, records, None)
+        out, dropped = to_records(LOW, sent(records), None)
     assert [(r.sequence_number, r.sub_sequence_number, r.data) for r in out] == [
         ("1", i, k.encode()) for i, k in enumerate(INSIDE)
     ] + [("3", None, b"plain")]
@@ -75,7 +85,7 @@ def test_an_aggregate_with_one_key_outside_is_dropped_whole_logged_once(
 def test_an_aggregate_failing_the_md5_check_is_handed_over_raw() -> None:
     blob = bytearray(agg([(k, k.encode(), None) for k in INSIDE]))
     blob[-1] ^= 0xFF  # the MD5 no longer matches
-    out, dropped = to_records(LOW, [raw(7, bytes(blob))], None)
+    out, dropped = to_records(LOW, sent([raw(7, bytes(blob))]), None)
     assert [(r.data, r.sub_sequence_number) for r in out] == [(bytes(blob), None)]
     assert dropped == 0
     kcl = kcl_deaggregate(LOW.shard_id, [raw(7, bytes(blob))], 0, HALF - 1)

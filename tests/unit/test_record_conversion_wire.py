@@ -1,6 +1,7 @@
 """Records in the service's JSON shape (GetRecords answers and SubscribeToShard events as
-sent: Data base64, ApproximateArrivalTimestamp epoch seconds) become the same user
-records as botocore's parsed shape gives, on the plain fast path and off it."""
+sent: Data base64, ApproximateArrivalTimestamp epoch seconds) become the user records
+botocore's parser would give (data decoded, arrival a UTC datetime), on the plain fast
+path and off it."""
 
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ def wire(seq: int, data: bytes, stamp: float, key: str = "k") -> dict[str, Any]:
             "PartitionKey": key, "ApproximateArrivalTimestamp": stamp}
 
 
-def parsed(raw: dict[str, Any]) -> dict[str, Any]:
-    """What botocore makes of ``raw``."""
-    return {**raw, "Data": base64.b64decode(raw["Data"]),
-            "ApproximateArrivalTimestamp": datetime.fromtimestamp(
-                raw["ApproximateArrivalTimestamp"], timezone.utc)}
+def parsed(raw: dict[str, Any]) -> tuple[Any, ...]:
+    """The fields of ``raw``'s record as botocore would parse them (not aggregated)."""
+    return (base64.b64decode(raw["Data"]), raw["PartitionKey"], raw["SequenceNumber"], None,
+            SHARD.shard_id,
+            datetime.fromtimestamp(raw["ApproximateArrivalTimestamp"], timezone.utc))
 
 
 def fields(records: list[Any]) -> list[tuple[Any, ...]]:
@@ -37,7 +38,7 @@ def test_plain_answers_with_one_or_many_arrival_times() -> None:
         raws = [wire(i, f"r{i}".encode(), t, f"k{i}") for i, t in enumerate(stamps)]
         out, dropped = to_records(SHARD, raws, None)
         assert dropped == 0
-        assert fields(out) == fields(to_records(SHARD, [parsed(r) for r in raws], None)[0])
+        assert fields(out) == [parsed(r) for r in raws]
         assert [r.arrival_time.timestamp() for r in out] == stamps
         assert all(r.arrival_time.tzinfo is timezone.utc for r in out)
 
@@ -50,7 +51,13 @@ def test_aggregates_and_look_alikes_in_the_json_shape() -> None:
     assert dropped == 0
     assert [(r.data, r.sub_sequence_number) for r in out] == [
         (b"plain", None), (b"one", 0), (b"two", 1), (look_alike, None)]
-    assert fields(out) == fields(to_records(SHARD, [parsed(r) for r in raws], None)[0])
+    when = datetime.fromtimestamp(1.0, timezone.utc)
+    assert fields(out) == [
+        (b"plain", "k", "1", None, SHARD.shard_id, when),
+        (b"one", "a", "2", 0, SHARD.shard_id, when),
+        (b"two", "b", "2", 1, SHARD.shard_id, when),
+        (look_alike, "k", "3", None, SHARD.shard_id, when),
+    ]
     # resuming inside the aggregate
     resumed, _ = to_records(SHARD, raws[1:], (2, 0))
     assert [r.data for r in resumed] == [b"two", look_alike]

@@ -75,17 +75,17 @@ def to_rows(
     aggregate for hashing outside the shard.
 
     Records come as the service sends them (``Data`` base64, ``ApproximateArrivalTimestamp``
-    epoch seconds) or as botocore parses them (bytes, datetime). Records at or before
-    ``skip_to`` (a position) are left out: that is how a reader resumes inside an
-    aggregate. As the KCL does (``AggregatorUtil.deaggregate``), an aggregate is dropped
-    WHOLE when the effective hash key (explicit hash key, else the MD5 of the partition
-    key) of any of its sub-records falls outside ``shard``'s range: it landed there
-    through a stale shard map, and its producer sends all of it again (shardflow's and the
-    KPL do). Each such aggregate is logged once, at WARNING.
+    epoch seconds): GetRecords and SubscribeToShard are parsed by orjson, not botocore.
+    Records at or before ``skip_to`` (a position) are left out: that is how a reader
+    resumes inside an aggregate. As the KCL does (``AggregatorUtil.deaggregate``), an
+    aggregate is dropped WHOLE when the effective hash key (explicit hash key, else the
+    MD5 of the partition key) of any of its sub-records falls outside ``shard``'s range:
+    it landed there through a stale shard map, and its producer sends all of it again
+    (shardflow's and the KPL do). Each such aggregate is logged once, at WARNING.
     """
     if not raw_records:
         return [], 0
-    if skip_to is None and type(raw_records[0]["Data"]) is str:
+    if skip_to is None:
         plain = _plain_rows(shard.shard_id, raw_records)
         if plain is not None:
             return plain, 0
@@ -93,16 +93,15 @@ def to_rows(
     out: list[Row] = []
     append = out.append
     dropped = 0
-    wire = type(raw_records[0]["Data"]) is str  # the JSON shape: decode here
     last_stamp: Any = None
     arrival: datetime = _EPOCH
     for raw in raw_records:
         seq: str = raw["SequenceNumber"]
-        data: bytes = _b64decode(raw["Data"]) if wire else raw["Data"]
+        data: bytes = _b64decode(raw["Data"])
         stamp = raw["ApproximateArrivalTimestamp"]
         if stamp != last_stamp:  # records of one answer mostly share their arrival time
             last_stamp = stamp
-            arrival = _from_epoch(stamp, _UTC) if wire else stamp.astimezone(_UTC)
+            arrival = _from_epoch(stamp, _UTC)
         # A KPL aggregate (magic, protobuf, MD5) becomes its user records; one that fails
         # the checks is delivered as plain data, as the KCL does.
         subs = deaggregate(data) if data[:4] == MAGIC else None
