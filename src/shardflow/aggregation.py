@@ -214,51 +214,22 @@ class AggregateBuilder:
         """Add records without explicit hash keys, in order, while the aggregate stays
         within ``max_bytes``; return how many were added (a prefix of the input).
 
-        The same encoding as :meth:`try_add` called for each record until one is refused,
-        at a fraction of the cost per record (one loop, no call per record). Raises as
-        :meth:`add` (records before the bad one stay added).
+        :meth:`try_add` for each record until one is refused. Raises ValueError when the
+        two sequences differ in length (nothing added), otherwise as :meth:`add` (records
+        before the bad one stay added).
         """
+        if len(partition_keys) != len(datas):
+            raise ValueError(
+                f"add_all takes as many partition keys as datas, got {len(partition_keys)} "
+                f"and {len(datas)}"
+            )
         limit = self.max_bytes - OVERHEAD
-        body = self._body
-        pk_fields = self._pk_fields
-        table = self._pk_table
-        parts = self._parts
-        append = parts.append
-        varint = _VARINT
+        append = self._append
         added = 0
         for pk, data in zip(partition_keys, datas, strict=True):
-            if type(data) is not bytes:
-                data = _as_bytes(data)
-            pk_field = pk_fields.get(pk)
-            if pk_field is None:
-                new_pk = _ENTRIES.get(pk) or _key_entry(pk)
-                n = len(pk_fields)
-                pk_field = _PK_FIELD[n] if n < _TABLE_SIZE else b"\x08" + _encode_varint(n)
-                grow = len(new_pk)
-            else:
-                new_pk = None
-                grow = 0
-            dl = len(data)
-            dlv = varint[dl] if dl < _TABLE_SIZE else _encode_varint(dl)
-            n = len(pk_field) + 1 + len(dlv) + dl
-            header = b"\x1a%b%b\x1a%b" % (
-                varint[n] if n < _TABLE_SIZE else _encode_varint(n),
-                pk_field,
-                dlv,
-            )
-            grow += len(header) + dl
-            if body + grow > limit:
+            if append(pk, None, data, limit) < 0:
                 break
-            if new_pk is not None:
-                pk_fields[pk] = pk_field
-                table.append(new_pk)
-                if self._first_key is None:
-                    self._first_key = pk
-            append(header)
-            append(data)
-            body += grow
             added += 1
-        self._body = body
         return added
 
     def _append(self, pk: str, ehk: str | None, data: bytes, limit: int) -> int:

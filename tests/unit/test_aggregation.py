@@ -90,6 +90,40 @@ def test_try_add_respects_max_bytes_exactly(recs: list[Rec], max_bytes: int) -> 
         assert deaggregate(blob) == accepted
 
 
+@given(records, st.integers(min_value=21, max_value=3000))
+def test_add_all_adds_the_prefix_try_add_would(recs: list[Rec], max_bytes: int) -> None:
+    keys = [pk for pk, _, _ in recs]
+    datas = [data for _, _, data in recs]
+    one_by_one = AggregateBuilder(max_bytes=max_bytes)
+    expected = 0
+    for pk, data in zip(keys, datas, strict=True):
+        if one_by_one.try_add(pk, None, data) < 0:
+            break
+        expected += 1
+    builder = AggregateBuilder(max_bytes=max_bytes)
+    assert builder.add_all(keys, datas) == expected
+    assert len(builder) == expected
+    assert builder.size == one_by_one.size
+    if expected:
+        assert builder.build() == one_by_one.build()
+        added = zip(keys[:expected], datas[:expected], strict=True)
+        assert deaggregate(builder.build()) == [(k, None, d) for k, d in added]
+
+
+def test_add_all_refuses_sequences_of_different_lengths_adding_nothing() -> None:
+    builder = AggregateBuilder()
+    with pytest.raises(ValueError, match="as many partition keys as datas, got 2 and 1"):
+        builder.add_all(["a", "b"], [b"1"])
+    assert len(builder) == 0
+
+
+def test_add_all_keeps_the_records_before_a_bad_key() -> None:
+    builder = AggregateBuilder()
+    with pytest.raises(TypeError):
+        builder.add_all(["a", 7, "c"], [b"1", b"2", b"3"])  # type: ignore[list-item]
+    assert deaggregate(builder.build()) == [("a", None, b"1")]
+
+
 def test_keys_are_deduplicated() -> None:
     recs = [("k", "1", b"a"), ("j", "1", b"b"), ("k", None, b"c"), ("k", "2", b"d")]
     builder = AggregateBuilder()

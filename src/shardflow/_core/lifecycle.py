@@ -1,7 +1,7 @@
 """The lifecycle of the classes that run a task group (Producer, Consumer, S3Sink,
-BufferedOutput): the group is entered by hand when the object starts, kept out of any
-exit stack, and left in the owner task after ``aclose()``, with no other cancel scope of
-ours around it. These three steps are written here once."""
+BufferedOutput, the demo's archive tap): the group is entered by hand when the object
+starts, kept out of any exit stack, and left in the owner task after ``aclose()``, with
+no other cancel scope of ours around it. These three steps are written here once."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 
 from .. import errors
+from .._core.lifecycle import exit_task_group, open_task_group
 from ..consumer import Consumer, DynamoDBLeases
 from ..models import Record
 from ..sinks import S3Sink
@@ -85,8 +86,7 @@ class ArchiveTap:
 
     async def __aenter__(self) -> ArchiveTap:
         await self._inner.__aenter__()
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
+        self._tg = await open_task_group()
         self._tg.start_soon(self._tick)
         return self
 
@@ -102,7 +102,7 @@ class ArchiveTap:
             tg, self._tg = self._tg, None
             try:
                 if tg is not None:
-                    await tg.__aexit__(exc_type, exc, tb)
+                    await exit_task_group(tg, exc_type, exc, tb)
             finally:
                 await self._inner.__aexit__(exc_type, exc, tb)
 
