@@ -24,7 +24,7 @@ from . import errors
 from ._core import aws as _aws
 from ._core import resources as _resources
 from ._core.aws import CredentialSource
-from ._core.validate import check_number, shown
+from ._core.validate import check_int, check_number, shown
 
 __all__ = ["create_stream", "delete_stream"]
 
@@ -68,12 +68,7 @@ async def create_stream(
     seconds = _check(stream, max_wait, endpoint_url, region_name)
     if stream.startswith("arn:"):
         raise ValueError(f"create_stream takes a stream name, not an ARN: {stream!r}")
-    if isinstance(shard_count, bool) or not isinstance(shard_count, int):
-        raise TypeError(f"shard_count must be an int, got {shown(shard_count)}")
-    if not 1 <= shard_count <= _MAX_SHARDS:
-        raise ValueError(
-            f"shard_count must be from 1 to {_MAX_SHARDS:,}, got {shown(shard_count)}"
-        )
+    check_int("shard_count", shard_count, 1, _MAX_SHARDS)
     async with AsyncExitStack() as stack:
         kinesis = await _aws.open_client(
             stack,

@@ -59,7 +59,7 @@ async def test_create_and_delete_a_stream(moto_url: str) -> None:
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [
-        ({"shard_count": 0}, ValueError, "shard_count must be from 1 to"),
+        ({"shard_count": 0}, ValueError, "shard_count must be between 1 and 100,000"),
         ({"shard_count": 2.0}, TypeError, "shard_count must be an int"),
         ({"max_wait": 0}, ValueError, "max_wait must be > 0 seconds, got 0.0"),
         ({"endpoint_url": "localhost:4567"}, ValueError, "endpoint_url must be an http"),

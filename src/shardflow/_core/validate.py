@@ -49,11 +49,11 @@ def as_float(name: str, value: float, must: str) -> float:
 
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
     """``value`` if it is an int (not a bool) in ``[low, high]``; else TypeError or
-    ValueError naming the option ("``{name} must be between 1 and 1000, got 0``")."""
+    ValueError naming the option ("``{name} must be between 1 and 1,000, got 0``")."""
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got {shown(value)}")
     if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        bound = f"between {low:,} and {high:,}" if high is not None else f">= {low:,}"
         raise ValueError(f"{name} must be {bound}, got {shown(value)}")
     return value
 

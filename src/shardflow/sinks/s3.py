@@ -25,7 +25,7 @@ from .._core import metrics as _metrics
 from .._core.backoff import full_jitter
 from .._core.lifecycle import exit_task_group, open_task_group
 from .._core.logs import get_logger
-from .._core.validate import check_number, shown
+from .._core.validate import check_int, check_number, shown
 from ..models import Record
 from ._metrics import S3SinkMetrics
 from .base import Durable
@@ -99,10 +99,7 @@ class S3Sink:
             raise ValueError(f"bucket must be a bucket name, got {shown(bucket)}")
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
-            raise TypeError(f"max_bytes must be an int, got {type(max_bytes).__name__}")
-        if not 1 <= max_bytes <= _MAX_OBJECT_BYTES:
-            raise ValueError(f"max_bytes must be in [1, 5 GiB], got {shown(max_bytes)}")
+        check_int("max_bytes", max_bytes, 1, _MAX_OBJECT_BYTES)  # S3's object limit, 5 GiB
         interval = check_number("max_interval", max_interval, unit="seconds")
         if not math.isfinite(interval * 1e6):  # ShardBuffers counts it in microseconds
             raise ValueError(f"max_interval is too large in microseconds, got {interval}")
