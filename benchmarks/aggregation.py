@@ -13,8 +13,11 @@ starts. Each contender packs them, in order, into aggregates of at most ``--max-
   base64-encoded, as Lambda does, which is part of its cost).
 
 Each phase runs ``--repeat`` times; the fastest run is reported (wall and CPU µs per
-record of this process). The shard-lookup rows time ``hash_key`` and a 4-shard
-``ShardMap.shard_for_key`` (which caches keys) for the producer's per-record budget.
+record of this process). shardflow's ``deaggregate`` uses protobuf's C parser when it is
+installed (the ``protobuf`` extra): two more rows time the protobuf parse alone, in C
+(``parse_upb``) and in Python (``parse_in_python``, what runs without the extra). The
+shard-lookup rows time ``hash_key`` and a 4-shard ``ShardMap.shard_for_key`` (which
+caches keys) for the producer's per-record budget.
 Both codecs must round-trip every record, and each must read the other's aggregates,
 or the run fails. No endpoint is involved: ``--endpoint`` is accepted and ignored.
 
@@ -31,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from shardflow._core.aggregate_parser import parse_in_python, parse_upb
 from shardflow.aggregation import AggregateBuilder, deaggregate
 from shardflow.models import Shard
 from shardflow.shardmap import MAX_HASH_KEY, ShardMap, hash_key
@@ -165,6 +169,15 @@ def run(count: int, repeat: int, max_bytes: int) -> list[dict[str, Any]]:
         if decoded != expected:
             raise SystemExit(f"{name}: decoding its own aggregates lost or changed records")
         rows.append(row(name, "deaggregate", m, count))
+    ours = blobs_by["shardflow"]
+    for phase, parse in (("parse, upb", parse_upb), ("parse, in Python", parse_in_python)):
+        m, parsed = best_of(repeat, lambda parse=parse: [parse(b, 4, len(b) - 16) for b in ours])
+        if parsed and parsed[0] is None:
+            print(f"{phase}: protobuf's C parser is not installed", file=sys.stderr)
+            continue
+        if [r for records in parsed for r in records] != expected:
+            raise SystemExit(f"shardflow {phase}: lost or changed records")
+        rows.append(row("shardflow", phase, m, count))
     if len(blobs_by) == 2:  # each reads the other's aggregates
         if shardflow_decode(blobs_by["aws-kinesis-agg"]) != expected:
             raise SystemExit("shardflow misread aws-kinesis-agg's aggregates")

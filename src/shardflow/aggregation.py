@@ -18,11 +18,13 @@ Kinesis Producer Library, which the KCL, AWS Lambda and ``aws-kinesis-agg`` unde
     }
 
 Encoding and decoding are written by hand (proto2 wire format, no protobuf dependency:
-the primitives are in ``_protobuf``, the parser in ``_aggregate_parser``) and tuned for
-CPython: varints come from a precomputed table, every piece is joined once, sizes are
-kept by arithmetic. Encoding writes the key tables first, then the records, as
+the primitives are in ``_core.protobuf``, the parser in ``_core.aggregate_parser``) and
+tuned for CPython: varints come from a precomputed table, every piece is joined once,
+sizes are kept by arithmetic. Encoding writes the key tables first, then the records, as
 protobuf serialisers do; decoding accepts any field order, unknown fields and
-non-canonical varints, like a protobuf parser.
+non-canonical varints, like a protobuf parser. With protobuf's C parser installed (the
+``protobuf`` extra), decoding uses it where its answer is the same, at about half the
+cost per record.
 
 The partition keys and explicit hash keys are deduplicated into the tables. Tags are never
 written; on decoding they are checked (a tag needs its key) and dropped.
@@ -346,9 +348,10 @@ def deaggregate(blob: bytes) -> list[tuple[str, str | None, bytes]] | None:
     """The ``(partition_key, explicit_hash_key or None, data)`` records of an aggregate.
 
     Returns None when ``blob`` is not a valid aggregate (no magic, bad MD5, malformed
-    protobuf, missing required field, key index out of range, key not UTF-8): the caller
-    then treats the blob as plain data, as the KCL does. Never raises on any bytes;
-    raises TypeError only if ``blob`` is not bytes-like.
+    protobuf, missing required field, key index out of range): the caller then treats the
+    blob as plain data, as the KCL does. Invalid UTF-8 in a key is replaced (U+FFFD), as
+    Java's protobuf does. Never raises on any bytes; raises TypeError only if ``blob`` is
+    not bytes-like.
     """
     if type(blob) is not bytes:
         blob = _as_bytes(blob)

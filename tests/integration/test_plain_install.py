@@ -82,6 +82,21 @@ def test_the_plain_install_has_no_extras(plain: Path) -> None:
     assert extras == "[]"
 
 
+def test_aggregates_are_read_without_the_protobuf_extra(plain: Path) -> None:
+    """Without protobuf, deaggregation runs the parser in Python (no C parser to ask)."""
+    code = (
+        "import importlib.util as u\n"
+        "from shardflow.aggregation import aggregate, deaggregate\n"
+        "from shardflow._core.aggregate_parser import parse_upb\n"
+        "blob = aggregate([('k', None, b'x'), ('j', '5', b'y')])\n"
+        "print(u.find_spec('google') is None, parse_upb(blob, 4, len(blob) - 16))\n"
+        "print(deaggregate(blob))\n"
+    )
+    out = _run(plain, "python", "-c", code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["True None", "[('k', None, b'x'), ('j', '5', b'y')]"]
+
+
 @pytest.mark.parametrize("command", ["local", "demo"])
 def test_commands_needing_the_local_extra_say_what_to_install(
     plain: Path, command: str

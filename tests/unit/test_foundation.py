@@ -35,11 +35,11 @@ def test_all_matches_exports() -> None:
 
 def test_import_loads_no_tooling_and_no_optional_dependency() -> None:
     """``import shardflow`` alone loads neither the tooling subpackages (testing, cli,
-    demo) nor aiohttp's server, moto, werkzeug or OpenTelemetry."""
+    demo) nor aiohttp's server, moto, werkzeug, OpenTelemetry or protobuf."""
     code = (
         "import sys, shardflow\n"
         "bad = ('shardflow.testing', 'shardflow.cli', 'shardflow.demo', 'aiohttp.web', "
-        "'moto', 'werkzeug', 'flask', 'opentelemetry')\n"
+        "'moto', 'werkzeug', 'flask', 'opentelemetry', 'google')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in bad or "
         "any(m == b or m.startswith(b + '.') for b in bad)))\n"
         "shardflow.testing.FaultProxy\n"
