@@ -7,6 +7,7 @@ under partial failures, and the signature of the hand-built requests.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections import defaultdict
 from typing import Any
@@ -105,6 +106,31 @@ async def test_only_failed_entries_are_retried_and_attempts_recorded() -> None:
     assert stats.delivered == 200
     assert stats.retried == len(retried)
     assert stats.failed == 0
+
+
+@pytest.mark.parametrize("aggregate", [False, True])
+async def test_a_result_is_a_plain_put_result_value(aggregate: bool) -> None:
+    """What a delivery resolves to is an ordinary frozen PutResult: equal and hashed as
+    one built by hand, immutable, a new equal value on each read."""
+    async with (
+        ScriptedKinesis("s") as kinesis,
+        Producer("s", endpoint_url=kinesis.url, linger=0, aggregate=aggregate) as producer,
+    ):
+        futures = [await producer.put({"i": i}, partition_key=f"k{i}") for i in range(5)]
+        results: list[PutResult] = await asyncio.gather(*futures)
+    for future, result in zip(futures, results, strict=True):
+        assert type(result) is PutResult
+        by_hand = PutResult(
+            result.shard_id, result.sequence_number, result.sub_sequence_number, result.attempts
+        )
+        assert result == by_hand
+        assert hash(result) == hash(by_hand)
+        assert future.result() == result
+        assert future.result() is not result
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            result.shard_id = "x"  # type: ignore[misc]
+    assert {r.sequence_number for r in results} <= {e.sequence_number for e in kinesis.accepted}
+    assert all(r.shard_id.startswith("shardId-") and r.attempts[-1].ok for r in results)
 
 
 async def test_non_retriable_entry_error_fails_only_that_record_at_once() -> None:

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Generator, Sequence
+from itertools import repeat
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ..aggregation import deaggregate
-from ..models import PutResult as _put_result
+from ..models import _put_result
 from ._transport import entry_data
 
 if TYPE_CHECKING:
@@ -73,17 +74,23 @@ class Answer:
 
     def __init__(self, raw: bytes, ok: Attempt) -> None:
         self._raw = raw
-        self._results: list[Any] | None = None
+        self._results: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
         self.ok = ok
 
     def put_result(self, position: int, attempts: list[Attempt] | None) -> PutResult:
         results = self._results
         if results is None:
-            results = self._results = orjson.loads(self._raw)["Records"]
+            # Kept as two tuples of strings (None for a failed entry), not the answer's
+            # entry dicts: those would outlive the call, one per record, for the garbage
+            # collector to scan again and again (most of what reading every result cost).
+            entries = orjson.loads(self._raw)["Records"]
+            results = self._results = (
+                tuple(map(dict.get, entries, repeat("ShardId"))),
+                tuple(map(dict.get, entries, repeat("SequenceNumber"))),
+            )
             self._raw = b""
-        entry = results[position]
         tries = (self.ok,) if attempts is None else (*attempts, self.ok)
-        return _put_result(entry["ShardId"], entry["SequenceNumber"], None, tries)
+        return _put_result(results[0][position], results[1][position], None, tries)
 
 
 class PendingRecord(asyncio.Future["PutResult"]):
