@@ -9,7 +9,9 @@ with :func:`write_results` (the machine and package versions are added).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
+import inspect
 import json
 import os
 import platform
@@ -18,7 +20,7 @@ import resource
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -43,6 +45,7 @@ __all__ = [
     "markdown_table",
     "peak_rss_bytes",
     "rss_bytes",
+    "run_timed",
     "write_results",
 ]
 
@@ -241,6 +244,19 @@ class Timer:
         tb: TracebackType | None,
     ) -> None:
         self.__exit__(exc_type, exc, tb)
+
+
+def run_timed(run: Callable[[Any], Any], ctx: Any) -> Measurement:
+    """Call a contender's ``run(ctx)`` (a coroutine function in a new event loop) and
+    return the region it timed with ``ctx.timer``; RuntimeError when it timed none."""
+    if inspect.iscoroutinefunction(run):
+        asyncio.run(run(ctx))
+    else:
+        run(ctx)
+    measured: Measurement | None = ctx.timer.result
+    if measured is None:
+        raise RuntimeError("the contender did not time a region (ctx.timer)")
+    return measured
 
 
 # --- environment -------------------------------------------------------------------------

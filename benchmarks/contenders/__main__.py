@@ -10,13 +10,11 @@ region, peak RSS and the RSS before the timed region.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import inspect
 import sys
 import traceback
 from typing import Any
 
-from ..common import dumps_line, make_events, rss_bytes
+from ..common import dumps_line, make_events, rss_bytes, run_timed
 from . import RunContext, load, qualified
 
 
@@ -52,13 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                      events=make_events(args.records, users=args.users))
     result["rss_before_bytes"] = rss_bytes()
     try:
-        if inspect.iscoroutinefunction(module.run):
-            asyncio.run(module.run(ctx))
-        else:
-            module.run(ctx)
-        measured = ctx.timer.result
-        if measured is None:
-            raise RuntimeError(f"contender {args.name} did not time a region (ctx.timer)")
+        measured = run_timed(module.run, ctx)
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         _emit({**result, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]})

@@ -13,13 +13,11 @@ Exit status: 0 ran, 3 unavailable here, 1 failed (the JSON says why).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import inspect
 import sys
 import traceback
 from typing import Any
 
-from ...common import dumps_line
+from ...common import dumps_line, run_timed
 from . import ReadContext, load
 
 
@@ -46,13 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for _ in range(max(1, args.rounds)):
             ctx = ReadContext(args.url, args.stream, args.records, args.aggregated)
-            if inspect.iscoroutinefunction(module.run):
-                asyncio.run(module.run(ctx))
-            else:
-                module.run(ctx)
-            measured = ctx.timer.result
-            if measured is None:
-                raise RuntimeError("the contender did not time a region")
+            measured = run_timed(module.run, ctx)
             if ctx.seen != args.records:
                 raise RuntimeError(f"read {ctx.seen} records, expected {args.records}")
             rounds.append(measured)
