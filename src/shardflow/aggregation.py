@@ -347,9 +347,11 @@ def is_aggregated(blob: bytes) -> bool:
 def deaggregate(blob: bytes) -> list[tuple[str, str | None, bytes]] | None:
     """The ``(partition_key, explicit_hash_key or None, data)`` records of an aggregate.
 
-    Returns None when ``blob`` is not a valid aggregate (no magic, bad MD5, malformed
-    protobuf, missing required field, key index out of range): the caller then treats the
-    blob as plain data, as the KCL does. Invalid UTF-8 in a key is replaced (U+FFFD), as
+    Returns None when ``blob`` is not a valid aggregate: no magic, bad MD5, malformed
+    protobuf, missing required field (the caller then treats the blob as plain data, as
+    the KCL's ``AggregatorUtil.deaggregate`` does), or a key index beyond its table (plain
+    data too, so nothing is lost; the KCL logs an error there and keeps only the
+    sub-records before the bad one). Invalid UTF-8 in a key is replaced (U+FFFD), as
     Java's protobuf does. Never raises on any bytes; raises TypeError only if ``blob`` is
     not bytes-like.
     """

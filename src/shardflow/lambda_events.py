@@ -53,7 +53,7 @@ def lambda_records(
     ``arrival_time`` from ``kinesis.approximateArrivalTimestamp`` (UTC). A plain record has
     ``sub_sequence_number`` None; the user records of a KPL aggregate share its sequence
     number and are numbered from 0. Data that only looks like an aggregate (bad MD5 or
-    protobuf) is returned as plain data, as the KCL does.
+    protobuf) is returned as plain data, as the KCL does (see ``deaggregate``).
 
     ``shards`` (e.g. ``Shard.from_api`` of each ListShards entry, fetched at cold start)
     turns on the KCL's whole-aggregate drop for records of the shards it lists; records of

@@ -119,7 +119,7 @@ def test_each_rule(case: str) -> None:
 
 
 @pytest.mark.parametrize("depth", [98, 99, 100, 101, 102])
-def test_the_group_depth_limit_is_the_same(depth: int) -> None:
+def test_upb_answers_as_the_python_parser_around_the_group_depth_limit(depth: int) -> None:
     body = K + _record(P0, b"\x2b" * depth + b"\x2c" * depth, DATA)
     by_c = parse_upb(body, 0, len(body))
     assert by_c is None or by_c == _python(body)

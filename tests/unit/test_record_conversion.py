@@ -92,6 +92,27 @@ def test_an_aggregate_failing_the_md5_check_is_handed_over_raw() -> None:
     assert [(r.data, r.aggregated) for r in kcl] == [(bytes(blob), False)]
 
 
+def test_a_key_index_beyond_its_table_is_where_shardflow_and_the_kcl_differ() -> None:
+    """An aggregate with a valid MD5 whose second sub-record points past the key table
+    (only a broken producer writes one). The KCL (AggregatorUtil.deaggregate) logs the
+    IndexOutOfBoundsException and keeps the sub-records before it, losing the rest;
+    shardflow hands the whole blob over as plain data, losing nothing."""
+    from shardflow.aggregation import MAGIC
+
+    body = (
+        b"\x0a\x01k"  # partition_key_table: ["k"]
+        b"\x1a\x05\x08\x00\x1a\x01a"  # record: key index 0, data "a"
+        b"\x1a\x05\x08\x01\x1a\x01b"  # record: key index 1, beyond the table
+    )
+    blob = MAGIC + body + hashlib.md5(body).digest()
+    kcl = kcl_deaggregate(LOW.shard_id, [raw(9, blob)], 0, 2**128 - 1)
+    assert [(r.aggregated, r.sub_sequence_number, r.data) for r in kcl] == [(True, 0, b"a")]
+    out, dropped = to_records(Shard("shardId-000000000000", 0, 2**128 - 1), sent([raw(9, blob)]),
+                              None)
+    assert [(r.data, r.sub_sequence_number) for r in out] == [(blob, None)]
+    assert dropped == 0
+
+
 def test_a_record_is_an_immutable_value() -> None:
     """Record is a named tuple: compared and hashed by value, immutable, copied with
     _replace; rows (what readers buffer) become equal Records."""

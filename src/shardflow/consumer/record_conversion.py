@@ -103,7 +103,8 @@ def to_rows(
             last_stamp = stamp
             arrival = _from_epoch(stamp, _UTC)
         # A KPL aggregate (magic, protobuf, MD5) becomes its user records; one that fails
-        # the checks is delivered as plain data, as the KCL does.
+        # the checks is delivered as plain data (see deaggregate: as the KCL does, but for
+        # a key index beyond its table).
         subs = deaggregate(data) if data[:4] == MAGIC else None
         if subs is None:
             if skip_to is not None and (int(seq), -1) <= skip_to:
