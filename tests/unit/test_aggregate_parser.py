@@ -2,11 +2,15 @@
 ``protobuf`` extra, installed with the dev extra) answers only where its answer is the
 Python parser's, and hands every other message over.
 
-The rules both follow are protobuf's (proto2, the KPL's ``messages.proto``), as the KCL's
-``AggregatorUtil.deaggregate`` reads them with Java's protobuf: any field order, unknown
-fields (groups included) skipped, non-canonical varints, the last value of a repeated
-scalar wins, required fields (a record's ``partition_key_index`` and ``data``, a tag's
-``key``) enforced, invalid UTF-8 in a ``string`` replaced.
+The rules both follow are protobuf's wire format (proto2, the KPL's ``messages.proto``),
+which the KCL's ``AggregatorUtil.deaggregate`` applies through Java's
+``AggregatedRecord.parseFrom``: any field order, unknown fields (groups included)
+skipped, non-canonical varints, the last value of a repeated scalar wins, required fields
+(a record's ``partition_key_index`` and ``data``, a tag's ``key``) enforced. A proto2
+``string`` that is not valid UTF-8 is read as protobuf-java's generated getter reads it,
+``ByteString.toStringUtf8()``, i.e. ``new String(bytes, UTF_8)``, which the JDK documents
+as replacing malformed input with U+FFFD; how many U+FFFD a surrogate becomes is
+Python's count (the Unicode "maximal subpart" practice), not checked against a JVM.
 """
 
 from __future__ import annotations
